@@ -1,0 +1,171 @@
+"""The one image I/O helper: read any common image file as RGB float, write uint8/16-bit PNG.
+
+Reads 8/16-bit, grayscale, RGBA, palette PNG and JPEG; warns where information is dropped (alpha).
+Arrays are ``H×W×3`` float32 in [0, 1]; tensors are ``3×H×W`` / ``B×3×H×W`` float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, unreadable or of an unsupported kind; the message names the file."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for file names with a known image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; a missing folder is an error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read ``path`` as ``H×W×3`` float32 RGB in [0, 1].
+
+    16-bit files keep their precision; grayscale is replicated to 3 channels; palette images are expanded;
+    an alpha channel that is not fully opaque is dropped with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        if _is_16bit_colour_png(path):
+            return _read_png16_colour(path)
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb_float(im, path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def _to_rgb_float(im: Image.Image, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = arr / peak
+        return np.repeat(gray[..., None], 3, axis=2).clip(0, 1)
+    if mode == "F":
+        gray = np.asarray(im).astype(np.float32)
+        return np.repeat(gray[..., None], 3, axis=2).clip(0, 1)
+    if mode in ("1", "L"):
+        gray = np.asarray(im.convert("L")).astype(np.float32) / 255.0
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "LA":
+        arr = np.asarray(im)
+        _warn_alpha(arr[..., 1], path, 255)
+        gray = arr[..., 0].astype(np.float32) / 255.0
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "RGBA":
+        arr = np.asarray(im)
+        _warn_alpha(arr[..., 3], path, 255)
+        return arr[..., :3].astype(np.float32) / 255.0
+    if mode == "RGB":
+        return np.asarray(im).astype(np.float32) / 255.0
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0
+    raise ImageReadError(f"unsupported image mode {mode!r} in {path}")
+
+
+def _warn_alpha(alpha: np.ndarray, path: Path, opaque: int) -> None:
+    if (alpha != opaque).any():
+        warnings.warn(f"{path}: dropping a non-opaque alpha channel (image converted to RGB)", stacklevel=3)
+
+
+def write_image(path: str | Path, image: np.ndarray | torch.Tensor, bit_depth: int = 8) -> None:
+    """Write ``H×W×3`` array or ``3×H×W`` tensor (float in [0, 1]) as an image, atomically.
+
+    Values are clipped to [0, 1] and rounded to ``bit_depth`` (8, or 16 for PNG).
+    """
+    path = Path(path)
+    arr = to_numpy_image(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    if bit_depth == 16:
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"16-bit output needs a .png file name, got {path}")
+        _write_png16(tmp, arr)
+    elif bit_depth == 8:
+        Image.fromarray(quantize_uint8(arr)).save(tmp)
+    else:
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    tmp.replace(path)
+
+
+def quantize_uint8(arr: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] -> uint8 with rounding (the quantization every saved PNG goes through)."""
+    return np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``3×H×W`` tensor or ``H×W×3`` array -> ``H×W×3`` float32 numpy array."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"expected a 3×H×W tensor, got shape {tuple(t.shape)}")
+        return t.permute(1, 2, 0).numpy()
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 array, got shape {arr.shape}")
+    return arr
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``H×W×3`` float array -> ``3×H×W`` float32 tensor (contiguous copy)."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+
+
+def read_tensor(path: str | Path) -> torch.Tensor:
+    """Read ``path`` as a ``3×H×W`` float32 tensor in [0, 1]."""
+    return to_tensor(read_image(path))
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """PNG header says 16 bits per sample and a colour type with RGB (Pillow would truncate those to 8 bits)."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_png16_colour(path: Path) -> np.ndarray:
+    """16-bit RGB(A) PNG via OpenCV, keeping full precision."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageReadError(f"cannot read image {path}: OpenCV could not decode it")
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        _warn_alpha(arr[..., 3], path, 65535)
+        arr = arr[..., :3]
+    return (arr[..., ::-1].astype(np.float32) / 65535.0).copy()
+
+
+def _write_png16(path: Path, arr: np.ndarray) -> None:
+    """16-bit RGB PNG via OpenCV when present (Pillow cannot write 48-bit RGB)."""
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover - opencv comes with ultralytics
+        raise RuntimeError("writing 16-bit RGB PNG needs opencv-python (pip install opencv-python)") from exc
+    u16 = np.clip(np.rint(np.clip(arr, 0, 1) * 65535.0), 0, 65535).astype(np.uint16)
+    if not cv2.imwrite(str(path), u16[..., ::-1]):
+        raise OSError(f"cannot write {path}")

@@ -1,0 +1,64 @@
+"""The one registry of derainers: ``register_model`` to add, ``build_model`` to construct by name.
+
+Every registered model maps ``B×3×H×W`` float RGB in [0, 1] to the same shape, for any H and W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
+    """Decorator registering a factory (or ``nn.Module`` class) under ``name`` (default: its ``__name__``).
+
+    Example::
+
+        @register_model("my-net")
+        class MyNet(nn.Module): ...
+    """
+
+    def deco(factory: F) -> F:
+        key = name or factory.__name__
+        add_model(key, factory, override=override)
+        return factory
+
+    return deco
+
+
+def add_model(name: str, factory: Callable[..., nn.Module], *, override: bool = False) -> None:
+    """Register ``factory`` under ``name`` without a decorator (one call for a user's own module)."""
+    if name in _MODELS and not override and _MODELS[name] is not factory:
+        raise KeyError(f"a derainer named {name!r} is already registered (pass override=True to replace it)")
+    _MODELS[name] = factory
+
+
+def list_models() -> list[str]:
+    """Names of all registered derainers, sorted."""
+    _ensure_builtin()
+    return sorted(_MODELS)
+
+
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """Construct the registered derainer ``name`` with keyword overrides of its config.
+
+    Unknown names raise a KeyError that lists the known ones.
+    """
+    _ensure_builtin()
+    if name not in _MODELS:
+        raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
+    model = _MODELS[name](**overrides)
+    model.derain_name = name  # type: ignore[attr-defined]
+    model.derain_config = dict(overrides)  # type: ignore[attr-defined]
+    return model
+
+
+def _ensure_builtin() -> None:
+    """Import the built-in model modules so their decorators have run."""
+    from derain import models  # noqa: F401

@@ -1,0 +1,3 @@
+from derainbench.cli import main
+
+raise SystemExit(main())

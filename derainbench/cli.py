@@ -1,0 +1,58 @@
+"""``derainbench`` command line: one sub-command per module in ``derainbench/commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from derainbench import __version__
+
+# Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
+COMMANDS = ("synth", "train", "derain", "score", "models")
+
+DESCRIPTION = """\
+derainbench: does removing rain help detection and segmentation?
+
+Sub-commands (each has its own --help):
+  synth    rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)
+  train    train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides
+  derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
+  score    PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth
+  models   list the registered derainers and their parameter counts
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="derainbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"derainbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"derainbench.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        if os.environ.get("DERAINBENCH_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"derainbench {args.command}: error: {msg}", file=sys.stderr)
+        return 1
