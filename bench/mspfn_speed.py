@@ -1,0 +1,142 @@
+"""MSPFN forward speed: fast zero-state ConvLSTM path vs the literal cell, side by side in one run.
+
+Prints, per device (CPU always; CUDA with bf16 autocast when a GPU is present): forward ms, images/s,
+the fast/literal ratio, peak memory, FLOPs per forward (torch's FLOP counter) and achieved GFLOP/s
+against a measured float32 matmul GFLOP/s of the same machine.
+
+    python bench/mspfn_speed.py [--model mspfn-m17n1] [--size 480x320] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from derain import build_model
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 (TF32 off) matmul throughput in GFLOP/s: the machine's practical peak."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times[1:]) / 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> float:
+    """One timed forward in seconds (inference mode, optional bf16 autocast on CUDA)."""
+    device = x.device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        sync(device)
+        t = time.perf_counter()
+        model(x)
+        sync(device)
+    return time.perf_counter() - t
+
+
+def peak_cpu_rss_mb(name: str, fast: bool, h: int, w: int, q: mp.Queue) -> None:
+    """Child process: peak RSS growth (MB) of one forward beyond model construction."""
+    torch.set_num_threads(torch.get_num_threads())
+    model = build_model(name, fast=fast).eval()
+    x = torch.rand(1, 3, h, w)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.inference_mode():
+        model(x)
+    q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def cpu_peak_memory(name: str, fast: bool, h: int, w: int) -> float:
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    p = ctx.Process(target=peak_cpu_rss_mb, args=(name, fast, h, w, q))
+    p.start()
+    value = q.get()
+    p.join()
+    return value
+
+
+def bench_device(name: str, device: torch.device, h: int, w: int, repeats: int) -> dict:
+    amp = device.type == "cuda"
+    torch.manual_seed(0)
+    fast = build_model(name, fast=True).eval().to(device)
+    literal = build_model(name, fast=False).eval().to(device)
+    literal.load_state_dict(fast.state_dict())
+    x = torch.rand(1, 3, h, w, device=device)
+    with torch.inference_mode():
+        diff = (fast(x) - literal(x)).abs().max().item()
+    flops = {"fast": count_flops(fast, x), "literal": count_flops(literal, x)}
+    times: dict[str, list[float]] = {"fast": [], "literal": []}
+    for m in (fast, literal):  # warm-up
+        time_forward(m, x, amp)
+    for _ in range(repeats):  # interleaved so both see the same machine state
+        times["fast"].append(time_forward(fast, x, amp))
+        times["literal"].append(time_forward(literal, x, amp))
+    peak = matmul_gflops(device)
+    result = {"device": str(device), "amp": "bf16" if amp else "fp32", "max_abs_diff": diff,
+              "matmul_gflops": peak}
+    for k in ("fast", "literal"):
+        sec = statistics.median(times[k])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            time_forward(fast if k == "fast" else literal, x, amp)
+            mem = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            mem = cpu_peak_memory(name, k == "fast", h, w)
+        result[k] = {"ms": sec * 1e3, "img_per_s": 1 / sec, "gflop": flops[k] / 1e9,
+                     "gflops_achieved": flops[k] / sec / 1e9, "peak_mem_mb": mem}
+    result["speedup"] = statistics.median(times["literal"]) / statistics.median(times["fast"])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mspfn-m17n1")
+    ap.add_argument("--size", default="480x320", help="WxH")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"{args.model} forward at {w}x{h}, batch 1, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    for device in devices:
+        r = bench_device(args.model, device, h, w, args.repeats)
+        print(f"\n[{r['device']}, {r['amp']}]  matmul peak {r['matmul_gflops']:.1f} GFLOP/s, "
+              f"fast vs literal max |diff| {r['max_abs_diff']:.2e}")
+        print(f"{'path':8} {'ms':>9} {'img/s':>8} {'GFLOP':>8} {'GFLOP/s':>9} {'% of mm':>8} {'peak MB':>8}")
+        for k in ("fast", "literal"):
+            s = r[k]
+            print(f"{k:8} {s['ms']:9.1f} {s['img_per_s']:8.3f} {s['gflop']:8.1f} {s['gflops_achieved']:9.1f} "
+                  f"{100 * s['gflops_achieved'] / r['matmul_gflops']:7.1f}% {s['peak_mem_mb']:8.1f}")
+        print(f"speed-up fast/literal: {r['speedup']:.2f}x  (target >= 1.8x)")
+        if args.json:
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Checkpoints: our format (a folder with ``model.safetensors`` + ``model.json``) and foreign state dicts.
+
+A checkpoint folder holds everything needed to rebuild the model: the registered name, its config
+overrides and the training step. Foreign ``.pth``/``.pt`` files (e.g. the official PReNet releases) load with
+``torch.load(weights_only=True)``; a ``module.`` prefix from DataParallel is tolerated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from derain.registry import build_model, list_models
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unsafe, or does not fit the architecture; the message says which."""
+
+
+def save_checkpoint(
+    folder: str | Path, model: nn.Module, *, name: str, config: Mapping[str, Any] | None = None,
+    step: int = 0, extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/model.json`` atomically (temp file + rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    tmp = folder / f".{WEIGHTS_FILE}.tmp{os.getpid()}"
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    meta = {"name": name, "config": dict(config or {}), "step": int(step), **dict(extra or {})}
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    return folder
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to ``path`` via a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """True for one of our checkpoint folders (or a path to its model.json / model.safetensors)."""
+    folder = _checkpoint_folder(Path(path))
+    return folder is not None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a checkpoint folder."""
+    folder = _checkpoint_folder(Path(path))
+    if folder is None:
+        raise CheckpointError(f"not a derainbench checkpoint (no {META_FILE} + {WEIGHTS_FILE}): {path}")
+    return json.loads((folder / META_FILE).read_text())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from a checkpoint folder, a ``.safetensors`` file or a ``.pth``/``.pt`` state dict.
+
+    ``.pth`` files are read with ``weights_only=True``; dicts wrapping the weights under ``state_dict`` /
+    ``model`` / ``params`` are unwrapped and a ``module.`` prefix is stripped.
+    """
+    path = Path(path)
+    folder = _checkpoint_folder(path)
+    if folder is not None:
+        path = folder / WEIGHTS_FILE
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path} (supply a local .safetensors/.pth file)")
+    if path.suffix == ".safetensors":
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors come in many types
+            raise CheckpointError(
+                f"cannot load {path} safely with torch.load(weights_only=True): {exc}. "
+                "Only plain state dicts (tensors) are accepted."
+            ) from exc
+    for key in ("state_dict", "model", "params", "params_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load weights from ``path`` into ``model``; a mismatch names the missing and unexpected keys."""
+    state = read_state_dict(path)
+    target = unwrap(model)
+    own = target.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or bad_shape):
+        name = getattr(target, "derain_name", type(target).__name__)
+        parts = [f"weights {path} do not fit the architecture {name!r}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+        if bad_shape:
+            shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shape[:5]]
+            parts.append(f"shape mismatches ({len(bad_shape)}): {'; '.join(shapes)}")
+        raise CheckpointError(" ".join(parts))
+    target.load_state_dict(state, strict=strict)
+    return model
+
+
+def load_derainer(model: str | Path, weights: str | Path | None = None, **overrides: Any) -> nn.Module:
+    """A derainer from a registered name (optionally with ``weights``) or from one of our checkpoints.
+
+    ``model`` may be a name such as ``"prenet"`` (random init unless ``weights`` is given) or a checkpoint
+    folder written by :func:`save_checkpoint`, whose ``model.json`` says which architecture to build.
+    Returned in eval mode on the CPU.
+    """
+    model_str = str(model)
+    if model_str not in list_models() and is_checkpoint(model_str):
+        meta = read_meta(model_str)
+        net = build_model(meta["name"], **{**meta.get("config", {}), **overrides})
+        load_weights(net, weights or model_str)
+        net.derain_checkpoint = meta  # type: ignore[attr-defined]
+    elif model_str in list_models():
+        net = build_model(model_str, **overrides)
+        if weights is not None:
+            load_weights(net, weights)
+    else:
+        p = Path(model_str)
+        hint = " (the path exists but has no model.json + model.safetensors)" if p.exists() else ""
+        raise CheckpointError(
+            f"{model_str!r} is neither a registered derainer ({', '.join(list_models())}) "
+            f"nor a checkpoint folder{hint}"
+        )
+    return net.eval()
+
+
+def _checkpoint_folder(path: Path) -> Path | None:
+    folder = path.parent if path.name in (WEIGHTS_FILE, META_FILE) else path
+    if (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return folder
+    return None
+
+
+def _preview(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")

@@ -1,0 +1,433 @@
+"""Paired rainy/clean data: pair discovery, a torch Dataset, on-the-fly synthetic pairs, patch batches.
+
+Pair sources (:class:`PairedImages`, :class:`SynthPairs`) share one tiny interface, ``len(source)`` and
+``source.get_pair(i) -> (rainy, clean)`` (``H×W×3`` float32 numpy arrays in [0, 1]), which is all
+:func:`sample_batch` needs. Batches are a pure function of ``(seed, step)`` so a resumed run draws exactly
+the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from derain.imageio import ImageReadError, list_images, read_image
+
+__all__ = [
+    "LAYOUTS",
+    "Pair",
+    "PairError",
+    "PairSource",
+    "PairedImages",
+    "PatchSampler",
+    "SynthPairs",
+    "dihedral",
+    "dihedral_inverse",
+    "find_pairs",
+    "natural_key",
+    "pairs_from_dirs",
+    "sample_batch",
+    "validate_pairs",
+]
+
+# (rainy folder, clean folder) of the paired layouts in common use (DESIGN.md §3).
+LAYOUTS: tuple[tuple[str, str], ...] = (("rain", "norain"), ("input", "target"), ("rainy", "gt"))
+# File-name prefixes stripped before matching (Rain100L/H: rain-001.png <-> norain-001.png).
+_NAME_PREFIXES = ("norain-", "rain-")
+# PairedImages(cache="auto") keeps decoded images in memory when they need less than this (float32).
+CACHE_AUTO_BYTES = 2 << 30
+_MAX_LISTED = 10
+
+
+class PairError(ValueError):
+    """Unmatched, mismatched or unreadable pairs; the message names the file(s)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One rainy/clean pair; ``name`` is the shared file stem (without a ``rain-``/``norain-`` prefix)."""
+
+    rainy: Path
+    clean: Path
+    name: str
+
+
+class PairSource(Protocol):
+    """What :func:`sample_batch` and validation loops need from a source of pairs."""
+
+    def __len__(self) -> int: ...
+
+    def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders digit runs by value ("2" before "10"), case-insensitively otherwise."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
+
+
+# ------------------------------------------------------------------------------------------ pair discovery
+
+
+def find_pairs(root: str | Path, skip_bad: bool = False, validate: bool = True) -> list[Pair]:
+    """Pairs under ``root`` in one of the :data:`LAYOUTS` (``rain/``+``norain/``, ``input/``+``target/``,
+    ``rainy/``+``gt/``), naturally sorted by name.
+
+    Unmatched, size-mismatched (PIL header check when ``validate``) or unreadable files raise
+    :class:`PairError` naming them; ``skip_bad=True`` drops them instead and warns with the count.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"paired data folder not found: {root}")
+    found = [(r, c) for r, c in LAYOUTS if (root / r).is_dir() and (root / c).is_dir()]
+    if not found:
+        looked = ", ".join(f"{r}/ + {c}/" for r, c in LAYOUTS)
+        raise PairError(f"{root}: no known paired layout (looked for {looked})")
+    if len(found) > 1:
+        both = " and ".join(f"{r}/ + {c}/" for r, c in found)
+        raise PairError(f"{root}: ambiguous layout, found {both}; pass the folders explicitly (pairs_from_dirs)")
+    rainy, clean = found[0]
+    return pairs_from_dirs(root / rainy, root / clean, skip_bad=skip_bad, validate=validate)
+
+
+def pairs_from_dirs(
+    rainy_dir: str | Path, clean_dir: str | Path, skip_bad: bool = False, validate: bool = True,
+    sides: tuple[str, str] = ("rainy", "clean"),
+) -> list[Pair]:
+    """Pair the images of two folders by file stem (same names, or same stems with other extensions).
+
+    A ``rain-``/``norain-`` prefix shared by every file of a folder is ignored, so ``rain-001.png`` pairs with
+    ``norain-001.png``. Errors and ``skip_bad`` as in :func:`find_pairs`; ``sides`` names the two folders in
+    messages (e.g. ``("pred", "gt")``).
+    """
+    rainy_files, clean_files = list_images(rainy_dir), list_images(clean_dir)
+    problems: list[str] = []
+    rainy_keys = _keyed(rainy_files, problems)
+    clean_keys = _keyed(clean_files, problems)
+    for key in sorted(rainy_keys.keys() - clean_keys.keys(), key=natural_key):
+        problems.append(f"{rainy_keys[key]}: no {sides[1]} image matches it in {clean_dir}")
+    for key in sorted(clean_keys.keys() - rainy_keys.keys(), key=natural_key):
+        problems.append(f"{clean_keys[key]}: no {sides[0]} image matches it in {rainy_dir}")
+    pairs = [Pair(rainy_keys[k], clean_keys[k], k) for k in sorted(rainy_keys.keys() & clean_keys.keys(),
+                                                                   key=natural_key)]
+    _report(problems, skip_bad, f"pairing {rainy_dir} with {clean_dir}")
+    if not pairs:
+        raise PairError(f"no image pairs found in {rainy_dir} and {clean_dir}")
+    if validate:
+        pairs = validate_pairs(pairs, skip_bad=skip_bad)
+        if not pairs:
+            raise PairError(f"no usable image pairs in {rainy_dir} and {clean_dir} (all skipped)")
+    return pairs
+
+
+def validate_pairs(pairs: Sequence[Pair], skip_bad: bool = False) -> list[Pair]:
+    """Check every pair is readable and has equal sizes from the image headers only (fast, PIL lazy open)."""
+    good, problems = [], []
+    for pair in pairs:
+        try:
+            sizes = [_header_size(pair.rainy), _header_size(pair.clean)]
+        except PairError as exc:
+            problems.append(str(exc))
+            continue
+        if sizes[0] != sizes[1]:
+            problems.append(_mismatch_message(pair, sizes[0], sizes[1]))
+            continue
+        good.append(pair)
+    _report(problems, skip_bad, "checking pairs")
+    return good
+
+
+def _keyed(files: list[Path], problems: list[str]) -> dict[str, Path]:
+    """``{stem without a folder-wide rain-/norain- prefix: file}``; duplicate stems go to ``problems``."""
+    stems = [f.stem for f in files]
+    prefix = next((p for p in _NAME_PREFIXES if stems and all(s.startswith(p) for s in stems)), "")
+    out: dict[str, Path] = {}
+    dup: set[str] = set()
+    for f, stem in zip(files, stems, strict=True):
+        key = stem[len(prefix):]
+        if key in out:
+            problems.append(f"{out[key]} and {f}: two images with the same name stem")
+            dup.add(key)
+        out[key] = f
+    for key in dup:
+        del out[key]
+    return out
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the header; unreadable files raise PairError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PairError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _mismatch_message(pair: Pair, rainy_size: tuple[int, ...], clean_size: tuple[int, ...]) -> str:
+    """Sizes are ``(width, height)``."""
+    rw, rh = rainy_size
+    cw, ch = clean_size
+    return f"size mismatch: {pair.rainy} is {rw}×{rh} but {pair.clean} is {cw}×{ch} (W×H)"
+
+
+def _report(problems: list[str], skip_bad: bool, what: str) -> None:
+    """Raise a PairError listing ``problems``, or (``skip_bad``) warn with their count; never silent."""
+    if not problems:
+        return
+    listed = "\n  ".join(problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    if not skip_bad:
+        raise PairError(f"{len(problems)} bad pair(s) while {what}:\n  {listed}{more}\n"
+                        "(pass skip_bad=True to skip them)")
+    warnings.warn(f"skipped {len(problems)} bad pair(s) while {what}:\n  {listed}{more}", stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------ pair sources
+
+
+class PairedImages(torch.utils.data.Dataset):
+    """Pairs read from disk: ``ds[i] -> (rainy, clean, name)`` with ``3×H×W`` float32 tensors in [0, 1].
+
+    ``pairs`` is a list of :class:`Pair` or a paired root for :func:`find_pairs`. ``cache=True`` keeps decoded
+    images in memory; ``"auto"`` does so when they fit in :data:`CACHE_AUTO_BYTES` (judged from headers).
+    Cached arrays are shared, not copied: treat what ``get_pair`` returns as read-only.
+    """
+
+    def __init__(self, pairs: Sequence[Pair] | str | Path, cache: bool | Literal["auto"] = "auto",
+                 skip_bad: bool = False) -> None:
+        self.pairs = find_pairs(pairs, skip_bad=skip_bad) if isinstance(pairs, (str, Path)) else list(pairs)
+        if cache == "auto":
+            cache = self._decoded_bytes() <= CACHE_AUTO_BYTES
+        self.cache = bool(cache)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        rainy, clean = self.get_pair(index)
+        return _chw(rainy), _chw(clean), self.pairs[index].name
+
+    def name(self, index: int) -> str:
+        """The pair's name (shared file stem)."""
+        return self.pairs[index].name
+
+    def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rainy, clean)`` as ``H×W×3`` float32 arrays in [0, 1]; a size mismatch names both files."""
+        if index in self._cache:
+            return self._cache[index]
+        pair = self.pairs[index]
+        rainy, clean = _read(pair.rainy), _read(pair.clean)
+        if rainy.shape != clean.shape:
+            raise PairError(_mismatch_message(pair, rainy.shape[1::-1], clean.shape[1::-1]))
+        if self.cache:
+            self._cache[index] = (rainy, clean)
+        return rainy, clean
+
+    def _decoded_bytes(self) -> int:
+        total = 0
+        for pair in self.pairs:
+            w, h = _header_size(pair.rainy)
+            total += 2 * w * h * 3 * 4
+            if total > CACHE_AUTO_BYTES:
+                break
+        return total
+
+
+class SynthPairs:
+    """Rain synthesized on the fly over clean images, so training works from any folder of clean photos.
+
+    ``clean`` is a folder, a list of image paths, or a list of ``H×W×3`` arrays (float in [0, 1] or uint8).
+    With several presets every image appears once per preset: index ``i`` is image ``i // P`` with preset
+    ``presets[i % P]``. Its rain is seeded from ``(seed, image index, preset name)``, so it never changes (nor
+    depends on the other presets listed); results are cached (``cache=True``): synthesis costs more than reading.
+    """
+
+    def __init__(self, clean: str | Path | Sequence[str | Path | np.ndarray],
+                 preset: str | Sequence[str] = "light", seed: int = 0, cache: bool = True) -> None:
+        if isinstance(clean, (str, Path)):
+            items: list[Any] = sorted(list_images(clean), key=lambda p: natural_key(p.name))
+            if not items:
+                raise FileNotFoundError(f"no images in {clean}")
+        else:
+            items = list(clean)
+        if not items:
+            raise ValueError("SynthPairs needs at least one clean image")
+        self.images = items
+        self.presets = [preset] if isinstance(preset, str) else list(preset)
+        if not self.presets:
+            raise ValueError("SynthPairs needs at least one preset")
+        self.seed = seed
+        self.cache = cache
+        self._clean: dict[int, np.ndarray] = {}
+        self._rainy: dict[int, np.ndarray] = {}
+        self.infos: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.images) * len(self.presets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        rainy, clean = self.get_pair(index)
+        return _chw(rainy), _chw(clean), self.name(index)
+
+    def name(self, index: int) -> str:
+        """``<image stem or index>_<preset>``."""
+        item = self.images[index // len(self.presets)]
+        stem = Path(item).stem if isinstance(item, (str, Path)) else f"{index // len(self.presets):04d}"
+        return f"{stem}_{self.presets[index % len(self.presets)]}"
+
+    def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rainy, clean)`` ``H×W×3`` float32 arrays in [0, 1], deterministic for ``(seed, index)``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} synthetic pairs")
+        if index in self._rainy:
+            return self._rainy[index], self._clean_image(index // len(self.presets))
+        from derain.synth import synthesize
+
+        image_index, preset = divmod(index, len(self.presets))
+        clean = self._clean_image(image_index)
+        name = self.presets[preset]
+        rainy, info = synthesize(clean, name, seed=_derive_seed(self.seed, image_index, zlib.crc32(name.encode())))
+        rainy = np.ascontiguousarray(rainy, dtype=np.float32)
+        if self.cache:
+            self._rainy[index] = rainy
+            self.infos[index] = info
+        return rainy, clean
+
+    def _clean_image(self, i: int) -> np.ndarray:
+        if i in self._clean:
+            return self._clean[i]
+        item = self.images[i]
+        img = _read(Path(item)) if isinstance(item, (str, Path)) else _as_float_image(item)
+        if self.cache:
+            self._clean[i] = img
+        return img
+
+
+def _read(path: Path) -> np.ndarray:
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        raise PairError(str(exc)) from exc
+
+
+def _as_float_image(arr: np.ndarray) -> np.ndarray:
+    """``H×W×3`` uint8 or float array -> float32 copy in [0, 1]."""
+    a = np.asarray(arr)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 RGB image, got shape {a.shape}")
+    out = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    return np.ascontiguousarray(out)
+
+
+def _chw(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------ patch batches
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 rot90/flip transforms of the last two dims (``B×C×H×W``): rotate ``k % 4`` quarter
+    turns, then flip left-right when ``k >= 4``."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral index must be in 0..7, got {k}")
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
+def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`dihedral` ``k``."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral index must be in 0..7, got {k}")
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
+def sample_batch(
+    source: PairSource, step: int, batch_size: int, patch_size: int, seed: int,
+    rank: int = 0, world_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned random patches ``(rainy, clean)``, each ``(batch_size // world_size)×3×p×p`` float32 in [0, 1].
+
+    Fully determined by ``(seed, step)``: ``batch_size`` is the *global* batch; its items are the global
+    samples ``step·batch_size + j``, taken in a seeded random permutation per epoch (every image once per
+    ``len(source)`` samples); each item gets a uniform crop position; ONE random dihedral transform
+    (MSPFN's augmentation) is applied to the whole batch. Rank ``r`` of ``world_size`` returns items
+    ``[r·b, (r+1)·b)`` with ``b = batch_size // world_size``, so concatenating the ranks gives the
+    single-process batch. Images smaller than the patch are reflect-padded at the bottom/right.
+    """
+    n = len(source)
+    _check_batch_args(n, step, batch_size, patch_size, rank, world_size)
+    g = torch.Generator().manual_seed(_derive_seed(seed, step, 1))
+    pos = torch.rand(batch_size, 2, generator=g, dtype=torch.float64).tolist()
+    k = int(torch.randint(8, (1,), generator=g))
+    local = batch_size // world_size
+    rainy, clean = [], []
+    for j in range(rank * local, (rank + 1) * local):
+        sample = step * batch_size + j
+        index = _epoch_permutation(seed, n, sample // n)[sample % n]
+        r, c = source.get_pair(index)
+        if r.shape != c.shape:
+            raise PairError(f"pair {index} has different sizes: rainy {r.shape} vs clean {c.shape}")
+        r, c = _pad_to(r, patch_size), _pad_to(c, patch_size)
+        top = min(int(pos[j][0] * (r.shape[0] - patch_size + 1)), r.shape[0] - patch_size)
+        left = min(int(pos[j][1] * (r.shape[1] - patch_size + 1)), r.shape[1] - patch_size)
+        rainy.append(_chw(r[top:top + patch_size, left:left + patch_size]))
+        clean.append(_chw(c[top:top + patch_size, left:left + patch_size]))
+    return dihedral(torch.stack(rainy), k), dihedral(torch.stack(clean), k)
+
+
+class PatchSampler:
+    """:func:`sample_batch` with its settings bound: ``sampler(step) -> (rainy, clean)``."""
+
+    def __init__(self, source: PairSource, batch_size: int, patch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        _check_batch_args(len(source), 0, batch_size, patch_size, rank, world_size)
+        self.source, self.batch_size, self.patch_size = source, batch_size, patch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_batch(self.source, step, self.batch_size, self.patch_size, self.seed,
+                            self.rank, self.world_size)
+
+
+def _check_batch_args(n: int, step: int, batch_size: int, patch_size: int, rank: int, world_size: int) -> None:
+    if n <= 0:
+        raise ValueError("the pair source is empty")
+    if step < 0 or batch_size <= 0 or patch_size <= 0:
+        raise ValueError(f"need step >= 0, batch_size > 0, patch_size > 0; got {step}, {batch_size}, {patch_size}")
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    if batch_size % world_size:
+        raise ValueError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
+
+
+def _derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (negative ones wrap), via numpy's SeedSequence."""
+    state = np.random.SeedSequence([p % (1 << 64) for p in parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, n: int, epoch: int) -> tuple[int, ...]:
+    g = torch.Generator().manual_seed(_derive_seed(seed, epoch, 2))
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad ``H×W×3`` at the bottom/right so both sides are at least ``size``."""
+    ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
+    if not (ph or pw):
+        return img
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(img.shape[:2]) > 1 else "edge")

@@ -1,0 +1,259 @@
+"""Inference: run a derainer on tensors (optionally tiled, for large images) or on image files.
+
+Tiled inference keeps memory on the model's device bounded by the tile size: the model only ever sees
+``tile × tile`` crops, and the image-sized output/weight accumulators live on the input tensor's device
+(e.g. a CPU image with a CUDA model). Neighbouring tiles share ``overlap`` pixels and are blended with smooth
+weights (see :func:`blend_window`), never a flat average, so there are no seams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from derain.imageio import is_image_file, list_images, read_tensor, write_image
+from derain.runtime import autocast, resolve_device
+
+__all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
+
+DEFAULT_OVERLAP = 32
+DEFAULT_BATCH_SIZE = 4
+
+T = TypeVar("T")
+
+
+def model_device(model: nn.Module, default: torch.device | None = None) -> torch.device:
+    """The device of the model's first parameter or buffer (``default``, else CPU, for parameter-free models)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return default or torch.device("cpu")
+
+
+def derain_tensor(
+    model: nn.Module, x: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool = False, channels_last: bool = False,
+) -> torch.Tensor:
+    """Derain ``x`` (``B×3×H×W``, float in [0, 1]) -> ``B×3×H×W`` float32 in [0, 1] on ``x``'s device.
+
+    Runs under ``torch.inference_mode()`` on the model's device (call ``model.eval()`` first; checkpoints from
+    :func:`derain.checkpoint.load_derainer` already are). ``tile``: process ``tile × tile`` crops that share
+    ``overlap`` pixels with their neighbours (``None``: the whole image at once); ``batch_size`` crops (or whole
+    images) go through the model per call. ``amp``: bf16/fp16 autocast on CUDA (ignored on CPU).
+    ``channels_last``: NHWC memory format (converts the model's parameters in place).
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a B×3×H×W tensor, got shape {tuple(x.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model, x.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
+            chunks = [_run(model, c, device, amp, channels_last).to(x.device) for c in x.split(batch_size)]
+            out = torch.cat(chunks)
+        else:
+            out = _derain_tiled(model, x, tile, overlap, batch_size, device, amp, channels_last)
+        return out.clamp_(0.0, 1.0)
+
+
+def _run(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, channels_last: bool) -> torch.Tensor:
+    """One model call on ``x`` moved to ``device``; float32 result on ``device``."""
+    x = x.to(device, torch.float32, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, enabled=amp):
+        y = model(x)
+    if y.shape != x.shape:
+        raise RuntimeError(f"derainer returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
+    return y.float()
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared pixels.
+
+    Stride ``tile - overlap``; the last tile is shifted back to end exactly at ``size`` (so it may overlap its
+    neighbour by more). ``size <= tile`` gives the single start 0.
+    """
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    n = math.ceil((size - tile) / stride) + 1
+    return [min(i * stride, size - tile) for i in range(n)]
+
+
+def blend_window(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+    """1-D blending weights (float64, ``length``) of a tile along one axis.
+
+    An edge inside the image (``ramp_start``/``ramp_end``) gets: weight 0 on its outer ``overlap // 4``
+    pixels (pure context: the pixels nearest a tile edge are the ones hurt by the zero padding at that edge),
+    then a raised-cosine ramp ``sin²(π(i + ½) / 2L)`` over the next ``L = overlap - 2 * (overlap // 4)``
+    pixels, then 1. An edge on the image border keeps weight 1 (the model pads there exactly as it would on
+    the whole image). Two neighbours overlapping by exactly ``overlap`` get mirror-image ramps over the same
+    pixels, summing to 1; other overlaps are normalised by the accumulated weight.
+    """
+    margin = overlap // 4
+    ramp_len = overlap - 2 * margin
+    i = torch.arange(ramp_len, dtype=torch.float64)
+    ramp = torch.sin(math.pi * (i + 0.5) / (2 * ramp_len)) ** 2
+    rise = torch.cat((torch.zeros(margin, dtype=torch.float64), ramp))
+    w = torch.ones(length, dtype=torch.float64)
+    n = min(len(rise), length)
+    if ramp_start:
+        w[:n] *= rise[:n]
+    if ramp_end:
+        w[length - n :] *= rise[:n].flip(0)
+    return w
+
+
+def blend_weights(
+    height: int, width: int, overlap: int, edges: tuple[bool, bool, bool, bool]
+) -> torch.Tensor:
+    """Separable ``height × width`` float32 weights; ``edges`` = (top, bottom, left, right) lie inside the image."""
+    top, bottom, left, right = edges
+    wy = blend_window(height, overlap, top, bottom)
+    wx = blend_window(width, overlap, left, right)
+    return (wy[:, None] * wx[None, :]).float()
+
+
+def _derain_tiled(
+    model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int,
+    device: torch.device, amp: bool, channels_last: bool,
+) -> torch.Tensor:
+    """Tiled forward: crops of at most ``tile × tile`` in mini-batches, blended into image-sized buffers."""
+    if overlap < 0 or overlap >= tile:
+        raise ValueError(f"tile overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    b, _, height, width = x.shape
+    th, tw = min(tile, height), min(tile, width)
+    ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+    out = torch.zeros(b, 3, height, width, dtype=torch.float32, device=x.device)
+    weight_sum = torch.zeros(height, width, dtype=torch.float32, device=x.device)
+    windows: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
+    jobs = [(y0, x0) for y0 in ys for x0 in xs]
+    for y0, x0 in jobs:
+        w = _window(windows, th, tw, overlap, y0, x0, height, width, x.device)
+        weight_sum[y0 : y0 + th, x0 : x0 + tw] += w
+    if not bool((weight_sum > 0).all()):  # guaranteed by tile_starts/blend_window; a cheap guard
+        raise RuntimeError("tiling left pixels with zero blend weight")
+    jobs_b = [(i, y0, x0) for y0, x0 in jobs for i in range(b)]
+    for group in _chunks(jobs_b, batch_size):
+        crops = torch.stack([x[i, :, y0 : y0 + th, x0 : x0 + tw] for i, y0, x0 in group])
+        pred = _run(model, crops, device, amp, channels_last).to(x.device)
+        for k, (i, y0, x0) in enumerate(group):
+            w = _window(windows, th, tw, overlap, y0, x0, height, width, x.device)
+            out[i, :, y0 : y0 + th, x0 : x0 + tw] += pred[k] * w
+    return out.div_(weight_sum)
+
+
+def _window(
+    cache: dict[tuple[bool, bool, bool, bool], torch.Tensor], th: int, tw: int, overlap: int,
+    y0: int, x0: int, height: int, width: int, device: torch.device,
+) -> torch.Tensor:
+    """Blend weights of the tile at (y0, x0), cached by which of its edges are inside the image."""
+    edges = (y0 > 0, y0 + th < height, x0 > 0, x0 + tw < width)
+    if edges not in cache:
+        cache[edges] = blend_weights(th, tw, overlap, edges).to(device)
+    return cache[edges]
+
+
+def _chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items`` of length ``n`` (the last may be shorter)."""
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(image files, folders they were given as) for a file, a folder (its images, sorted) or a list of those."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files: list[Path] = []
+    folders: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise FileNotFoundError(f"no image files in {item}")
+            files.extend(found)
+            folders.append(item)
+        elif item.is_file():
+            if not is_image_file(item):
+                raise ValueError(f"not an image file (unknown extension): {item}")
+            files.append(item)
+            folders.append(item.parent)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    return files, folders
+
+
+def output_paths(files: Sequence[Path], folders: Sequence[Path], output_dir: str | Path) -> list[Path]:
+    """``output_dir / (stem + ".png")`` for every input; refuses the input folder and clashing names."""
+    out_dir = Path(output_dir)
+    for folder in folders:
+        if out_dir.resolve() == folder.resolve():
+            raise ValueError(
+                f"output folder {out_dir} is the input folder {folder}; choose another (inputs are never overwritten)"
+            )
+    targets: dict[Path, Path] = {}
+    for f in files:
+        target = out_dir / f"{f.stem}.png"
+        if target in targets:
+            raise ValueError(f"{f} and {targets[target]} would both be written to {target}")
+        targets[target] = f
+    return list(targets)
+
+
+def derain_paths(
+    model: nn.Module, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
+    tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int = 1,
+    device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, progress: bool = True,
+) -> list[Path]:
+    """Derain an image file, a folder of images (or a list of those) into ``output_dir/<stem>.png`` (8-bit).
+
+    Images of identical size are batched ``batch_size`` at a time (``batch_size`` is also the number of tiles
+    per model call when ``tile`` is set). ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...;
+    the model is moved there. Memory stays bounded: at most ``4 * batch_size`` decoded images wait for a batch
+    partner. Returns the written paths in input order; errors name the offending file.
+    """
+    files, folders = collect_inputs(inputs)
+    targets = output_paths(files, folders, output_dir)
+    dev = resolve_device(device)
+    model.to(dev)
+    pending: dict[tuple[int, int], list[tuple[Path, Path, torch.Tensor]]] = {}
+    bar = tqdm(total=len(files), desc="derain", unit="img", disable=not progress)
+
+    def flush(size: tuple[int, int]) -> None:
+        group = pending.pop(size)
+        names = ", ".join(str(src) for src, _, _ in group)
+        try:
+            out = derain_tensor(
+                model, torch.stack([img for _, _, img in group]), tile, overlap, batch_size,
+                amp=amp, channels_last=channels_last,
+            ).cpu()
+        except RuntimeError as exc:
+            raise RuntimeError(f"deraining {names} failed: {exc}") from exc
+        for (src, dst, _), img in zip(group, out, strict=True):
+            try:
+                write_image(dst, img)
+            except OSError as exc:
+                raise OSError(f"cannot write {dst} (derained {src}): {exc}") from exc
+        bar.update(len(group))
+
+    try:
+        for src, dst in zip(files, targets, strict=True):
+            img = read_tensor(src)  # ImageReadError names the file
+            size = (img.shape[1], img.shape[2])
+            pending.setdefault(size, []).append((src, dst, img))
+            if len(pending[size]) >= batch_size:
+                flush(size)
+            elif sum(map(len, pending.values())) > 4 * batch_size:
+                flush(max(pending, key=lambda s: len(pending[s])))
+        for size in list(pending):
+            flush(size)
+    finally:
+        bar.close()
+    return targets

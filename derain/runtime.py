@@ -1,0 +1,115 @@
+"""Where code runs: device choice, mixed precision, and torchrun/DistributedDataParallel plumbing.
+
+Shared by training, inference, joint fine-tuning and the benchmark so each decides these things one way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` -> the (local-rank) CUDA device when available, else CPU; ``cuda`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but no CUDA GPU is available; use device=cpu")
+        if device == "cuda" and local_rank is not None:
+            device = f"cuda:{local_rank}"
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA GPUs that support it, fp16 on older ones, None (full precision) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed-precision context on CUDA (bf16 where supported); a no-op on CPU or when disabled."""
+    dtype = autocast_dtype(device)
+    if not enabled or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun launch (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_hint: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA); else no-op."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = device_hint != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for all ranks (no-op when not distributed)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of a tensor over ranks (returned detached; the input itself when not distributed)."""
+    if not info.enabled:
+        return value.detach()
+    out = value.detach().clone()
+    dist.all_reduce(out)
+    return out / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (so all ranks stop together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    """Leave the process group at the end of a torchrun launch."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Temporarily put ``model`` in eval mode, restoring its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

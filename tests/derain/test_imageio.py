@@ -1,0 +1,126 @@
+"""derain.imageio.read_image: every common file kind comes back as H×W×3 float32 RGB in [0, 1], values exact."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from derain.imageio import ImageReadError, read_image, read_tensor, write_image
+
+
+def check_rgb(arr: np.ndarray, shape: tuple[int, int]) -> None:
+    assert arr.shape == (*shape, 3) and arr.dtype == np.float32
+    assert arr.min() >= 0.0 and arr.max() <= 1.0
+
+
+@pytest.fixture
+def rgb8(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+
+
+def test_rgb_8bit(tmp_path: Path, rgb8: np.ndarray) -> None:
+    Image.fromarray(rgb8).save(tmp_path / "a.png")
+    arr = read_image(tmp_path / "a.png")
+    check_rgb(arr, (13, 17))
+    np.testing.assert_array_equal(arr, rgb8.astype(np.float32) / 255)
+
+
+def test_grayscale_8bit(tmp_path: Path, rgb8: np.ndarray) -> None:
+    Image.fromarray(rgb8[..., 0]).save(tmp_path / "g.png")
+    arr = read_image(tmp_path / "g.png")
+    check_rgb(arr, (13, 17))
+    for c in range(3):
+        np.testing.assert_array_equal(arr[..., c], rgb8[..., 0] / np.float32(255))
+
+
+def test_grayscale_16bit_keeps_precision(tmp_path: Path, rng: np.random.Generator) -> None:
+    g16 = rng.integers(0, 65536, (9, 11), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    arr = read_image(tmp_path / "g16.png")
+    check_rgb(arr, (9, 11))
+    np.testing.assert_allclose(arr[..., 1], g16 / 65535.0, atol=1e-7)
+    # a dark 16-bit image (all values <= 255) is still read as 16-bit, not as 8-bit
+    dark = (np.arange(99).reshape(9, 11) * 2).astype(np.uint16)
+    assert cv2.imwrite(str(tmp_path / "dark16.png"), dark)
+    np.testing.assert_allclose(read_image(tmp_path / "dark16.png")[..., 0], dark / 65535.0, atol=1e-7)
+
+
+def test_rgb_16bit_written_by_cv2(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb16 = rng.integers(0, 65536, (8, 10, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])  # OpenCV stores BGR
+    arr = read_image(tmp_path / "c16.png")
+    check_rgb(arr, (8, 10))
+    np.testing.assert_allclose(arr, rgb16 / 65535.0, atol=1e-7)  # full 16-bit precision, RGB order
+
+
+def test_rgba_partial_alpha_warns(tmp_path: Path, rgb8: np.ndarray) -> None:
+    alpha = np.full(rgb8.shape[:2], 255, np.uint8)
+    Image.fromarray(np.dstack([rgb8, alpha])).save(tmp_path / "opaque.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fully opaque: silent
+        np.testing.assert_array_equal(read_image(tmp_path / "opaque.png"), rgb8 / np.float32(255))
+    alpha[2:5, 3:9] = 40
+    Image.fromarray(np.dstack([rgb8, alpha])).save(tmp_path / "rgba.png")
+    with pytest.warns(UserWarning, match="rgba.png.*alpha"):
+        arr = read_image(tmp_path / "rgba.png")
+    check_rgb(arr, (13, 17))
+    np.testing.assert_array_equal(arr, rgb8 / np.float32(255))  # colour kept, alpha dropped
+
+
+def test_rgba_16bit_partial_alpha_warns(tmp_path: Path, rng: np.random.Generator) -> None:
+    bgra = rng.integers(0, 65536, (6, 7, 4), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "c16a.png"), bgra)
+    with pytest.warns(UserWarning, match="alpha"):
+        arr = read_image(tmp_path / "c16a.png")
+    np.testing.assert_allclose(arr, bgra[..., 2::-1] / 65535.0, atol=1e-7)
+
+
+def test_palette_png(tmp_path: Path) -> None:
+    palette = np.array([[255, 0, 0], [0, 128, 255], [10, 20, 30]], np.uint8)
+    idx = np.array([[0, 1, 2, 1], [2, 2, 0, 1]], np.uint8)
+    im = Image.frombytes("P", (4, 2), idx.tobytes())
+    im.putpalette(palette.flatten().tolist())
+    im.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    arr = read_image(tmp_path / "p.png")
+    check_rgb(arr, (2, 4))
+    np.testing.assert_array_equal(arr, palette[idx] / np.float32(255))
+
+
+def test_jpeg(tmp_path: Path) -> None:
+    smooth = np.zeros((32, 48, 3), np.uint8)
+    smooth[..., 0] = np.linspace(0, 255, 48, dtype=np.uint8)
+    smooth[..., 1] = 100
+    smooth[..., 2] = np.linspace(255, 0, 32, dtype=np.uint8)[:, None]
+    Image.fromarray(smooth).save(tmp_path / "a.jpg", quality=95)
+    arr = read_image(tmp_path / "a.jpg")
+    check_rgb(arr, (32, 48))
+    with Image.open(tmp_path / "a.jpg") as im:
+        np.testing.assert_array_equal(arr, np.asarray(im.convert("RGB")) / np.float32(255))
+    assert np.abs(arr * 255 - smooth).mean() < 3  # close to what was saved (lossy)
+    Image.fromarray(smooth[..., 0]).save(tmp_path / "g.jpg")
+    check_rgb(read_image(tmp_path / "g.jpg"), (32, 48))
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"this is not an image")
+    with pytest.raises(ImageReadError, match="junk.png"):
+        read_image(tmp_path / "junk.png")
+
+
+def test_write_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
+    arr = rng.random((5, 6, 3)).astype(np.float32)
+    write_image(tmp_path / "o8.png", arr)
+    np.testing.assert_allclose(read_image(tmp_path / "o8.png"), arr, atol=0.5 / 255 + 1e-7)
+    write_image(tmp_path / "o16.png", torch.from_numpy(arr).permute(2, 0, 1), bit_depth=16)
+    np.testing.assert_allclose(read_image(tmp_path / "o16.png"), arr, atol=0.5 / 65535 + 1e-7)
+    t = read_tensor(tmp_path / "o16.png")
+    assert t.shape == (3, 5, 6) and t.dtype == torch.float32

@@ -1,0 +1,333 @@
+"""Rain synthesizer: determinism, recorded parameters, shapes, overrides, calibration, folder mode and CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from derain.imageio import ImageReadError, quantize_uint8, read_image, write_image
+from derain.samples import sample_photos
+from derain.synth import (
+    PRESETS,
+    RainParams,
+    get_preset,
+    image_seed,
+    line_kernel,
+    params_from_dict,
+    sidecar_path,
+    synthesize,
+    synthesize_file,
+    synthesize_folder,
+)
+
+
+def y_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR on the MATLAB rgb2ycbcr Y channel of uint8-rounded ``H×W×3`` images in [0, 1] (peak 255)."""
+
+    def luma(x: np.ndarray) -> np.ndarray:
+        u = quantize_uint8(x).astype(np.float64)
+        return np.floor(16.0 + (65.481 * u[..., 0] + 128.553 * u[..., 1] + 24.966 * u[..., 2]) / 255.0 + 0.5)
+
+    mse = float(np.mean((luma(a) - luma(b)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A smooth 64×96 colour test image, ``H×W×3`` float32 in [0.1, 0.7]."""
+    yy, xx = np.mgrid[0:64, 0:96].astype(np.float32)
+    return np.stack([0.1 + 0.6 * yy / 63, 0.1 + 0.6 * xx / 95, np.full_like(yy, 0.4)], axis=2)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """A tiny dataset: two images (one in a sub-folder, one JPEG) plus label/config files next to them."""
+    root = tmp_path / "clean"
+    rng = np.random.default_rng(1)
+    write_image(root / "images" / "a.png", rng.random((40, 56, 3)).astype(np.float32))
+    write_image(root / "images" / "sub" / "b.jpg", rng.random((48, 32, 3)).astype(np.float32))
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "images" / "a.txt").write_text("label next to the image\n")
+    (root / "data.yaml").write_text("names: [person]\n")
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------- synthesize
+
+
+def test_same_seed_same_output_different_seed_different(image: np.ndarray) -> None:
+    a, info_a = synthesize(image, "heavy", seed=3)
+    b, info_b = synthesize(image, "heavy", seed=3)
+    c, _ = synthesize(image, "heavy", seed=4)
+    assert a.tobytes() == b.tobytes()
+    assert info_a == info_b
+    assert not np.array_equal(a, c)
+
+
+def test_rain_depends_on_seed_not_on_pixel_values() -> None:
+    dark = np.full((50, 70, 3), 0.1, np.float32)
+    other = np.random.default_rng(5).uniform(0.0, 0.3, (50, 70, 3)).astype(np.float32)
+    ra, info_a = synthesize(dark, "medium", seed=9, blend="add", veil_beta=0.0)
+    rb, info_b = synthesize(other, "medium", seed=9, blend="add", veil_beta=0.0)
+    assert info_a == info_b
+    unclipped = (ra < 1) & (rb < 1)
+    np.testing.assert_allclose((ra - dark)[unclipped], (rb - other)[unclipped], atol=1e-5)
+
+
+def test_params_dict_is_json_and_records_what_was_used(image: np.ndarray) -> None:
+    out, info = synthesize(image, "heavy", seed=11)
+    again = json.loads(json.dumps(info))
+    assert again == info
+    assert info["preset"] == "heavy" and info["seed"] == 11 and info["image_size"] == [64, 96]
+    assert params_from_dict(info["params"]) == PRESETS["heavy"]
+    assert len(info["layers"]) == PRESETS["heavy"].layers
+    for layer in info["layers"]:
+        lo, hi = PRESETS["heavy"].length_range
+        assert lo <= layer["length_px"] <= hi and layer["drops"] > 0
+    assert PRESETS["heavy"].veil_beta[0] <= info["veil"]["beta"] <= PRESETS["heavy"].veil_beta[1]
+    assert 0.25 <= info["veil"]["atmospheric_light"] <= 0.95
+    rebuilt, _ = synthesize(image, params_from_dict(again["params"]), seed=again["seed"])
+    assert np.array_equal(out, rebuilt)
+    assert synthesize(image, "light", seed=0)[1]["veil"] is None
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("shape", [(33, 47), (47, 33), (8, 8), (120, 200)])
+def test_output_shape_dtype_range(preset: str, shape: tuple[int, int]) -> None:
+    img = np.random.default_rng(0).random((*shape, 3))  # float64 input is accepted
+    out, info = synthesize(img, preset, seed=2)
+    assert out.shape == (*shape, 3) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert info["image_size"] == list(shape)
+    if min(shape) > 8:
+        assert not np.allclose(out, img, atol=1 / 255)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((16, 16), np.float32), np.zeros((7, 20, 3), np.float32), np.zeros((16, 16, 3), np.uint8)]
+)
+def test_bad_images_are_rejected(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        synthesize(bad)
+
+
+def test_more_rain_means_lower_psnr(image: np.ndarray) -> None:
+    psnrs = [y_psnr(synthesize(image, "light", 0, density=d)[0], image) for d in (0.001, 0.004, 0.016)]
+    assert psnrs[0] > psnrs[1] > psnrs[2]
+
+
+def test_rain_scale_is_relative_to_image_size() -> None:
+    """Same seed on a 2× larger image gives (almost) the same picture, just larger (canvas: 320 px side)."""
+    small = np.full((320, 480, 3), 0.3, np.float32)
+    big = np.full((640, 960, 3), 0.3, np.float32)
+    rs, info = synthesize(small, "light", 4)
+    rb, info_big = synthesize(big, "light", 4)
+    assert info["canvas_size"] == info_big["canvas_size"] == [320, 480]
+    down = rb.reshape(320, 2, 480, 2, 3).mean(axis=(1, 3))
+    assert abs(y_psnr(rs, small) - y_psnr(rb, big)) < 1.5
+    assert np.corrcoef((rs - 0.3).ravel(), (down - 0.3).ravel())[0, 1] > 0.9
+
+
+def test_synth_is_fast() -> None:
+    img = np.random.default_rng(0).random((320, 480, 3)).astype(np.float32)
+    synthesize(img, "heavy", 0)
+    best = min(_timed(lambda s=s: synthesize(img, "heavy", s)) for s in range(3))
+    assert best < 0.5  # typically ~0.03 s; generous for a shared CPU
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------------ presets/overrides
+
+
+def test_overrides_are_applied_and_presets_untouched(image: np.ndarray) -> None:
+    p = get_preset("light", density=0.01, layers=2, length_range=[10, 12], blend="add")
+    assert p.density == (0.01, 0.01) and p.layers == 2 and p.length_range == (10.0, 12.0) and p.blend == "add"
+    assert PRESETS["light"].layers == 1
+    _, info = synthesize(image, "light", 0, layers=2, angle_range=[5, 5])
+    assert info["params"]["layers"] == 2 and len(info["layers"]) == 2
+    assert all(layer["angle_deg"] == 5.0 for layer in info["layers"])
+    _, info = synthesize(image, RainParams(layers=3), 0, opacity=0.5)
+    assert info["preset"] == "custom" and info["params"]["opacity"] == 0.5 and len(info["layers"]) == 3
+
+
+def test_unknown_preset_or_key_fails_listing_valid_ones(image: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="light, medium, heavy"):
+        get_preset("drizzle")
+    with pytest.raises(ValueError, match="unknown rain parameter 'densty'.*density"):
+        get_preset("light", densty=0.1)
+    with pytest.raises(ValueError, match="unknown rain parameter"):
+        synthesize(image, "light", 0, nope=1)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"opacity": 2.0}, {"blend": "multiply"}, {"layers": "x"}, {"length_range": [40, 10]},
+     {"atmospheric_light": [0.1, 0.5]}, {"levels_black": 0.9, "levels_white": 0.5}],
+)
+def test_bad_parameter_values_fail(override: dict) -> None:
+    with pytest.raises(ValueError):
+        get_preset("heavy", **override)
+
+
+def test_line_kernel_is_an_antialiased_line() -> None:
+    vertical = line_kernel(20.0, 0.0)
+    assert vertical.shape[0] == vertical.shape[1] and vertical.shape[0] % 2 == 1
+    assert vertical.sum() == pytest.approx(20.0, rel=0.01)
+    centre = vertical.shape[1] // 2
+    assert vertical[:, centre].sum() == pytest.approx(vertical.sum())
+    tilted = line_kernel(20.0, 30.0, drop_size=2.0, taper=0.3)
+    rows, cols = np.nonzero(tilted > 0.05)
+    slope = np.polyfit(rows, cols, 1)[0]
+    assert slope == pytest.approx(np.tan(np.deg2rad(30.0)), abs=0.1)
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    return sample_photos()
+
+
+def test_calibration_on_sample_photos(photos: dict[str, np.ndarray]) -> None:
+    """Mean Y-PSNR (rainy vs clean) per preset: light ≈ Rain100L (25.5), heavy ≈ Rain100H (12–13 dB)."""
+    assert len(photos) >= 5
+    mean = {
+        preset: float(np.mean([y_psnr(synthesize(img, preset, seed=i)[0], img) for i, img in
+                               enumerate(photos.values())]))
+        for preset in PRESETS
+    }
+    assert 23.0 <= mean["light"] <= 28.0, mean
+    assert 10.5 <= mean["heavy"] <= 15.0, mean
+    assert mean["heavy"] + 2.0 < mean["medium"] < mean["light"] - 2.0, mean
+
+
+# ----------------------------------------------------------------------------------------------------- files
+
+
+def test_synthesize_file_writes_image_and_sidecar(tmp_path: Path, dataset: Path) -> None:
+    src = dataset / "images" / "a.png"
+    dst = tmp_path / "out" / "a.png"
+    info = synthesize_file(src, dst, "medium", 5)
+    assert sidecar_path(dst) == tmp_path / "out" / "a.rain.json"
+    side = json.loads(sidecar_path(dst).read_text())
+    assert side == info and side["seed"] == 5 and side["source"] == "a.png"
+    rainy = read_image(dst)
+    expected, _ = synthesize(read_image(src), "medium", 5)
+    assert np.array_equal(quantize_uint8(rainy), quantize_uint8(expected))
+    first = dst.read_bytes()
+    synthesize_file(src, dst, "medium", 5)
+    assert dst.read_bytes() == first
+    with pytest.raises(ValueError, match="image extension"):
+        synthesize_file(src, tmp_path / "out" / "a.txt", "medium", 5)
+
+
+def test_folder_keeps_names_writes_sidecars_and_leaves_other_files(tmp_path: Path, dataset: Path) -> None:
+    before = _snapshot(dataset)
+    out = tmp_path / "rainy"
+    results = synthesize_folder(dataset, out, "heavy", seed=7, progress=False)
+    assert _snapshot(dataset) == before
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["images/a.png", "images/a.rain.json", "images/sub/b.jpg", "images/sub/b.rain.json"]
+    assert [r["file"] for r in results] == ["images/a.png", "images/sub/b.jpg"]
+    assert [r["seed"] for r in results] == [image_seed(7, "images/a.png"), image_seed(7, "images/sub/b.jpg")]
+    assert read_image(out / "images" / "sub" / "b.jpg").shape == (48, 32, 3)
+    first = _snapshot(out)
+    synthesize_folder(dataset, out, "heavy", seed=7, progress=False)
+    assert _snapshot(out) == first
+
+
+def test_folder_inside_source_is_not_read_back(dataset: Path) -> None:
+    out = dataset / "rainy"
+    synthesize_folder(dataset, out, "light", seed=0, progress=False)
+    results = synthesize_folder(dataset, out, "light", seed=0, progress=False)
+    assert [r["file"] for r in results] == ["images/a.png", "images/sub/b.jpg"]
+    assert not (out / "rainy").exists()
+
+
+def test_canvas_of_thin_strips_is_capped() -> None:
+    out, info = synthesize(np.zeros((8, 2000, 3), np.float32), "light", 0)
+    assert out.shape == (8, 2000, 3)
+    assert info["canvas_size"] == [8, 2000]  # not 320×80000
+
+
+def test_image_seed_is_deterministic_and_path_dependent() -> None:
+    assert image_seed(0, "a/b.png") == image_seed(0, Path("a") / "b.png")
+    assert len({image_seed(0, "a.png"), image_seed(1, "a.png"), image_seed(0, "b.png")}) == 3
+
+
+def test_folder_errors(tmp_path: Path, dataset: Path) -> None:
+    (dataset / "images" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        synthesize_folder(dataset, tmp_path / "rainy", "light", progress=False)
+    with pytest.raises(ValueError, match="source folder"):
+        synthesize_folder(dataset, dataset, "light", progress=False)
+    with pytest.raises(FileNotFoundError):
+        synthesize_folder(tmp_path / "missing", tmp_path / "rainy", "light", progress=False)
+    with pytest.raises(ValueError, match="light, medium, heavy"):
+        synthesize_folder(dataset, tmp_path / "rainy2", "storm", progress=False)
+    (dataset / "images" / "broken.png").unlink()
+    write_image(dataset / "images" / "a.jpg", np.zeros((16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="share the sidecar"):
+        synthesize_folder(dataset, tmp_path / "rainy2", "light", progress=False)
+    assert not (tmp_path / "rainy2").exists()
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli_main(monkeypatch: pytest.MonkeyPatch):
+    """``derainbench.cli.main`` with only the ``synth`` sub-command registered (others may not exist yet)."""
+    import derainbench.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ("synth",))
+    monkeypatch.delenv("DERAINBENCH_DEBUG", raising=False)
+    return cli.main
+
+
+def test_cli_synth(tmp_path: Path, dataset: Path, cli_main, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rainy"
+    argv = ["synth", "--preset", "heavy", "--seed", "0", str(dataset), str(out), "--set", "layers=2",
+            "--set", "density=[0.001,0.002]", "--no-progress"]
+    assert cli_main(argv) == 0
+    side = json.loads((out / "images" / "a.rain.json").read_text())
+    assert side["preset"] == "heavy" and side["params"]["layers"] == 2
+    assert side["params"]["density"] == [0.001, 0.002]
+    assert not (out / "data.yaml").exists() and not (out / "labels").exists()
+    assert "wrote 2 rainy images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--preset", "storm"], "light, medium, heavy"), (["--set", "densty=1"], "densty"),
+     (["--set", "opacity=3"], "opacity"), (["--set", "noequals"], "key=value")],
+)
+def test_cli_bad_arguments(tmp_path: Path, dataset: Path, cli_main, capsys: pytest.CaptureFixture[str],
+                           extra: list[str], message: str) -> None:
+    assert cli_main(["synth", str(dataset), str(tmp_path / "rainy"), "--no-progress", *extra]) == 1
+    err = capsys.readouterr().err
+    assert "derainbench synth: error:" in err and message in err
+    assert not (tmp_path / "rainy").exists()
+
+
+def test_cli_help_explains_presets_and_sidecars(cli_main, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["synth", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert all(word in text for word in ("light", "medium", "heavy", ".rain.json", "never"))

@@ -1,0 +1,152 @@
+"""Training: exact resume, non-finite loss, validation/best checkpoint, SIGTERM, and 2-process DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from derain.checkpoint import read_state_dict
+from derain.config import load_config
+from derain.imageio import write_image
+from derain.registry import add_model
+from derain.train import NonFiniteLossError, TrainConfig, lr_at, train
+
+TINY = ["model.name=mspfn-lite", "model.options.channels=8", "model.options.cfm_channels=4",
+        "model.options.lstm_channels=[4,8,8]", "model.options.units=1"]
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four smooth 40×48 clean images (gradients plus blobs) as PNGs."""
+    folder = tmp_path_factory.mktemp("clean")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:48] / 48.0
+    for i in range(4):
+        img = np.stack([0.3 + 0.4 * xx, 0.5 * yy + 0.2, 0.6 - 0.3 * xx * yy], axis=2)
+        img += 0.1 * np.sin(rng.uniform(3, 9) * xx + rng.uniform(0, 6))[..., None]
+        write_image(folder / f"img{i}.png", np.clip(img, 0, 1).astype(np.float32))
+    return folder
+
+
+def config(tmp_path: Path, clean_dir: Path, *extra: str) -> TrainConfig:
+    args = [f"out={tmp_path}", "name=run", "iters=4", "batch_size=2", "patch_size=24", "device=cpu",
+            "log_every=1", "save_every=1", "val_every=2", f"train.clean={clean_dir}",
+            f"val={{clean: {clean_dir}, limit: 1, seed: 7}}", *TINY, *extra]
+    return load_config(TrainConfig, None, args)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(path)
+
+
+def test_resume_n_plus_n_equals_2n(tmp_path: Path, clean_dir: Path) -> None:
+    straight = train(config(tmp_path / "a", clean_dir, "iters=4"), progress=False)
+    assert straight.step == 4 and not straight.interrupted
+    first = train(config(tmp_path / "b", clean_dir, "iters=2"), progress=False)
+    assert first.step == 2
+    resumed = train(config(tmp_path / "b", clean_dir, "iters=4"), resume=True, progress=False)
+    assert resumed.step == 4
+    wa, wb = weights(tmp_path / "a/run/last"), weights(tmp_path / "b/run/last")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
+    # the log of the resumed run holds each step once
+    log = (tmp_path / "b/run/log.csv").read_text().splitlines()
+    steps = [line.split(",")[0] for line in log[1:] if line.split(",")[2]]
+    assert steps == ["1", "2", "3", "4"]
+
+
+def test_validation_writes_best_and_log(tmp_path: Path, clean_dir: Path) -> None:
+    res = train(config(tmp_path, clean_dir), progress=False)
+    assert res.best_psnr is not None and np.isfinite(res.best_psnr)
+    assert (tmp_path / "run/best/model.safetensors").is_file()
+    assert (tmp_path / "run/config.yaml").is_file()
+    log = (tmp_path / "run/log.csv").read_text()
+    assert "val_psnr_y" in log.splitlines()[0]
+    assert sum(1 for line in log.splitlines()[1:] if line.split(",")[5]) == 2  # val at steps 2 and 4
+
+
+def test_lr_schedule_is_the_official_continuous_decay() -> None:
+    cfg = TrainConfig().optim
+    assert lr_at(0, cfg) == pytest.approx(5e-4 + 1e-6)
+    assert lr_at(20000, cfg) == pytest.approx(5e-4 * 0.8 + 1e-6)
+    assert lr_at(30000, cfg) == pytest.approx(5e-4 * 0.8**1.5 + 1e-6)
+
+
+class NaNAfter(nn.Module):
+    """Test derainer whose output becomes NaN from its third training forward on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+        y = x + self.conv(x)
+        return y * float("nan") if self.calls >= 3 else y
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, clean_dir: Path) -> None:
+    add_model("test-nan-after", NaNAfter, override=True)
+    cfg = config(tmp_path, clean_dir, "model.name=test-nan-after", "model.options={}", "iters=5")
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(cfg, progress=False)
+    state = torch.load(tmp_path / "run/last/state.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run/last").values())
+
+
+def test_unknown_config_key_is_named(tmp_path: Path, clean_dir: Path) -> None:
+    with pytest.raises(ValueError, match="optim.lrr"):
+        config(tmp_path, clean_dir, "optim.lrr=1")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "derainbench", *args]
+
+
+def test_sigterm_saves_and_resume_continues(tmp_path: Path, clean_dir: Path) -> None:
+    def args(iters: int, *extra: str) -> list[str]:
+        return _cli("train", "--no-progress", *extra, f"out={tmp_path}", "name=run", f"iters={iters}",
+                    "batch_size=2", "patch_size=24", "device=cpu", "log_every=1", "save_every=100000",
+                    f"train.clean={clean_dir}", *TINY)
+
+    proc = subprocess.Popen(args(100000), stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run/log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    step = torch.load(tmp_path / "run/last/state.pt", weights_only=True)["step"]
+    assert step >= 3
+    out = subprocess.run(args(step + 2, "--resume"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert torch.load(tmp_path / "run/last/state.pt", weights_only=True)["step"] == step + 2
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path, clean_dir: Path) -> None:
+    common = [f"train.clean={clean_dir}", "iters=2", "batch_size=4", "patch_size=24", "device=cpu",
+              "log_every=1", "save_every=1", "name=run", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "derainbench", "train", "--no-progress", f"out={tmp_path / 'ddp'}", *common]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = train(load_config(TrainConfig, None, [f"out={tmp_path / 'one'}", *common]), progress=False)
+    assert single.step == 2
+    w1, w2 = weights(tmp_path / "one/run/last"), weights(tmp_path / "ddp/run/last")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)

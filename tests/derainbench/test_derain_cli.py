@@ -1,0 +1,89 @@
+"""``derainbench derain`` and ``derainbench models`` through the real entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from derain.checkpoint import save_checkpoint
+from derain.imageio import read_tensor, write_image
+from derain.registry import build_model, list_models
+from derainbench.cli import main
+
+
+@pytest.fixture
+def rainy_dir(tmp_path: Path) -> Path:
+    """Three small images: two 40×24 (batched together) and one 19×31 JPEG."""
+    folder = tmp_path / "rainy"
+    rng = np.random.default_rng(0)
+    write_image(folder / "1.png", rng.random((24, 40, 3)))
+    write_image(folder / "2.png", rng.random((24, 40, 3)))
+    write_image(folder / "3.jpg", rng.random((31, 19, 3)))
+    return folder
+
+
+def test_derain_identity_folder(rainy_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = main(["derain", "--model", "identity", "--input", str(rainy_dir), "--output", str(out),
+                 "--batch-size", "2", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["1.png", "2.png", "3.png"]
+    torch.testing.assert_close(read_tensor(out / "1.png"), read_tensor(rainy_dir / "1.png"), rtol=0, atol=0)
+
+
+def test_derain_checkpoint_folder_tiled(rainy_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint folder written by save_checkpoint: tiled output equals the model's own (to 1/255)."""
+    config = {"stages": 2, "channels": 4}
+    model = build_model("prenet", **config).eval()
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, name="prenet", config=config)
+    out = tmp_path / "out"
+    code = main(["derain", "--model", str(ckpt), "--input", str(rainy_dir / "1.png"), "--output", str(out),
+                 "--tile", "16", "--tile-overlap", "8", "--no-progress"])
+    assert code == 0
+    with torch.inference_mode():
+        expected = model(read_tensor(rainy_dir / "1.png")[None])[0]
+    assert (read_tensor(out / "1.png") - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_derain_official_prenet(shared_data: Path, tmp_path: Path) -> None:
+    rain = shared_data / "Rain100L" / "input" / "1.png"
+    out = tmp_path / "out"
+    code = main(["derain", "--model", "prenet", "--weights", str(shared_data / "weights" /
+                 "PReNet_Rain100L_PReNet6.pth"), "--input", str(rain), "--output", str(out), "--no-progress"])
+    assert code == 0
+    derained, clean = read_tensor(out / "1.png"), read_tensor(shared_data / "Rain100L" / "target" / "1.png")
+    assert (derained - clean).abs().mean() < (read_tensor(rain) - clean).abs().mean()
+
+
+def test_derain_errors(rainy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["derain", "--input", str(rainy_dir), "--no-progress"]
+    assert main([*base, "--model", "identity", "--output", str(rainy_dir)]) == 1
+    assert "input folder" in capsys.readouterr().err
+    assert main([*base, "--model", "no-such-net", "--output", str(tmp_path / "o")]) == 1
+    assert "no-such-net" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.pth"
+    torch.save(build_model("prenet", recurrent=False).state_dict(), wrong)
+    assert main([*base, "--model", "prenet", "--weights", str(wrong), "--output", str(tmp_path / "o")]) == 1
+    assert "missing keys" in capsys.readouterr().err
+    assert main([*base, "--model", "identity", "--output", str(tmp_path / "o"), "--tile", "8"]) == 1
+    assert "--tile-overlap" in capsys.readouterr().err
+
+
+def test_derain_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["derain", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--weights", "--tile", "--tile-overlap", "--batch-size", "--device", "--amp"):
+        assert option in text
+
+
+def test_models_lists_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    rows = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert sorted(rows) == list_models()
+    assert rows["prenet"].strip() == "168,963"
+    assert rows["identity"].strip() == "0"
