@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from derainbench import __version__
 
 # Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
-COMMANDS = ("synth", "train", "derain", "score", "models")
+COMMANDS = ("demo", "synth", "train", "derain", "score", "models")
 
 DESCRIPTION = """\
 derainbench: does removing rain help detection and segmentation?
 
 Sub-commands (each has its own --help):
+  demo     the main job, offline: rain on bundled photos, train mspfn-lite, derain, score
   synth    rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)
   train    train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides
   derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
