@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -59,34 +57,32 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> float:
     return time.perf_counter() - t
 
 
-def peak_cpu_rss_mb(name: str, fast: bool, h: int, w: int, q: mp.Queue) -> None:
-    """Child process: peak RSS growth (MB) of one forward beyond model construction."""
-    torch.set_num_threads(torch.get_num_threads())
-    model = build_model(name, fast=fast).eval()
-    x = torch.rand(1, 3, h, w)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_peak_memory_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Peak resident memory (MB) one forward adds on top of what the process holds (Linux VmHWM, reset first)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # resets the peak-RSS high-water mark to the current RSS
+    base = _status_kb("VmRSS")
     with torch.inference_mode():
         model(x)
-    q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    return (_status_kb("VmHWM") - base) / 1024
 
 
-def cpu_peak_memory(name: str, fast: bool, h: int, w: int) -> float:
-    ctx = mp.get_context("spawn")
-    q: mp.Queue = ctx.Queue()
-    p = ctx.Process(target=peak_cpu_rss_mb, args=(name, fast, h, w, q))
-    p.start()
-    value = q.get()
-    p.join()
-    return value
-
-
-def bench_device(name: str, device: torch.device, h: int, w: int, repeats: int) -> dict:
+def bench_device(name: str, device: torch.device, h: int, w: int, repeats: int, channels_last: bool) -> dict:
     amp = device.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    fast = build_model(name, fast=True).eval().to(device)
-    literal = build_model(name, fast=False).eval().to(device)
+    fast = build_model(name, fast=True).eval().to(device, memory_format=fmt)
+    literal = build_model(name, fast=False).eval().to(device, memory_format=fmt)
     literal.load_state_dict(fast.state_dict())
-    x = torch.rand(1, 3, h, w, device=device)
+    x = torch.rand(1, 3, h, w, device=device).contiguous(memory_format=fmt)
     with torch.inference_mode():
         diff = (fast(x) - literal(x)).abs().max().item()
     flops = {"fast": count_flops(fast, x), "literal": count_flops(literal, x)}
@@ -98,6 +94,7 @@ def bench_device(name: str, device: torch.device, h: int, w: int, repeats: int) 
         times["literal"].append(time_forward(literal, x, amp))
     peak = matmul_gflops(device)
     result = {"device": str(device), "amp": "bf16" if amp else "fp32", "max_abs_diff": diff,
+              "layout": "channels_last" if channels_last else "NCHW",
               "matmul_gflops": peak}
     for k in ("fast", "literal"):
         sec = statistics.median(times[k])
@@ -106,7 +103,7 @@ def bench_device(name: str, device: torch.device, h: int, w: int, repeats: int) 
             time_forward(fast if k == "fast" else literal, x, amp)
             mem = torch.cuda.max_memory_allocated(device) / 2**20
         else:
-            mem = cpu_peak_memory(name, k == "fast", h, w)
+            mem = cpu_peak_memory_mb(fast if k == "fast" else literal, x)
         result[k] = {"ms": sec * 1e3, "img_per_s": 1 / sec, "gflop": flops[k] / 1e9,
                      "gflops_achieved": flops[k] / sec / 1e9, "peak_mem_mb": mem}
     result["speedup"] = statistics.median(times["literal"]) / statistics.median(times["fast"])
@@ -124,9 +121,9 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"{args.model} forward at {w}x{h}, batch 1, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
-    for device in devices:
-        r = bench_device(args.model, device, h, w, args.repeats)
-        print(f"\n[{r['device']}, {r['amp']}]  matmul peak {r['matmul_gflops']:.1f} GFLOP/s, "
+    for device, channels_last in [(d, cl) for d in devices for cl in (True, False)]:
+        r = bench_device(args.model, device, h, w, args.repeats, channels_last)
+        print(f"\n[{r['device']}, {r['amp']}, {r['layout']}]  matmul peak {r['matmul_gflops']:.1f} GFLOP/s, "
               f"fast vs literal max |diff| {r['max_abs_diff']:.2e}")
         print(f"{'path':8} {'ms':>9} {'img/s':>8} {'GFLOP':>8} {'GFLOP/s':>9} {'% of mm':>8} {'peak MB':>8}")
         for k in ("fast", "literal"):

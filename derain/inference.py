@@ -8,6 +8,7 @@ weights (see :func:`blend_window`), never a flat average, so there are no seams.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from derain.runtime import autocast, resolve_device
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
-DEFAULT_OVERLAP = 32
+DEFAULT_OVERLAP = 64  # enough for PReNet and MSPFN to stay within 1/255 of untiled output
 DEFAULT_BATCH_SIZE = 4
 
 T = TypeVar("T")
@@ -75,17 +76,28 @@ def _run(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, cha
     return y.float()
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared pixels.
+def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """``(start, end)`` spans of about ``tile`` pixels covering ``size``, neighbours sharing ``>= overlap``.
 
-    Stride ``tile - overlap``; the last tile is shifted back to end exactly at ``size`` (so it may overlap its
-    neighbour by more). ``size <= tile`` gives the single start 0.
+    Starts are multiples of ``align`` (a model's ``size_multiple``: MSPFN's pyramid and stride-2 convs are
+    only shift-equivariant by multiples of 8, so a misaligned tile would see a different sampling grid than
+    the whole image). The stride is ``tile - overlap`` rounded down to ``align``; the last span starts at the
+    largest aligned offset that still leaves ``tile`` pixels and runs to the end (so it may be up to
+    ``align - 1`` pixels longer than ``tile``). ``size <= tile`` gives the single span ``(0, size)``.
     """
     if size <= tile:
-        return [0]
-    stride = tile - overlap
-    n = math.ceil((size - tile) / stride) + 1
-    return [min(i * stride, size - tile) for i in range(n)]
+        return [(0, size)]
+    stride = (tile - overlap) // align * align
+    if stride <= 0:
+        raise ValueError(f"tile {tile} minus overlap {overlap} leaves no stride at alignment {align}")
+    last = (size - tile) // align * align
+    starts = list(range(0, last, stride)) + [last]
+    return [(s0, s0 + tile) for s0 in starts[:-1]] + [(last, size)]
+
+
+def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of :func:`tile_spans` (kept for callers that only need the starts)."""
+    return [s0 for s0, _ in tile_spans(size, tile, overlap, align)]
 
 
 def blend_window(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
@@ -126,40 +138,53 @@ def _derain_tiled(
     model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int,
     device: torch.device, amp: bool, channels_last: bool,
 ) -> torch.Tensor:
-    """Tiled forward: crops of at most ``tile × tile`` in mini-batches, blended into image-sized buffers."""
+    """Tiled forward: crops of about ``tile × tile`` in same-shape mini-batches, blended into image-sized buffers."""
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"tile overlap must be in [0, tile) = [0, {tile}), got {overlap}")
     b, _, height, width = x.shape
-    th, tw = min(tile, height), min(tile, width)
-    ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+    align = int(getattr(model, "size_multiple", 1))
+    rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
+    tiles = [(ys, xs) for ys in rows for xs in cols]
     out = torch.zeros(b, 3, height, width, dtype=torch.float32, device=x.device)
     weight_sum = torch.zeros(height, width, dtype=torch.float32, device=x.device)
-    windows: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
-    jobs = [(y0, x0) for y0 in ys for x0 in xs]
-    for y0, x0 in jobs:
-        w = _window(windows, th, tw, overlap, y0, x0, height, width, x.device)
-        weight_sum[y0 : y0 + th, x0 : x0 + tw] += w
-    if not bool((weight_sum > 0).all()):  # guaranteed by tile_starts/blend_window; a cheap guard
+    windows: dict[tuple, torch.Tensor] = {}
+    for ys, xs in tiles:
+        weight_sum[ys[0] : ys[1], xs[0] : xs[1]] += _window(windows, ys, xs, overlap, height, width, x.device)
+    if not bool((weight_sum > 0).all()):  # guaranteed by tile_spans/blend_window; a cheap guard
         raise RuntimeError("tiling left pixels with zero blend weight")
-    jobs_b = [(i, y0, x0) for y0, x0 in jobs for i in range(b)]
-    for group in _chunks(jobs_b, batch_size):
-        crops = torch.stack([x[i, :, y0 : y0 + th, x0 : x0 + tw] for i, y0, x0 in group])
-        pred = _run(model, crops, device, amp, channels_last).to(x.device)
-        for k, (i, y0, x0) in enumerate(group):
-            w = _window(windows, th, tw, overlap, y0, x0, height, width, x.device)
-            out[i, :, y0 : y0 + th, x0 : x0 + tw] += pred[k] * w
+    tile_context = getattr(model, "tile_context", None)
+    if tile_context is None:  # tiles of all images mixed freely in mini-batches
+        per_image = [[(i, ys, xs) for ys, xs in tiles for i in range(b)]]
+    else:  # one image at a time, inside the model's whole-image context (e.g. MSPFN's global pooling)
+        per_image = [[(i, ys, xs) for ys, xs in tiles] for i in range(b)]
+    for jobs in per_image:
+        i0 = jobs[0][0]
+        context = (tile_context(x[i0 : i0 + 1].to(device, torch.float32)) if tile_context is not None
+                   else contextlib.nullcontext())
+        by_shape: dict[tuple[int, int], list] = {}
+        for job in jobs:
+            by_shape.setdefault((job[1][1] - job[1][0], job[2][1] - job[2][0]), []).append(job)
+        with context:
+            for same_shape in by_shape.values():
+                for group in _chunks(same_shape, batch_size):
+                    crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
+                    pred = _run(model, crops, device, amp, channels_last).to(x.device)
+                    for k, (i, ys, xs) in enumerate(group):
+                        w = _window(windows, ys, xs, overlap, height, width, x.device)
+                        out[i, :, ys[0] : ys[1], xs[0] : xs[1]] += pred[k] * w
     return out.div_(weight_sum)
 
 
 def _window(
-    cache: dict[tuple[bool, bool, bool, bool], torch.Tensor], th: int, tw: int, overlap: int,
-    y0: int, x0: int, height: int, width: int, device: torch.device,
+    cache: dict[tuple, torch.Tensor], ys: tuple[int, int], xs: tuple[int, int], overlap: int,
+    height: int, width: int, device: torch.device,
 ) -> torch.Tensor:
-    """Blend weights of the tile at (y0, x0), cached by which of its edges are inside the image."""
-    edges = (y0 > 0, y0 + th < height, x0 > 0, x0 + tw < width)
-    if edges not in cache:
-        cache[edges] = blend_weights(th, tw, overlap, edges).to(device)
-    return cache[edges]
+    """Blend weights of the tile spanning rows ``ys`` and columns ``xs``, cached by size and inner edges."""
+    edges = (ys[0] > 0, ys[1] < height, xs[0] > 0, xs[1] < width)
+    key = (ys[1] - ys[0], xs[1] - xs[0], edges)
+    if key not in cache:
+        cache[key] = blend_weights(key[0], key[1], overlap, edges).to(device)
+    return cache[key]
 
 
 def _chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:

@@ -8,7 +8,8 @@ TensorFlow's SAME alignment so that official weights could be ported one-to-one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +61,17 @@ class ConvAct(nn.Sequential):
 
 
 class RCAB(nn.Module):
-    """Residual channel-attention block: ``x + f(x) * sigmoid(MLP(GAP(f(x))))``; convs with bias."""
+    """Residual channel-attention block: ``x + f(x) * sigmoid(MLP(GAP(f(x))))``; convs with bias.
+
+    The global average pool makes the output depend on the whole input, which tiling would change. For tiled
+    inference, :meth:`MSPFN.tile_context` records each block's pooled statistics from a downscaled view of the
+    full image (``mode = "record"``) and then makes every tile use them (``mode = "replay"``).
+    """
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
+        self.mode: str | None = None
+        self.pooled: torch.Tensor | None = None
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1), prelu(channels),
             nn.Conv2d(channels, channels, 3, padding=1),
@@ -75,8 +83,13 @@ class RCAB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.body(x)
-        w = self.attention(F.adaptive_avg_pool2d(f, 1))
-        return x + f * w
+        if self.mode == "replay" and self.pooled is not None:
+            pooled = self.pooled.to(f.dtype)
+        else:
+            pooled = F.adaptive_avg_pool2d(f, 1)
+            if self.mode == "record":
+                self.pooled = pooled.detach()
+        return x + f * self.attention(pooled)
 
 
 class ZeroStateConvLSTM(nn.Module):
@@ -217,6 +230,34 @@ class MSPFN(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    @contextmanager
+    def tile_context(self, image: torch.Tensor, max_side: int = 512) -> Iterator[None]:
+        """Within this context every forward uses the channel-attention statistics of ``image``.
+
+        ``image`` (``1×3×H×W`` in [0, 1], the whole picture) is area-downscaled so its longer side is at most
+        ``max_side`` (bounded memory) and run once; each RCAB records its pooled features. Tiles then share
+        those global statistics instead of pooling over themselves, which keeps tiled output close to the
+        untiled one (DESIGN §6).
+        """
+        if image.shape[0] != 1:
+            raise ValueError(f"tile_context takes one image (1×3×H×W), got {tuple(image.shape)}")
+        scale = max_side / max(image.shape[-2:])
+        if scale < 1:
+            size = (max(8, round(image.shape[-2] * scale)), max(8, round(image.shape[-1] * scale)))
+            image = F.interpolate(image, size=size, mode="area")
+        rcabs = [m for m in self.modules() if isinstance(m, RCAB)]
+        try:
+            for m in rcabs:
+                m.mode = "record"
+            with torch.inference_mode():
+                self(image)
+            for m in rcabs:
+                m.mode = "replay"
+            yield
+        finally:
+            for m in rcabs:
+                m.mode, m.pooled = None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, self.size_multiple)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from derain.inference import DEFAULT_OVERLAP
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -18,8 +20,10 @@ under --output, which must not be the input folder. Images of the same size are 
 Large images: --tile T runs the model on T×T crops sharing --tile-overlap pixels with their neighbours and
 blends them with smooth raised-cosine weights, so memory on the device depends on T, not on the image. The
 outer quarter of each overlap is pure context and the middle half is the blending ramp; use an overlap of
-about twice the distance over which the model "sees" a tile edge (PReNet: 64 keeps tiled output within
-1/255 of whole-image output; 4 × its 78-pixel receptive radius would make it exact).
+about twice the distance over which the model "sees" a tile edge: the default 64 keeps tiled output within
+1/255 of whole-image output for PReNet and MSPFN (4 × PReNet's 78-pixel receptive radius would make it
+exact). Tiles start at multiples of the model's size multiple (8 for MSPFN) so its pyramid stays aligned,
+and MSPFN's channel attention uses statistics pooled over a downscaled view of the whole image.
 
 Examples:
   derainbench derain --model prenet --weights PReNet_Rain100L_PReNet6.pth --input rainy/ --output derained/
@@ -40,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, metavar="FILE_OR_DIR", help="an image or a folder")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the derained PNGs")
     p.add_argument("--tile", type=int, metavar="T", help="tile size in pixels, e.g. 512 (default: whole images)")
-    p.add_argument("--tile-overlap", type=int, default=32, metavar="N",
-                   help="pixels shared by neighbouring tiles (default 32; see above)")
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
+                   help=f"pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}; see above)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="images (of the same size) or tiles per model call (default 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")

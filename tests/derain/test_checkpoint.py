@@ -1,0 +1,67 @@
+"""Checkpoints and the registry: our safetensors format, foreign state dicts, clear mismatch errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from derain import add_model, build_model, list_models, register_model
+from derain.checkpoint import CheckpointError, load_derainer, load_weights, read_meta, save_checkpoint
+
+
+def test_builtin_models_are_registered() -> None:
+    assert {"mspfn", "mspfn-m17n1", "mspfn-lite", "prenet", "identity"} <= set(list_models())
+    with pytest.raises(KeyError, match="known: .*mspfn"):
+        build_model("mspfm")
+
+
+def test_user_module_registers_with_one_decorator_and_round_trips(tmp_path: Path) -> None:
+    @register_model("test-user-net", override=True)
+    class UserNet(nn.Module):
+        def __init__(self, width: int = 4) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.width = width
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - self.conv(x)
+
+    model = build_model("test-user-net", width=6)
+    save_checkpoint(tmp_path / "ck", model, name="test-user-net", config={"width": 6}, step=12)
+    assert read_meta(tmp_path / "ck") == {"name": "test-user-net", "config": {"width": 6}, "step": 12}
+    loaded = load_derainer(tmp_path / "ck")
+    assert isinstance(loaded, UserNet) and loaded.width == 6 and not loaded.training
+    x = torch.rand(1, 3, 9, 11)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_foreign_pth_with_module_prefix_and_wrong_architecture(tmp_path: Path) -> None:
+    src = build_model("mspfn-lite", units=1)
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "w.pth")
+    dst = load_derainer("mspfn-lite", tmp_path / "w.pth", units=1)
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v)
+    with pytest.raises(CheckpointError, match=r"missing keys .*conv0|unexpected keys"):
+        load_weights(build_model("prenet"), tmp_path / "w.pth")
+
+
+def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
+    torch.save({"weights": nn.Linear(2, 2)}, tmp_path / "obj.pth")  # a pickled module, not a state dict
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_weights(build_model("identity"), tmp_path / "obj.pth")
+
+
+def test_unknown_model_or_missing_file_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="neither a registered derainer"):
+        load_derainer(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_derainer("prenet", tmp_path / "missing.pth")
+
+
+def test_add_model_refuses_silent_replacement() -> None:
+    add_model("test-twice", nn.Identity, override=True)
+    with pytest.raises(KeyError, match="already registered"):
+        add_model("test-twice", nn.Sequential)

@@ -1,0 +1,75 @@
+"""Config loader: YAML + key=value overrides into typed dataclasses; unknown keys are named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from derain.config import ConfigError, load_config, save_config
+from derain.train import TrainConfig
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    sizes: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+    maybe: Inner | None = None
+    pair: tuple[float, float] = (0.9, 0.999)
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: run\nsteps: 5\ninner:\n  rate: 0.5\n")
+    cfg = load_config(Outer, cfg_file, ["steps=7", "inner.sizes=[3, 4]", "flag=true", "maybe={rate: 2}"])
+    assert cfg == Outer(name="run", steps=7, flag=True, inner=Inner(0.5, [3, 4]), maybe=Inner(rate=2.0))
+    assert isinstance(cfg.inner.rate, float) and isinstance(cfg.pair, tuple)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("inner.rat=1", "inner.rat"), ("stepz=1", "stepz"), ("steps=1.5", "integer"), ("flag=maybe", "true/false"),
+     ("inner=3", "mapping"), ("noequals", "key=value")],
+)
+def test_bad_overrides_are_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(Outer, None, [override])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("inner:\n  rte: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*inner\.rte"):
+        load_config(Outer, cfg_file)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_save_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(Outer, None, ["inner.rate=0.25", "pair=[0.5, 0.6]"])
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(Outer, tmp_path / "out.yaml") == cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name: str) -> None:
+    path = Path(__file__).parents[2] / "configs" / name
+    if name.startswith("mspfn"):
+        cfg = load_config(TrainConfig, path)
+        assert cfg.model.name.startswith("mspfn")
+
+
+def test_paper_recipe_values() -> None:
+    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "mspfn_rain13k.yaml")
+    assert (cfg.model.name, cfg.batch_size, cfg.patch_size) == ("mspfn", 12, 96)
+    assert (cfg.optim.lr, cfg.optim.decay_rate, cfg.optim.decay_steps, cfg.optim.min_lr) == (5e-4, 0.8, 20000, 1e-6)
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.loss.edge_weight == 0.05 and cfg.loss.eps == 1e-3
