@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derain.imageio import ImageReadError, list_images, read_image
+from derain.imageio import ImageReadError, list_images, read_image, to_tensor
 
 __all__ = [
     "LAYOUTS",
@@ -215,7 +215,7 @@ class PairedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         rainy, clean = self.get_pair(index)
-        return _chw(rainy), _chw(clean), self.pairs[index].name
+        return to_tensor(rainy), to_tensor(clean), self.pairs[index].name
 
     def name(self, index: int) -> str:
         """The pair's name (shared file stem)."""
@@ -247,13 +247,16 @@ class SynthPairs:
     """Rain synthesized on the fly over clean images, so training works from any folder of clean photos.
 
     ``clean`` is a folder, a list of image paths, or a list of ``H×W×3`` arrays (float in [0, 1] or uint8).
-    With several presets every image appears once per preset: index ``i`` is image ``i // P`` with preset
-    ``presets[i % P]``. Its rain is seeded from ``(seed, image index, preset name)``, so it never changes (nor
-    depends on the other presets listed); results are cached (``cache=True``): synthesis costs more than reading.
+    Every image appears once per preset and rain variant: index ``i`` is image ``i // (P·V)``, preset
+    ``presets[(i // V) % P]`` and variant ``i % V``. Its rain is seeded from ``(seed, image index, preset name,
+    variant)``, so it never changes (nor depends on the other presets listed); ``variants > 1`` gives each
+    image several different rain patterns (more variety for training on few photos). Results are cached
+    (``cache=True``): synthesis costs more than reading.
     """
 
     def __init__(self, clean: str | Path | Sequence[str | Path | np.ndarray],
-                 preset: str | Sequence[str] = "light", seed: int = 0, cache: bool = True) -> None:
+                 preset: str | Sequence[str] = "light", seed: int = 0, cache: bool = True,
+                 variants: int = 1) -> None:
         if isinstance(clean, (str, Path)):
             items: list[Any] = sorted(list_images(clean), key=lambda p: natural_key(p.name))
             if not items:
@@ -266,37 +269,48 @@ class SynthPairs:
         self.presets = [preset] if isinstance(preset, str) else list(preset)
         if not self.presets:
             raise ValueError("SynthPairs needs at least one preset")
+        if variants < 1:
+            raise ValueError(f"variants must be >= 1, got {variants}")
         self.seed = seed
         self.cache = cache
+        self.variants = variants
         self._clean: dict[int, np.ndarray] = {}
         self._rainy: dict[int, np.ndarray] = {}
         self.infos: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
-        return len(self.images) * len(self.presets)
+        return len(self.images) * len(self.presets) * self.variants
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         rainy, clean = self.get_pair(index)
-        return _chw(rainy), _chw(clean), self.name(index)
+        return to_tensor(rainy), to_tensor(clean), self.name(index)
+
+    def _split(self, index: int) -> tuple[int, int, int]:
+        """Index -> (image index, preset index, variant)."""
+        image_index, rest = divmod(index, len(self.presets) * self.variants)
+        preset, variant = divmod(rest, self.variants)
+        return image_index, preset, variant
 
     def name(self, index: int) -> str:
-        """``<image stem or index>_<preset>``."""
-        item = self.images[index // len(self.presets)]
-        stem = Path(item).stem if isinstance(item, (str, Path)) else f"{index // len(self.presets):04d}"
-        return f"{stem}_{self.presets[index % len(self.presets)]}"
+        """``<image stem or index>_<preset>`` (plus ``_v<variant>`` for variants after the first)."""
+        image_index, preset, variant = self._split(index)
+        item = self.images[image_index]
+        stem = Path(item).stem if isinstance(item, (str, Path)) else f"{image_index:04d}"
+        return f"{stem}_{self.presets[preset]}" + (f"_v{variant}" if variant else "")
 
     def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rainy, clean)`` ``H×W×3`` float32 arrays in [0, 1], deterministic for ``(seed, index)``."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} synthetic pairs")
+        image_index, preset, variant = self._split(index)
         if index in self._rainy:
-            return self._rainy[index], self._clean_image(index // len(self.presets))
+            return self._rainy[index], self._clean_image(image_index)
         from derain.synth import synthesize
 
-        image_index, preset = divmod(index, len(self.presets))
         clean = self._clean_image(image_index)
         name = self.presets[preset]
-        rainy, info = synthesize(clean, name, seed=_derive_seed(self.seed, image_index, zlib.crc32(name.encode())))
+        parts = (self.seed, image_index, zlib.crc32(name.encode())) + ((variant,) if variant else ())
+        rainy, info = synthesize(clean, name, seed=_derive_seed(*parts))
         rainy = np.ascontiguousarray(rainy, dtype=np.float32)
         if self.cache:
             self._rainy[index] = rainy
@@ -327,10 +341,6 @@ def _as_float_image(arr: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {a.shape}")
     out = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
     return np.ascontiguousarray(out)
-
-
-def _chw(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
 
 
 # ------------------------------------------------------------------------------------------ patch batches
@@ -383,8 +393,8 @@ def sample_batch(
         r, c = _pad_to(r, patch_size), _pad_to(c, patch_size)
         top = min(int(pos[j][0] * (r.shape[0] - patch_size + 1)), r.shape[0] - patch_size)
         left = min(int(pos[j][1] * (r.shape[1] - patch_size + 1)), r.shape[1] - patch_size)
-        rainy.append(_chw(r[top:top + patch_size, left:left + patch_size]))
-        clean.append(_chw(c[top:top + patch_size, left:left + patch_size]))
+        rainy.append(to_tensor(r[top:top + patch_size, left:left + patch_size]))
+        clean.append(to_tensor(c[top:top + patch_size, left:left + patch_size]))
     return dihedral(torch.stack(rainy), k), dihedral(torch.stack(clean), k)
 
 

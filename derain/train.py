@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from derain.checkpoint import load_weights, save_checkpoint, unwrap
 from derain.config import save_config
+from derain.imageio import to_tensor
 from derain.losses import MSPFNLoss
 from derain.registry import build_model
 from derain.runtime import (
@@ -50,6 +51,7 @@ class SourceConfig:
     clean: str | None = None  # clean folder; alone it is rained on the fly; "skimage" = bundled photos
     presets: list[str] = field(default_factory=lambda: ["light"])  # for on-the-fly rain
     seed: int = 0  # rain seed for on-the-fly pairs
+    variants: int = 1  # on-the-fly rain patterns per clean image and preset
     skip: int = 0  # drop the first ``skip`` images (e.g. to hold out validation photos)
     limit: int | None = None  # keep at most this many images
     skip_bad: bool = False  # skip (and count) unmatched/unreadable pairs instead of failing
@@ -143,7 +145,7 @@ def build_source(cfg: SourceConfig) -> Any:
 
             images = list_images(cfg.clean)
         images = _select(images, cfg)
-        return data.SynthPairs(images, preset=list(cfg.presets), seed=cfg.seed)
+        return data.SynthPairs(images, preset=list(cfg.presets), seed=cfg.seed, variants=cfg.variants)
     raise ValueError("data source needs one of: pairs (a paired root), rainy+clean folders, or clean")
 
 
@@ -327,21 +329,14 @@ def evaluate(model: nn.Module, source: Any, device: torch.device, limit: int | N
     with eval_mode(model), torch.inference_mode():
         for i in range(n):
             rainy, clean = source.get_pair(i)
-            x = _as_batch(rainy).to(device)
-            y = _as_batch(clean).to(device)
+            x = to_tensor(rainy).unsqueeze(0).to(device)
+            y = to_tensor(clean).unsqueeze(0).to(device)
             with autocast(device, amp):
                 pred = model(x)
             pred = pred.float().clamp(0, 1)
             totals["psnr_y"] += float(psnr(pred, y).mean())
             totals["ssim_y"] += float(ssim(pred, y).mean())
     return {k: v / max(n, 1) for k, v in totals.items()}
-
-
-def _as_batch(img: Any) -> torch.Tensor:
-    """``H×W×3`` array or ``3×H×W`` tensor -> ``1×3×H×W`` float tensor."""
-    if isinstance(img, torch.Tensor):
-        return img.float().unsqueeze(0) if img.ndim == 3 else img.float()
-    return torch.from_numpy(img).permute(2, 0, 1).float().unsqueeze(0)
 
 
 class _Logger:

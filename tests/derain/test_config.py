@@ -30,8 +30,8 @@ class Outer:
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("name: run\nsteps: 5\ninner:\n  rate: 0.5\n")
-    cfg = load_config(Outer, cfg_file, ["steps=7", "inner.sizes=[3, 4]", "flag=true", "maybe={rate: 2}"])
-    assert cfg == Outer(name="run", steps=7, flag=True, inner=Inner(0.5, [3, 4]), maybe=Inner(rate=2.0))
+    cfg = load_config(Outer, cfg_file, ["steps=7", "inner.sizes=[3, 4]", "flag=true", "maybe={rate: 2e-1}"])
+    assert cfg == Outer(name="run", steps=7, flag=True, inner=Inner(0.5, [3, 4]), maybe=Inner(rate=0.2))
     assert isinstance(cfg.inner.rate, float) and isinstance(cfg.pair, tuple)
 
 

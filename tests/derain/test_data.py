@@ -279,3 +279,17 @@ def test_synth_pairs_deterministic(small_photos: list[np.ndarray], tmp_path: Pat
     r, c = sample_batch(folder, 0, 2, 32, seed=0)
     assert r.shape == c.shape == (2, 3, 32, 32)
     assert torch.equal(r, sample_batch(folder, 0, 2, 32, seed=0)[0])
+
+
+def test_synth_pairs_variants_give_different_rain_on_the_same_image() -> None:
+    from derain.data import SynthPairs
+
+    img = np.full((40, 48, 3), 0.4, dtype=np.float32)
+    one = SynthPairs([img], preset="light", seed=3)
+    many = SynthPairs([img], preset="light", seed=3, variants=3)
+    assert len(many) == 3 and [many.name(i) for i in range(3)] == ["0000_light", "0000_light_v1", "0000_light_v2"]
+    first = many.get_pair(0)[0]
+    np.testing.assert_array_equal(first, one.get_pair(0)[0])  # variant 0 is the single-variant rain
+    assert not np.array_equal(first, many.get_pair(1)[0])
+    assert not np.array_equal(many.get_pair(1)[0], many.get_pair(2)[0])
+    np.testing.assert_array_equal(many.get_pair(2)[1], img)
