@@ -364,9 +364,16 @@ def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, -(k % 4), dims=(-2, -1))
 
 
+AUGMENTS: dict[str, tuple[int, ...]] = {
+    "dihedral": tuple(range(8)),  # the MSPFN paper's: any rot90/flip
+    "flips": (0, 2, 4, 6),  # identity, rot180, left-right and up-down flips: rain stays near-vertical
+    "none": (0,),
+}
+
+
 def sample_batch(
     source: PairSource, step: int, batch_size: int, patch_size: int, seed: int,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, augment: str = "dihedral",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned random patches ``(rainy, clean)``, each ``(batch_size // world_size)×3×p×p`` float32 in [0, 1].
 
@@ -381,7 +388,10 @@ def sample_batch(
     _check_batch_args(n, step, batch_size, patch_size, rank, world_size)
     g = torch.Generator().manual_seed(_derive_seed(seed, step, 1))
     pos = torch.rand(batch_size, 2, generator=g, dtype=torch.float64).tolist()
-    k = int(torch.randint(8, (1,), generator=g))
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
+    choices = AUGMENTS[augment]
+    k = choices[int(torch.randint(len(choices), (1,), generator=g))]
     local = batch_size // world_size
     rainy, clean = [], []
     for j in range(rank * local, (rank + 1) * local):

@@ -92,6 +92,7 @@ class TrainConfig:
     iters: int = 100000
     batch_size: int = 12  # global batch (split over torchrun ranks)
     patch_size: int = 96
+    augment: str = "dihedral"  # one transform per batch: dihedral (paper) | flips (keeps rain vertical) | none
     device: str = "auto"
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
     log_every: int = 10
@@ -255,7 +256,7 @@ class Trainer:
                         group["lr"] = lr
                     rainy, clean = sample_batch(
                         self.train_src, self.step, cfg.batch_size, cfg.patch_size, cfg.seed,
-                        rank=self.dist.rank, world_size=self.dist.world_size,
+                        rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
                     )
                     loss = self._train_step(rainy.to(self.device), clean.to(self.device))
                     self.step += 1

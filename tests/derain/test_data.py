@@ -293,3 +293,33 @@ def test_synth_pairs_variants_give_different_rain_on_the_same_image() -> None:
     assert not np.array_equal(first, many.get_pair(1)[0])
     assert not np.array_equal(many.get_pair(1)[0], many.get_pair(2)[0])
     np.testing.assert_array_equal(many.get_pair(2)[1], img)
+
+
+class _StripeSource:
+    """One pair whose images are vertical stripes (every row identical)."""
+
+    def __init__(self) -> None:
+        row = (np.arange(40) % 5 / 4.0).astype(np.float32)
+        self.img = np.repeat(np.repeat(row[None, :, None], 40, axis=0), 3, axis=2)
+
+    def __len__(self) -> int:
+        return 1
+
+    def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.img, self.img
+
+
+def _rows_identical(batch: torch.Tensor) -> bool:
+    return bool((batch == batch[..., :1, :]).all())
+
+
+def test_flips_augment_keeps_vertical_structure_but_dihedral_does_not() -> None:
+    from derain.data import sample_batch
+
+    src = _StripeSource()
+    flips = [sample_batch(src, step, 2, 16, seed=0, augment="flips")[0] for step in range(30)]
+    assert all(_rows_identical(b) for b in flips)
+    dihedral = [sample_batch(src, step, 2, 16, seed=0)[0] for step in range(30)]
+    assert not all(_rows_identical(b) for b in dihedral)
+    with pytest.raises(ValueError, match="unknown augment"):
+        sample_batch(src, 0, 2, 16, seed=0, augment="rot45")
