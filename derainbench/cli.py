@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from derainbench import __version__
 
 # Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
-COMMANDS = ("demo", "synth", "train", "derain", "score", "models")
+COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "scenes", "train-task", "bench")
 
 DESCRIPTION = """\
 derainbench: does removing rain help detection and segmentation?
@@ -23,6 +23,9 @@ Sub-commands (each has its own --help):
   derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
   score    PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth
   models   list the registered derainers and their parameter counts
+  scenes   generate labelled scenes (detection: YOLO + COCO JSON; segmentation: masks), seeded
+  train-task  train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset
+  bench    score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)
 """
 
 
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"derainbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"derainbench.commands.{name}").add_parser(sub)
+        importlib.import_module(f"derainbench.commands.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -1,0 +1,544 @@
+"""Task datasets for the downstream benchmark: detection (YOLO layout or COCO JSON) and semantic masks.
+
+Every dataset validates its files when opened, so a broken label is reported once, up front, with the file
+and line, instead of failing mid-benchmark.
+
+Detection protocol (what ``eval`` codes against)::
+
+    ds.names            list[str], class id = index
+    len(ds)
+    ds.image_path(i)    Path
+    ds.image_size(i)    (h, w), from the image header (no pixel decoding)
+    ds[i]               (image H×W×3 float32 RGB in [0, 1],
+                         {"boxes": float32 N×4 xyxy absolute pixels, "classes": int64 N})
+
+COCO ids: ``ds.image_ids[i]`` and ``ds.category_ids[c]`` are the ids written by :func:`to_coco_dict` (and the
+ids predictions must use). COCO sets keep their original ids; YOLO sets use ``image id = index + 1`` and
+``category id = class index + 1`` (as ultralytics does for non-COCO data sets).
+
+Segmentation: ``ds[i] -> (image H×W×3 float32, mask H×W int64)`` with class ids ``0..K-1`` and 255 = ignore.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from derain.imageio import is_image_file, read_image
+
+IGNORE_INDEX = 255
+BOX_TOLERANCE = 1e-3  # normalised (YOLO) / relative-to-size (COCO) slack for boxes poking out of the image
+MASK_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+class DatasetError(ValueError):
+    """A dataset file that is missing or malformed; the message names the file (and line where there is one)."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(h, w)`` of an image from its header only; unreadable files are a :class:`DatasetError`."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read image header of {path}: {exc}") from exc
+    return int(h), int(w)
+
+
+def _check_box(box: Sequence[float], h: int, w: int, where: str) -> np.ndarray:
+    """Absolute xyxy box → float32 array clipped to the image; beyond the tolerance it is an error."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise DatasetError(f"{where}: box has non-finite values {box}")
+    if x1 <= x0 or y1 <= y0:
+        raise DatasetError(f"{where}: box has zero or negative size {box}")
+    tx, ty = BOX_TOLERANCE * w, BOX_TOLERANCE * h
+    if x0 < -tx or y0 < -ty or x1 > w + tx or y1 > h + ty:
+        raise DatasetError(f"{where}: box {[x0, y0, x1, y1]} lies outside the {w}×{h} image")
+    return np.array([max(x0, 0.0), max(y0, 0.0), min(x1, w), min(y1, h)], dtype=np.float32)
+
+
+def _stack_boxes(boxes: list[np.ndarray]) -> np.ndarray:
+    return np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32)
+
+
+@dataclass
+class ImageRecord:
+    """One validated detection image: boxes are xyxy absolute pixels (float32 N×4), classes int64 N."""
+
+    path: Path
+    file_name: str  # relative to the dataset's ``images_dir`` (posix), as written to COCO JSON
+    image_id: int
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    areas: np.ndarray | None = None  # COCO ``area`` when the source gives it, else box areas are used
+    crowd: list[dict[str, Any]] = field(default_factory=list)  # COCO iscrowd=1 annotations, kept for to_coco_dict
+
+
+class DetectionDataset:
+    """Common implementation of the detection protocol over a list of :class:`ImageRecord`."""
+
+    def __init__(self, names: list[str], category_ids: list[int], images_dir: Path, records: list[ImageRecord],
+                 source: str) -> None:
+        if not records:
+            raise DatasetError(f"{source}: the dataset has no images")
+        self.names = names
+        self.category_ids = category_ids
+        self.images_dir = images_dir
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, i: int) -> Path:
+        return self.records[i].path
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(h, w)`` from the header, read when the dataset was opened."""
+        return self.records[i].height, self.records[i].width
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r.image_id for r in self.records]
+
+    def target(self, i: int) -> dict[str, np.ndarray]:
+        """``{"boxes": float32 N×4 xyxy px, "classes": int64 N}`` (copies, safe to edit)."""
+        r = self.records[i]
+        return {"boxes": r.boxes.copy(), "classes": r.classes.copy()}
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        r = self.records[i]
+        image = read_image(r.path)
+        if image.shape[:2] != (r.height, r.width):
+            raise DatasetError(f"{r.path}: decoded size {image.shape[:2]} differs from header size "
+                               f"{(r.height, r.width)}")
+        return image, self.target(i)
+
+    def with_images_dir(self, images_dir: str | Path) -> DetectionDataset:
+        """The same labels over other images with the same relative names (rainy / derained copies).
+
+        Each ``images_dir / file_name`` must exist and have the original size; ids, names and boxes are shared.
+        """
+        new = copy.copy(self)
+        new.images_dir = Path(images_dir)
+        new.records = [dataclasses.replace(r, path=new.images_dir / r.file_name) for r in self.records]
+        for r in new.records:
+            if not r.path.is_file():
+                raise DatasetError(f"image {r.file_name!r} not found in {new.images_dir}")
+            if read_image_size(r.path) != (r.height, r.width):
+                raise DatasetError(f"{r.path} is {read_image_size(r.path)} (h, w), its original {r.height, r.width}")
+        return new
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {len(self.names)} classes, {self.images_dir})"
+
+
+# ----------------------------------------------------------------------------------------------- YOLO
+
+
+def _yolo_names(data: Mapping[str, Any], yaml_path: Path) -> list[str]:
+    """``names`` as a list or ``{id: name}`` dict with ids 0..K-1 (``nc`` alone gives ``"0".."K-1"``)."""
+    names = data.get("names")
+    if names is None:
+        if "nc" not in data:
+            raise DatasetError(f"{yaml_path}: needs 'names' (or 'nc')")
+        return [str(i) for i in range(int(data["nc"]))]
+    if isinstance(names, Mapping):
+        try:
+            keyed = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{yaml_path}: 'names' keys must be integer class ids") from exc
+        if sorted(keyed) != list(range(len(keyed))):
+            raise DatasetError(f"{yaml_path}: 'names' ids must be 0..{len(keyed) - 1}, got {sorted(keyed)}")
+        names = [keyed[i] for i in range(len(keyed))]
+    elif isinstance(names, (list, tuple)):
+        names = [str(n) for n in names]
+    else:
+        raise DatasetError(f"{yaml_path}: 'names' must be a list or a dict")
+    if "nc" in data and int(data["nc"]) != len(names):
+        raise DatasetError(f"{yaml_path}: nc={data['nc']} but {len(names)} names")
+    if not names:
+        raise DatasetError(f"{yaml_path}: no class names")
+    return names
+
+
+def _yolo_image_files(entry: Any, root: Path, yaml_path: Path, split: str) -> list[Path]:
+    """Images of a split entry: a folder, a ``.txt`` list of image paths, or a list of those."""
+    entries = entry if isinstance(entry, (list, tuple)) else [entry]
+    files: list[Path] = []
+    for item in entries:
+        p = Path(str(item))
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+        elif p.is_file() and p.suffix == ".txt":
+            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+            files += [(Path(ln) if Path(ln).is_absolute() else p.parent / ln) for ln in lines]
+        else:
+            raise DatasetError(f"{yaml_path}: split {split!r} folder not found: {p}")
+    return files
+
+
+def yolo_label_path(image: Path) -> Path:
+    """``…/images/<sub>/x.jpg`` → ``…/labels/<sub>/x.txt`` (the last ``images`` folder is swapped)."""
+    parts = list(image.parts)
+    for k in range(len(parts) - 2, -1, -1):
+        if parts[k] == "images":
+            parts[k] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    raise DatasetError(f"{image}: YOLO images must lie under an 'images' folder (labels go in 'labels')")
+
+
+def _parse_yolo_line(line: str, where: str, n_classes: int) -> tuple[int, np.ndarray]:
+    """``cls cx cy w h`` (or a polygon ``cls x1 y1 x2 y2 …``) → class and normalised xyxy."""
+    try:
+        values = [float(v) for v in line.split()]
+    except ValueError as exc:
+        raise DatasetError(f"{where}: not numbers: {line!r}") from exc
+    if len(values) < 5 or (len(values) > 5 and (len(values) % 2 == 0 or len(values) < 7)):
+        raise DatasetError(f"{where}: expected 'class cx cy w h' (5 values), got {len(values)}: {line!r}")
+    cls = values[0]
+    if cls != int(cls) or not 0 <= cls < n_classes:
+        raise DatasetError(f"{where}: class id {values[0]:g} out of range 0..{n_classes - 1}")
+    if len(values) == 5:
+        cx, cy, bw, bh = values[1:]
+        box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
+    else:  # segment label: the polygon's extent is the box, as ultralytics does
+        xy = np.array(values[1:]).reshape(-1, 2)
+        box = np.array([*xy.min(0), *xy.max(0)])
+    return int(cls), box
+
+
+def read_yolo_labels(label_path: Path, n_classes: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (float32 N×4 xyxy px) and classes (int64 N) of one label file; a missing file is no boxes."""
+    boxes, classes = [], []
+    if label_path.is_file():
+        for lineno, line in enumerate(label_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{label_path}:{lineno}"
+            cls, nbox = _parse_yolo_line(line, where, n_classes)
+            boxes.append(_check_box(nbox * np.array([w, h, w, h]), h, w, where))
+            classes.append(cls)
+    return _stack_boxes(boxes), np.array(classes, dtype=np.int64)
+
+
+def _orphan_labels(images: list[Path]) -> list[Path]:
+    """Label files in the label folders of ``images`` that have no image with the same stem."""
+    wanted = {yolo_label_path(p) for p in images}
+    folders = {p.parent for p in wanted}
+    return sorted(q for d in folders if d.is_dir() for q in d.glob("*.txt") if q not in wanted)
+
+
+class YoloDetectionDataset(DetectionDataset):
+    """Ultralytics layout: ``data.yaml`` (``path`` optional, ``train``/``val``/``test``, ``names`` list or dict).
+
+    Relative split folders resolve against ``path`` (itself relative to the YAML's folder) or the YAML's folder.
+    ``images/val/x.jpg`` ↔ ``labels/val/x.txt`` with lines ``cls cx cy w h`` normalised to [0, 1]; an image
+    without a label file is a background image. Boxes may poke out by ``BOX_TOLERANCE`` and are clipped.
+    """
+
+    def __init__(self, data_yaml: str | Path, split: str = "val") -> None:
+        yaml_path = Path(data_yaml)
+        data = _load_yaml(yaml_path)
+        root = yaml_path.parent
+        if data.get("path"):
+            root = Path(str(data["path"])) if Path(str(data["path"])).is_absolute() else root / str(data["path"])
+        if not data.get(split):
+            raise DatasetError(f"{yaml_path}: no {split!r} split (keys: {sorted(data)})")
+        names = _yolo_names(data, yaml_path)
+        images = _yolo_image_files(data[split], root, yaml_path, split)
+        orphans = _orphan_labels(images)
+        if orphans:
+            raise DatasetError(f"label file without its image: {orphans[0]} ({len(orphans)} in all)")
+        images_dir = images[0].parent if len(images) == 1 else Path(os.path.commonpath(images)) if images else root
+        records = [self._record(p, i, images_dir, len(names)) for i, p in enumerate(images)]
+        super().__init__(names, list(range(1, len(names) + 1)), images_dir, records, f"{yaml_path} [{split}]")
+        self.data_yaml, self.split = yaml_path, split
+
+    @staticmethod
+    def _record(path: Path, index: int, images_dir: Path, n_classes: int) -> ImageRecord:
+        if not path.is_file():
+            raise DatasetError(f"image listed but not found: {path}")
+        h, w = read_image_size(path)
+        boxes, classes = read_yolo_labels(yolo_label_path(path), n_classes, h, w)
+        rel = path.relative_to(images_dir).as_posix()
+        return ImageRecord(path, rel, index + 1, h, w, boxes, classes)
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"dataset YAML not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------- COCO
+
+
+class CocoDetectionDataset(DetectionDataset):
+    """COCO JSON (``images``, ``annotations`` with ``bbox`` = xywh px, ``categories``).
+
+    Category ids map to contiguous class indices ``0..K-1`` in sorted id order; ``category_ids[c]`` gives the
+    original id back. ``iscrowd=1`` annotations are not targets, but :func:`to_coco_dict` keeps them.
+    Images without annotations are background images.
+    """
+
+    def __init__(self, images_dir: str | Path, annotations_json: str | Path) -> None:
+        self.images_dir = Path(images_dir)
+        ann_path = Path(annotations_json)
+        data = _load_json(ann_path)
+        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+        category_ids = [int(c["id"]) for c in cats]
+        if len(set(category_ids)) != len(category_ids):
+            raise DatasetError(f"{ann_path}: duplicate category ids")
+        index_of = {cid: k for k, cid in enumerate(category_ids)}
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        image_ids = {int(im["id"]) for im in data["images"]}
+        for k, ann in enumerate(data["annotations"]):
+            where = f"{ann_path}: annotation #{k} (id {ann.get('id')})"
+            if int(ann.get("image_id", -1)) not in image_ids:
+                raise DatasetError(f"{where}: unknown image_id {ann.get('image_id')}")
+            if int(ann.get("category_id", -1)) not in index_of:
+                raise DatasetError(f"{where}: unknown category_id {ann.get('category_id')}")
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        records = [self._record(im, by_image.get(int(im["id"]), []), index_of, ann_path) for im in data["images"]]
+        super().__init__([str(c["name"]) for c in cats], category_ids, self.images_dir, records, str(ann_path))
+        self.annotations_json = ann_path
+
+    def _record(self, im: dict[str, Any], anns: list[dict[str, Any]], index_of: dict[int, int],
+                ann_path: Path) -> ImageRecord:
+        path = self.images_dir / str(im["file_name"])
+        if not path.is_file():
+            raise DatasetError(f"{ann_path}: image {im['file_name']!r} (id {im['id']}) not found: {path}")
+        h, w = read_image_size(path)
+        if ("height" in im and int(im["height"]) != h) or ("width" in im and int(im["width"]) != w):
+            raise DatasetError(f"{ann_path}: image {path} is {w}×{h} but the JSON says {im['width']}×{im['height']}")
+        boxes, classes, areas, crowd = [], [], [], []
+        for ann in anns:
+            where = f"{ann_path}: annotation id {ann.get('id')} of {im['file_name']}"
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise DatasetError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
+            x, y, bw, bh = (float(v) for v in bbox)
+            box = _check_box([x, y, x + bw, y + bh], h, w, where)
+            if ann.get("iscrowd", 0):
+                crowd.append(ann)
+                continue
+            boxes.append(box)
+            classes.append(index_of[int(ann["category_id"])])
+            areas.append(float(ann.get("area", bw * bh)))
+        return ImageRecord(path, str(im["file_name"]), int(im["id"]), h, w, _stack_boxes(boxes),
+                           np.array(classes, dtype=np.int64), np.array(areas, dtype=np.float64), crowd)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON: {exc}") from exc
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise DatasetError(f"{path}: COCO JSON needs lists {missing}")
+    return data
+
+
+def to_coco_dict(dataset: DetectionDataset) -> dict[str, Any]:
+    """COCO ground truth for ``dataset``, ready for pycocotools (``coco.dataset = d; coco.createIndex()``).
+
+    Image ids and category ids are ``dataset.image_ids`` / ``dataset.category_ids`` (original ids for COCO sets;
+    ``index + 1`` for YOLO sets). ``file_name`` is relative to ``dataset.images_dir``. ``area`` is the source's
+    area when known (COCO), else the box area. Annotation ids run from 1.
+    """
+    images, annotations = [], []
+    for r in dataset.records:
+        images.append({"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width})
+        areas = r.areas if r.areas is not None and len(r.areas) == len(r.boxes) else None
+        for k, (box, cls) in enumerate(zip(r.boxes.tolist(), r.classes.tolist(), strict=True)):
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": r.image_id, "category_id": dataset.category_ids[cls],
+                "bbox": [box[0], box[1], bw, bh], "area": float(areas[k]) if areas is not None else bw * bh,
+                "iscrowd": 0,
+            })
+        for ann in r.crowd:
+            annotations.append({**ann, "id": len(annotations) + 1})
+    categories = [{"id": cid, "name": name, "supercategory": "object"}
+                  for cid, name in zip(dataset.category_ids, dataset.names, strict=True)]
+    return {"info": {"description": f"derainbench ground truth from {dataset!r}"}, "images": images,
+            "annotations": annotations, "categories": categories}
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+
+def read_classes(classes: Sequence[str] | str | Path) -> list[str]:
+    """A list of class names, or a ``classes.txt`` (one name a line, id = line number − 1)."""
+    if isinstance(classes, (str, Path)):
+        path = Path(classes)
+        if not path.is_file():
+            raise DatasetError(f"classes file not found: {path}")
+        lines = path.read_text().splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                raise DatasetError(f"{path}:{lineno}: empty class name")
+        names = [ln.strip() for ln in lines]
+        source = str(path)
+    else:
+        names, source = [str(c) for c in classes], "classes"
+    if not names:
+        raise DatasetError(f"{source}: no classes")
+    if len(names) > IGNORE_INDEX:
+        raise DatasetError(f"{source}: at most {IGNORE_INDEX} classes (255 is the ignore label)")
+    return names
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel PNG of class ids → ``H×W`` int64 (palette images give their indices)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in MASK_MODES:
+                raise DatasetError(f"{path}: mask must be single-channel (class ids), got mode {im.mode!r}")
+            return np.asarray(im).astype(np.int64)
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+
+
+class MaskSegmentationDataset:
+    """Images plus single-channel PNG masks of class ids with the same stem (255 = ignore).
+
+    ``ds[i] -> (image H×W×3 float32 RGB in [0, 1], mask H×W int64)``. Every mask is decoded and checked on open
+    (presence, single channel, size equal to the image's, ids < ``len(classes)`` or 255).
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, images_dir: str | Path, masks_dir: str | Path, classes: Sequence[str] | str | Path) -> None:
+        self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
+        self.classes = read_classes(classes)
+        for d, what in ((self.images_dir, "images"), (self.masks_dir, "masks")):
+            if not d.is_dir():
+                raise DatasetError(f"{what} folder not found: {d}")
+        self.images = sorted(p for p in self.images_dir.iterdir() if p.is_file() and is_image_file(p))
+        if not self.images:
+            raise DatasetError(f"{self.images_dir}: no images")
+        self.masks = [self.masks_dir / f"{p.stem}.png" for p in self.images]
+        stems = {p.stem for p in self.images}
+        orphans = sorted(p for p in self.masks_dir.glob("*.png") if p.stem not in stems)
+        if orphans:
+            raise DatasetError(f"mask without its image: {orphans[0]} ({len(orphans)} in all)")
+        self.sizes = [self._check(img, m) for img, m in zip(self.images, self.masks, strict=True)]
+
+    @property
+    def names(self) -> list[str]:
+        return self.classes
+
+    def _check(self, image: Path, mask_path: Path) -> tuple[int, int]:
+        if not mask_path.is_file():
+            raise DatasetError(f"mask not found for {image}: {mask_path}")
+        h, w = read_image_size(image)
+        mask = read_mask(mask_path)
+        if mask.shape != (h, w):
+            raise DatasetError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is {w}×{h}")
+        bad = np.unique(mask[(mask >= len(self.classes)) & (mask != IGNORE_INDEX)])
+        if bad.size or (mask < 0).any():
+            raise DatasetError(f"{mask_path}: class ids {bad.tolist()} not in 0..{len(self.classes) - 1} or 255")
+        return h, w
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, i: int) -> Path:
+        return self.images[i]
+
+    def mask_path(self, i: int) -> Path:
+        return self.masks[i]
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return self.sizes[i]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(self.images[i])
+        mask = read_mask(self.masks[i])
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(f"{self.masks[i]}: mask size {mask.shape} differs from image {image.shape[:2]}")
+        return image, mask
+
+    def with_images_dir(self, images_dir: str | Path) -> MaskSegmentationDataset:
+        """The same masks over other images with the same file names (rainy / derained copies), sizes checked."""
+        new = copy.copy(self)
+        new.images_dir = Path(images_dir)
+        new.images = [new.images_dir / p.name for p in self.images]
+        for path, size in zip(new.images, self.sizes, strict=True):
+            if not path.is_file():
+                raise DatasetError(f"image {path.name!r} not found in {new.images_dir}")
+            if read_image_size(path) != size:
+                raise DatasetError(f"{path} is {read_image_size(path)} (h, w), its original {size}")
+        return new
+
+    def __repr__(self) -> str:
+        return f"MaskSegmentationDataset({len(self)} images, {len(self.classes)} classes, {self.images_dir})"
+
+
+# ----------------------------------------------------------------------------------------------- factory
+
+TASKS = {"detection": "detection", "det": "detection", "segmentation": "segmentation", "seg": "segmentation"}
+FORMATS = {"detection": ("yolo", "coco"), "segmentation": ("masks",)}
+
+
+def load_task_dataset(task: str, format: str, path: Any, split: str = "val") -> DetectionDataset | \
+        MaskSegmentationDataset:
+    """Open a task dataset.
+
+    - ``yolo``: ``path`` = the ``data.yaml``; ``split`` picks the YAML's split.
+    - ``coco``: ``path`` = ``{"images": DIR, "annotations": FILE}``.
+    - ``masks``: ``path`` = ``{"images": DIR, "masks": DIR, "classes": [names] or FILE}``, or a root folder with
+      ``{split}/images``, ``{split}/masks`` and ``classes.txt`` (the CamVid / ``derainbench scenes`` layout).
+
+    In ``coco``/``masks`` dicts, ``{split}`` inside a path string is replaced by ``split``.
+    """
+    kind = TASKS.get(task)
+    if kind is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    if format not in FORMATS[kind]:
+        raise ValueError(f"format {format!r} is not for {kind}; expected one of {FORMATS[kind]}")
+    if format == "yolo":
+        return YoloDetectionDataset(path, split)
+    if format == "coco":
+        spec = _path_spec(path, ("images", "annotations"), split)
+        return CocoDetectionDataset(spec["images"], spec["annotations"])
+    if isinstance(path, (str, Path)):
+        root = Path(path)
+        path = {"images": root / split / "images", "masks": root / split / "masks", "classes": root / "classes.txt"}
+    spec = _path_spec(path, ("images", "masks", "classes"), split)
+    return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
+
+
+def _path_spec(path: Any, keys: tuple[str, ...], split: str) -> dict[str, Any]:
+    if not isinstance(path, Mapping) or any(k not in path for k in keys):
+        raise ValueError(f"path must be a mapping with keys {list(keys)}, got {path!r}")
+    return {k: (v.replace("{split}", split) if isinstance(v, str) else v) for k, v in path.items()}

@@ -1,0 +1,230 @@
+"""Ultralytics YOLO adapter: load, predict in memory on [0, 1] tensors, train offline.
+
+Images are ``B×3×H×W`` float RGB tensors in [0, 1]. Predictions come back per image as
+``{"boxes": float32 N×4 xyxy in input pixels, "scores": float32 N, "classes": int64 N}``.
+
+Nothing here downloads: ``.pt`` files must exist locally (ultralytics would otherwise fetch official
+names such as ``yolo11n.pt``), ``.yaml`` models are built fresh, and training runs with
+``plots=False`` (no font download) and ``amp=False`` on CPU (the AMP check downloads a model).
+Set ``YOLO_OFFLINE=1`` in the environment as well (it skips ultralytics' online checks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
+RECT_PAD = 0.5  # ultralytics' validator pads rect batch shapes by half a stride
+
+
+class DetectionDataset(Protocol):
+    """What detection code needs from a dataset (see ``downstream.datasets``)."""
+
+    names: list[str]
+
+    def __len__(self) -> int: ...
+
+    def image_path(self, i: int) -> Path: ...
+
+    def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]: ...
+
+
+@dataclass
+class Detector:
+    """A YOLO detection model plus what callers need to know about it.
+
+    ``model`` is the ultralytics ``DetectionModel`` (a plain ``torch.nn.Module``); ``stride`` is its
+    largest stride in pixels (input sides are padded to multiples of it).
+    """
+
+    model: torch.nn.Module
+    names: list[str]
+    stride: int
+    device: torch.device
+
+    @property
+    def nc(self) -> int:
+        """Number of classes the model predicts."""
+        return len(self.names)
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        imgsz: int | None = None,
+        conf: float = 0.001,
+        iou: float = 0.7,
+        max_det: int = 300,
+        multi_label: bool = True,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detect objects in ``images`` (B×3×H×W float RGB in [0, 1]), without gradients.
+
+        The batch is letterboxed like ultralytics' validator (long side resized to ``imgsz``, default
+        ``max(H, W)``; centred grey padding to a stride multiple), NMS'd, and boxes are mapped back to
+        the input's pixel coordinates (clipped to the image). ``multi_label=True`` matches the validator.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
+        from ultralytics.utils.nms import non_max_suppression
+
+        h0, w0 = images.shape[-2:]
+        x, (gain_y, gain_x), (top, left) = letterbox(images, imgsz or max(h0, w0), self.stride)
+        self.model.eval()
+        with torch.inference_mode():
+            raw = self.model(x.to(self.device, torch.float32))
+            out = non_max_suppression(
+                raw,
+                conf,
+                iou,
+                multi_label=multi_label,
+                max_det=max_det,
+                end2end=bool(getattr(self.model, "end2end", False)),
+            )
+        results = []
+        for det in out:
+            det = det.float().cpu()
+            boxes = det[:, :4].clone()
+            boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - left) / gain_x).clamp(0, w0)
+            boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - top) / gain_y).clamp(0, h0)
+            results.append({"boxes": boxes, "scores": det[:, 4].clone(), "classes": det[:, 5].long()})
+        return results
+
+
+def letterbox(
+    images: torch.Tensor, imgsz: int, stride: int, rect_pad: float = RECT_PAD
+) -> tuple[torch.Tensor, tuple[float, float], tuple[int, int]]:
+    """Resize and pad ``images`` (B×3×H×W, [0, 1]) the way ultralytics' validator does with ``rect`` batches.
+
+    Long side → ``imgsz`` (ceil-rounded short side), then centred in the batch shape
+    ``ceil(aspect · imgsz / stride + rect_pad) · stride`` (shrunk if it does not fit, never enlarged),
+    padded with 114/255. Note the half-stride ``rect_pad``: a 64 px image at ``imgsz=64`` runs at 96×96.
+    Returns the padded batch, the (y, x) scale from input to resized pixels and the (top, left) padding.
+    """
+    h0, w0 = images.shape[-2:]
+    r = imgsz / max(h0, w0)
+    h1, w1 = (min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)) if r != 1 else (h0, w0)
+    aspect = (h0 / w0, 1.0) if h0 < w0 else (1.0, w0 / h0)
+    th, tw = (math.ceil(a * imgsz / stride + rect_pad) * stride for a in aspect)
+    r2 = min(th / h1, tw / w1, 1.0)  # the validator's LetterBox never scales up
+    h2, w2 = max(round(h1 * r2), 1), max(round(w1 * r2), 1)
+    x = images.float()
+    if (h2, w2) != (h0, w0):
+        x = F.interpolate(x, size=(h2, w2), mode="bilinear", align_corners=False)
+    dh, dw = (th - h2) / 2, (tw - w2) / 2
+    top, left = round(dh - 0.1), round(dw - 0.1)
+    bottom, right = th - h2 - top, tw - w2 - left
+    x = F.pad(x, (left, right, top, bottom), value=PAD_VALUE)
+    return x, (h2 / h0, w2 / w0), (top, left)
+
+
+def _missing_weights_error(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"detector weights not found: {path}. derainbench never downloads models; supply a local .pt file at "
+        f"that path (e.g. train one with downstream.detection.train_detector, or copy an ultralytics checkpoint "
+        f"there), or pass a model .yaml such as 'yolo11n.yaml' to build an untrained one."
+    )
+
+
+def _names_list(names: Any, nc: int) -> list[str]:
+    if isinstance(names, dict):
+        return [str(names.get(i, i)) for i in range(nc)]
+    if isinstance(names, Sequence) and len(names) == nc:
+        return [str(n) for n in names]
+    return [str(i) for i in range(nc)]
+
+
+def load_detector(model: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> Detector:
+    """Load a YOLO detector from a local ``.pt`` checkpoint or build it from a model ``.yaml``.
+
+    ``.yaml`` names may be ultralytics' bundled configs (``yolo11n.yaml``; the letter picks the scale);
+    ``nc`` overrides their class count. ``nc`` with a ``.pt`` must match the checkpoint's count.
+    Raises ``FileNotFoundError`` for a missing ``.pt`` without trying to download it.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    path = Path(model)
+    device = torch.device(device)
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if not path.is_file():
+            raise _missing_weights_error(path)
+        from ultralytics.nn.tasks import load_checkpoint
+
+        net, _ = load_checkpoint(str(path), device=device)
+    elif suffix in (".yaml", ".yml"):
+        from ultralytics.nn.tasks import DetectionModel
+
+        net = DetectionModel(cfg=str(model), nc=nc, verbose=False).to(device)
+    else:
+        raise ValueError(f"unsupported detector model {model!r}: expected a local .pt file or a model .yaml")
+    net_nc = int(getattr(net, "nc", None) or net.model[-1].nc)
+    if nc is not None and nc != net_nc:
+        raise ValueError(f"{path} predicts {net_nc} classes but nc={nc} was requested")
+    stride = int(max(int(net.stride.max()), 32)) if hasattr(net, "stride") else 32
+    return Detector(model=net.eval(), names=_names_list(getattr(net, "names", None), net_nc), stride=stride,
+                    device=device)
+
+
+def class_count_check(detector: Detector, dataset: DetectionDataset) -> None:
+    """Raise ``ValueError`` when the detector's class count differs from the dataset's."""
+    if detector.nc != len(dataset.names):
+        raise ValueError(
+            f"class count mismatch: detector predicts {detector.nc} classes ({detector.names[:5]}...) but the "
+            f"dataset has {len(dataset.names)} ({list(dataset.names)[:5]}...); train or load a detector for this "
+            f"dataset, or build it from a .yaml with nc={len(dataset.names)}"
+        )
+
+
+def train_detector(
+    data_yaml: str | Path,
+    model: str | Path = "yolo11n.yaml",
+    epochs: int = 50,
+    imgsz: int = 640,
+    batch: int = 16,
+    out_dir: str | Path = "runs/detect",
+    device: str = "cpu",
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
+    """Train a YOLO detector with ultralytics, offline, and return the path of its best ``.pt``.
+
+    Runs go to ``out_dir/train`` (overwritten). Defaults: ``plots=False``, ``workers=0``, ``amp=False`` on
+    CPU (ultralytics' AMP check would download a model), ``val=True``; ``overrides`` go to ``YOLO.train``.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    data_yaml = Path(data_yaml)
+    if not data_yaml.is_file():
+        raise FileNotFoundError(f"detection data yaml not found: {data_yaml} (an ultralytics data.yaml is needed)")
+    if Path(model).suffix.lower() == ".pt" and not Path(model).is_file():
+        raise _missing_weights_error(Path(model))
+    from ultralytics import YOLO
+
+    args: dict[str, Any] = {
+        "plots": False,
+        "workers": 0,
+        "amp": str(device) != "cpu",
+        "exist_ok": True,
+        "name": "train",
+        "verbose": True,
+    }
+    args.update(overrides)
+    args.update(
+        data=str(data_yaml.resolve()),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        project=str(Path(out_dir).resolve()),
+        device=device,
+        seed=seed,
+    )
+    yolo = YOLO(str(model), task="detect")
+    yolo.train(**args)
+    trainer = yolo.trainer
+    best = Path(trainer.best)
+    return best if best.is_file() else Path(trainer.last)

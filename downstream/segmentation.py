@@ -1,0 +1,353 @@
+"""Semantic segmentation through segmentation-models-pytorch (smp): build, run, save/load and train.
+
+A :class:`Segmenter` takes the benchmark's images as they are (``B×3×H×W`` float RGB in [0, 1], any size)
+and hides what smp models need: ImageNet mean/std normalisation and H, W padded (reflect) to a multiple of
+the encoder's stride, cropped back afterwards. :meth:`Segmenter.logits` stays differentiable so joint
+fine-tuning can back-propagate a segmentation loss into a derainer.
+
+Nothing here downloads: smp models are always built with ``encoder_weights=None``; pretrained weights come
+from a local file (``SegmenterConfig.weights``). A trained segmenter is a folder with ``model.safetensors``
+and ``segmenter.json`` (config + class names + training step/metrics).
+
+Datasets follow a small protocol: ``classes: list[str]``, ``__len__`` and ``__getitem__(i) -> (image H×W×3
+float32 RGB in [0, 1], mask H×W int64 class ids, 255 = ignore)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from derain.checkpoint import atomic_write_text, read_state_dict
+from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
+
+IGNORE_INDEX = 255
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "segmenter.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegDataset(Protocol):
+    """What :func:`train_segmenter` needs from a dataset (see the module docstring)."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class SegmenterConfig:
+    """How to build a segmenter.
+
+    ``arch`` is an smp architecture name ("Unet", "FPN", "DeepLabV3Plus", ...); ``encoder`` an smp encoder
+    name ("resnet18", "mobilenet_v2", ...). ``weights`` is an optional LOCAL file (``.pth``/``.safetensors``)
+    holding either the whole model's state dict or just the encoder's (e.g. ImageNet resnet18 weights).
+    ``decoder_channels`` maps to the architecture's own argument (Unet: one int per stage, or one int that
+    is halved per stage; FPN: pyramid channels, with half of it (a multiple of 32, at least 32) for the
+    segmentation head; DeepLabV3Plus and others: ``decoder_channels``). ``extra`` is passed to smp as is.
+    """
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    num_classes: int = 2
+    classes: list[str] | None = None
+    weights: str | None = None
+    encoder_depth: int = 5
+    decoder_channels: int | list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def class_names(self) -> list[str]:
+        """The class names, ``class0``, ``class1``, ... when none were given."""
+        if self.classes is None:
+            return [f"class{i}" for i in range(self.num_classes)]
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
+        return list(self.classes)
+
+
+class Segmenter(nn.Module):
+    """An smp model plus what it needs to take [0, 1] RGB images of any size.
+
+    Attributes: ``model`` (the smp network), ``cfg``, ``classes``, ``num_classes``, ``size_multiple``.
+    ``forward`` is :meth:`logits`.
+    """
+
+    def __init__(self, model: nn.Module, cfg: SegmenterConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.classes = cfg.class_names()
+        self.num_classes = cfg.num_classes
+        stride = int(getattr(getattr(model, "encoder", None), "output_stride", 1))
+        self.size_multiple = max(2**cfg.encoder_depth, stride)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×3×H×W`` RGB in [0, 1] -> ``B×K×H×W`` class logits (differentiable w.r.t. the images)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected B×3×H×W images, got shape {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        x = pad_to_multiple(x, self.size_multiple)
+        return self.model(x)[..., :h, :w]
+
+    forward = logits
+
+    def predict(self, images: torch.Tensor, amp: bool = True) -> torch.Tensor:
+        """``B×3×H×W`` RGB in [0, 1] -> ``B×H×W`` int64 class ids (eval mode, inference mode, autocast on CUDA)."""
+        with eval_mode(self), torch.inference_mode(), autocast(self.device, enabled=amp):
+            return self.logits(images.to(self.device)).argmax(dim=1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad ``…×H×W`` at the bottom/right up to multiples of ``multiple``: reflect, or replicate when too small."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def build_segmenter(cfg: SegmenterConfig) -> Segmenter:
+    """Build the smp model for ``cfg`` (never downloads) and load ``cfg.weights`` when given."""
+    kwargs: dict[str, Any] = {"encoder_depth": cfg.encoder_depth, **_decoder_kwargs(cfg), **cfg.extra}
+    model = smp.create_model(
+        cfg.arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=cfg.num_classes, **kwargs
+    )
+    seg = Segmenter(model, cfg)
+    if cfg.weights is not None:
+        load_pretrained(seg, cfg.weights)
+    return seg
+
+
+def _decoder_kwargs(cfg: SegmenterConfig) -> dict[str, Any]:
+    ch = cfg.decoder_channels
+    if ch is None:
+        return {}
+    arch = cfg.arch.lower()
+    if arch in ("unet", "unetplusplus"):
+        if isinstance(ch, int):
+            ch = [max(ch // 2**i, 4) for i in range(cfg.encoder_depth)]
+        return {"decoder_channels": list(ch)}
+    if isinstance(ch, list | tuple):
+        raise ValueError(f"{cfg.arch} takes one int for decoder_channels, got {ch}")
+    if arch == "fpn":
+        # FPN's segmentation head uses GroupNorm(32, ·): its width must be a multiple of 32.
+        return {"decoder_pyramid_channels": ch, "decoder_segmentation_channels": max(32, ch // 64 * 32)}
+    return {"decoder_channels": ch}
+
+
+def load_pretrained(seg: Segmenter, path: str | Path) -> None:
+    """Load a local file into ``seg``: a whole-model state dict, or an encoder-only one (e.g. ImageNet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmenter weights file not found: {path} (only local files are used)")
+    state = read_state_dict(path)
+    own = seg.model.state_dict()
+    if set(state) == set(own):
+        seg.model.load_state_dict(state)
+        return
+    encoder = getattr(seg.model, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"{path} does not match the {seg.cfg.arch} model's keys")
+    state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    # smp encoders drop classifier heads (e.g. resnet's fc) before loading, so strict loading fits them.
+    encoder.load_state_dict(state)
+
+
+def save_segmenter(seg: Segmenter, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/segmenter.json`` (config, class names, ``extra``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in seg.model.state_dict().items()}
+    tmp = folder / f".{WEIGHTS_FILE}.tmp{os.getpid()}"
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    cfg = {**asdict(seg.cfg), "classes": seg.classes, "weights": None}
+    meta = {"kind": "segmenter", "config": cfg, **(extra or {})}
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    return folder
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """A segmenter saved by :func:`save_segmenter` (the folder or one of its two files), in eval mode."""
+    path = Path(path)
+    folder = path.parent if path.name in (WEIGHTS_FILE, META_FILE) else path
+    for name in (META_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"segmenter checkpoint incomplete: {folder / name} not found")
+    meta = json.loads((folder / META_FILE).read_text())
+    seg = build_segmenter(SegmenterConfig(**meta["config"]))
+    seg.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    seg.meta = meta  # type: ignore[attr-defined]
+    return seg.to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------------------------- metrics core
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``K×K`` int64 counts, rows = target class, columns = predicted class; ignored target pixels skipped."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        raise ValueError(f"target ids outside [0, {num_classes}) and not {ignore_index}")
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predicted ids outside [0, {num_classes})")
+    flat = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes).cpu()
+
+
+def iou_from_confusion(matrix: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU = TP / (TP + FP + FN) as float64; NaN for classes absent from prediction and target."""
+    m = matrix.double()
+    tp = m.diagonal()
+    union = m.sum(0) + m.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+# ------------------------------------------------------------------------------------------------- training
+class RandomCrops(torch.utils.data.Dataset):
+    """Sample ``k`` is a seeded random crop (+ horizontal flip) of a random dataset item.
+
+    Returns ``(3×S×S float image, S×S int64 mask)``; items smaller than ``S`` are padded (image 0, mask 255).
+    Deterministic per (seed, k), so DataLoader workers reproduce the same stream.
+    """
+
+    def __init__(self, dataset: SegDataset, crop: int, length: int, seed: int = 0) -> None:
+        self.dataset, self.crop, self.length, self.seed = dataset, crop, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, k))
+        image, mask = self.dataset[int(rng.integers(len(self.dataset)))]
+        image, mask = _pad_pair(np.asarray(image, np.float32), np.asarray(mask, np.int64), self.crop)
+        h, w = mask.shape
+        y, x = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        image, mask = image[y:y + self.crop, x:x + self.crop], mask[y:y + self.crop, x:x + self.crop]
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.copy())
+
+
+def _pad_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    ph, pw = max(size - mask.shape[0], 0), max(size - mask.shape[1], 0)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    return image, mask
+
+
+def evaluate_miou(seg: Segmenter, dataset: SegDataset, limit: int | None = None) -> float:
+    """Dataset mIoU (confusion matrix summed over all images, one image at a time, ignore 255)."""
+    total = torch.zeros(seg.num_classes, seg.num_classes, dtype=torch.int64)
+    for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
+        image, mask = dataset[i]
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))[None]
+        pred = seg.predict(x)[0].cpu()
+        total += confusion_counts(pred, torch.as_tensor(np.asarray(mask, np.int64)), seg.num_classes)
+    return float(torch.nanmean(iou_from_confusion(total)))
+
+
+def train_segmenter(
+    train_dataset: SegDataset,
+    cfg: SegmenterConfig,
+    out_dir: str | Path,
+    *,
+    iters: int = 2000,
+    epochs: int | None = None,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    crop_size: int = 256,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    val_dataset: SegDataset | None = None,
+    val_every: int | None = None,
+    num_workers: int = 0,
+    amp: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Train ``cfg``'s segmenter with cross-entropy (ignore 255), AdamW and a cosine learning-rate decay.
+
+    ``epochs`` (if given) overrides ``iters`` as ``epochs × ceil(len(train) / batch_size)`` steps. Every
+    ``val_every`` steps (default: 5 times per run) and at the end, ``out_dir/last`` is written, and
+    ``out_dir/best`` when val mIoU improved (or, without a val set, the mean training loss since the last
+    check). Returns the ``best`` folder.
+    """
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    if cfg.classes is None and getattr(train_dataset, "classes", None):
+        cfg = SegmenterConfig(**{**asdict(cfg), "classes": list(train_dataset.classes)})
+    seg = build_segmenter(cfg).to(dev).train()
+    steps = epochs * math.ceil(len(train_dataset) / batch_size) if epochs is not None else iters
+    check_every = val_every or max(steps // 5, 1)
+    loader = torch.utils.data.DataLoader(
+        RandomCrops(train_dataset, crop_size, steps * batch_size, seed), batch_size=batch_size,
+        num_workers=num_workers, drop_last=True, pin_memory=dev.type == "cuda",
+    )
+    opt = torch.optim.AdamW(seg.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp and autocast_dtype(dev) == torch.float16)
+    out_dir = Path(out_dir)
+    best, losses = -math.inf, []
+    bar = tqdm(loader, total=steps, desc="train segmenter", disable=not progress, dynamic_ncols=True)
+    for step, (images, masks) in enumerate(bar, start=1):
+        images, masks = images.to(dev, non_blocking=True), masks.to(dev, non_blocking=True)
+        with autocast(dev, enabled=amp):
+            loss = F.cross_entropy(seg.logits(images).float(), masks, ignore_index=IGNORE_INDEX)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite segmentation loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if step % check_every == 0 or step == steps:
+            metrics = {"train_loss": float(np.mean(losses))}
+            if val_dataset is not None:
+                metrics["val_miou"] = evaluate_miou(seg, val_dataset)
+            score = metrics.get("val_miou", -metrics["train_loss"])
+            losses = []
+            info = {"step": step, "metrics": metrics}
+            save_segmenter(seg, out_dir / "last", extra=info)
+            if score > best:
+                best = score
+                save_segmenter(seg, out_dir / "best", extra=info)
+            if progress:
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    bar.close()
+    return out_dir / "best"
+
+
+def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack ``H×W×3`` float arrays in [0, 1] into a ``B×3×H×W`` float32 tensor."""
+    return torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images]).transpose(0, 3, 1, 2).copy())

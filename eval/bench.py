@@ -1,0 +1,300 @@
+"""The benchmark runner: clean / rainy / derained images -> task model -> mAP or mIoU, per method × severity.
+
+Every (dataset, severity, method) *cell* is computed in memory (rain synthesized with the run seed and the
+image's name, exactly as ``derainbench synth`` would write it, then quantized to 8 bits like a PNG; derained
+tensors go straight into the task model) and saved atomically to ``cells/`` when finished, so a crash or
+Ctrl-C loses at most the cell in progress and a rerun skips finished cells. ``results.csv`` (tidy rows:
+dataset, task, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
+``predictions/`` (COCO result JSON), ``samples/`` and ``timings.json`` are rebuilt from the cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from derain.checkpoint import atomic_write_text, load_derainer
+from derain.config import save_config
+from derain.imageio import quantize_uint8, to_tensor, write_image
+from derain.inference import DEFAULT_OVERLAP, derain_tensor
+from derain.metrics import compute_metrics
+from derain.registry import list_models
+from derain.runtime import resolve_device
+from derain.synth import image_seed, synthesize
+from downstream.datasets import load_task_dataset
+
+TASK_METRICS = {"detection": ("map", "map50"), "segmentation": ("miou", "pixel_acc")}
+
+
+@dataclass
+class DatasetSpec:
+    """One task dataset and the task model that scores it."""
+
+    name: str
+    task: str  # detection | segmentation
+    format: str  # yolo | coco | masks
+    path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
+    model: str  # detection: local .pt or model .yaml; segmentation: segmenter checkpoint folder
+    split: str = "val"
+    imgsz: int | None = None  # detector inference size (default: the image's long side)
+    limit: int | None = None  # score at most this many images
+
+
+@dataclass
+class DerainerSpec:
+    """A derainer to compare: a registered name (plus weights) or a checkpoint folder."""
+
+    name: str
+    model: str
+    weights: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    tile: int | None = None
+    overlap: int = DEFAULT_OVERLAP
+
+
+@dataclass
+class BenchConfig:
+    name: str = "bench"
+    seed: int = 0
+    device: str = "auto"
+    severities: list[str] = field(default_factory=lambda: ["light", "heavy"])
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    derainers: list[DerainerSpec] = field(default_factory=list)
+    out: str = "runs/bench"
+    samples: int = 3  # images saved per condition (for reports)
+    conf: float = 0.001  # detector confidence threshold (COCO protocol: keep low)
+    iou: float = 0.7  # detector NMS IoU
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    severity: str  # "none" for clean
+    method: str  # clean | rainy | a derainer name
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}__{self.severity}__{self.method}"
+
+
+def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec | None]]:
+    """Clean first, then per severity the rainy images and each derainer's output."""
+    cells: list[tuple[Cell, DerainerSpec | None]] = [(Cell(dataset, "none", "clean"), None)]
+    for sev in cfg.severities:
+        cells.append((Cell(dataset, sev, "rainy"), None))
+        cells += [(Cell(dataset, sev, d.name), d) for d in cfg.derainers]
+    return cells
+
+
+def validate(cfg: BenchConfig) -> None:
+    """Fail early, with what to do, on configs that cannot run."""
+    from derain.checkpoint import is_checkpoint
+    from derain.synth import PRESETS
+
+    if not cfg.datasets:
+        raise ValueError("bench config has no datasets")
+    for sev in cfg.severities:
+        if sev not in PRESETS:
+            raise ValueError(f"unknown severity {sev!r}; rain presets are {', '.join(PRESETS)}")
+    names = [d.name for d in cfg.derainers]
+    clash = {"clean", "rainy"} & set(names) or {n for n in names if names.count(n) > 1}
+    if clash:
+        raise ValueError(f"derainer names must be unique and not 'clean'/'rainy': {sorted(clash)}")
+    for d in cfg.derainers:
+        if d.model not in list_models() and not is_checkpoint(d.model):
+            raise ValueError(f"derainer {d.name!r}: unknown model {d.model!r}; registered derainers are "
+                             f"{', '.join(list_models())}, or give a checkpoint folder")
+        if d.weights and not Path(d.weights).exists():
+            raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
+    for ds in cfg.datasets:
+        if ds.task not in TASK_METRICS:
+            raise ValueError(f"dataset {ds.name!r}: task must be one of {list(TASK_METRICS)}, got {ds.task!r}")
+        if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):
+            raise FileNotFoundError(
+                f"dataset {ds.name!r}: task model not found: {ds.model}. Supply a local file "
+                "(detection: a trained .pt; segmentation: a segmenter checkpoint folder), e.g. from "
+                "`derainbench train-task`; nothing is ever downloaded."
+            )
+
+
+def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> Path:
+    """Run every missing cell of ``cfg`` and rebuild the result files; returns the output folder."""
+    validate(cfg)
+    out = Path(cfg.out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    for spec in cfg.datasets:
+        todo = [(c, d) for c, d in conditions(cfg, spec.name)
+                if force or not (out / "cells" / f"{c.key}.json").is_file()]
+        if not todo:
+            continue
+        dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
+        n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
+        if n == 0:
+            raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
+        task_model = _load_task_model(spec, dataset, device)
+        for cell, derainer_spec in todo:
+            derainer = _load_derainer(derainer_spec, device) if derainer_spec else None
+            result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, derainer_spec, device, out, progress)
+            atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
+    write_results(out, cfg)
+    return out
+
+
+def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device) -> Any:
+    if spec.task == "detection":
+        from downstream.detection import class_count_check, load_detector
+
+        from_yaml = str(spec.model).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
+        detector = load_detector(spec.model, nc=len(dataset.names) if from_yaml else None, device=device)
+        class_count_check(detector, dataset)
+        return detector
+    from downstream.segmentation import load_segmenter
+
+    seg = load_segmenter(spec.model, device=device)
+    if seg.num_classes != len(dataset.names):
+        raise ValueError(f"dataset {spec.name!r} has {len(dataset.names)} classes but the segmenter {spec.model} "
+                         f"predicts {seg.num_classes}; train one for this dataset with `derainbench train-task`")
+    return seg
+
+
+def _load_derainer(spec: DerainerSpec, device: torch.device) -> torch.nn.Module:
+    return load_derainer(spec.model, spec.weights, **spec.options).to(device)
+
+
+def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.ndarray:
+    """The rainy version of ``clean`` that ``derainbench synth --seed seed`` writes for file ``name`` (8-bit)."""
+    rainy, _ = synthesize(clean, severity, seed=image_seed(seed, name))
+    return quantize_uint8(rainy).astype(np.float32) / 255.0
+
+
+def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
+              derainer: torch.nn.Module | None, dspec: DerainerSpec | None, device: torch.device, out: Path,
+              progress: bool) -> dict[str, Any]:
+    from eval.detection import DetectionEvaluator, predictions_to_coco
+    from eval.segmentation import ConfusionMatrix
+
+    t0 = time.perf_counter()
+    detection = spec.task == "detection"
+    evaluator = DetectionEvaluator(dataset.names) if detection else ConfusionMatrix(len(dataset.names))
+    per_image: list[dict[str, Any]] = []
+    coco_rows: list[dict] = []
+    bar = tqdm(range(n), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress, leave=False)
+    for i in bar:
+        image, label = dataset[i]
+        name = Path(dataset.image_path(i)).name
+        clean = to_tensor(image).unsqueeze(0)
+        x = clean if cell.severity == "none" else to_tensor(rainy_image(image, cell.severity, cfg.seed, name))[None]
+        if derainer is not None:
+            x = derain_tensor(derainer, x.to(device), tile=dspec.tile, overlap=dspec.overlap).cpu()
+        row: dict[str, Any] = {"image": name}
+        if cell.severity != "none":
+            scores = compute_metrics(x, clean)
+            row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
+        if detection:
+            preds = task_model.predict(x.to(device), imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)
+            evaluator.update(preds, [label], [i])
+            coco_rows += predictions_to_coco(preds, [i])
+        else:
+            pred = task_model.predict(x.to(device)).cpu()
+            evaluator.update(pred, torch.from_numpy(label)[None])
+        per_image.append(row)
+        if i < cfg.samples:
+            _save_sample(out, cell, name, x[0], preds[0] if detection else pred[0])
+    metrics = evaluator.compute() if detection else evaluator.as_dict(dataset.names)
+    if detection:
+        atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(coco_rows))
+    restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
+    return {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
+            "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+
+
+def _save_sample(out: Path, cell: Cell, name: str, image: torch.Tensor, pred: Any) -> None:
+    """The image the task model saw (PNG) and its prediction (JSON boxes or PNG mask) for reports."""
+    folder = out / "samples" / cell.dataset / cell.severity / cell.method
+    stem = Path(name).stem
+    write_image(folder / f"{stem}.png", image)
+    if isinstance(pred, dict):
+        atomic_write_text(folder / f"{stem}.json", json.dumps(_jsonable(pred)))
+    else:
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pred.numpy().astype(np.uint8)).save(folder / f"{stem}.mask.png")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_results(out: Path, cfg: BenchConfig) -> None:
+    """Rebuild results.csv, per_image.csv, summary.csv and timings.json from the finished cells."""
+    rows, image_rows, timings = [], [], {}
+    for spec in cfg.datasets:
+        for cell, _ in conditions(cfg, spec.name):
+            path = out / "cells" / f"{cell.key}.json"
+            if not path.is_file():
+                continue
+            data = json.loads(path.read_text())
+            base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method}
+            values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
+            rows += [{**base, "metric": k, "value": v} for k, v in values.items()]
+            image_rows += [{**base, **r} for r in data["per_image"]]
+            timings[cell.key] = round(data["seconds"], 3)
+    summary = summarize(rows)
+    _write_csv(out / "results.csv", rows + summary, ["dataset", "task", "severity", "method", "metric", "value"])
+    _write_csv(out / "summary.csv", summary, ["dataset", "task", "severity", "method", "metric", "value"])
+    _write_csv(out / "per_image.csv", image_rows,
+               ["dataset", "task", "severity", "method", "image", "psnr_y", "ssim_y"])
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``drop_<m>`` = clean − rainy and ``recovery_<m>`` = (method − rainy) / (clean − rainy) per task metric."""
+    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
+    out = []
+    for (ds, sev, method, metric), v in value.items():
+        task = next(r["task"] for r in rows if r["dataset"] == ds)
+        if sev == "none" or metric not in TASK_METRICS[task]:
+            continue
+        clean, rainy = value.get((ds, "none", "clean", metric)), value.get((ds, sev, "rainy", metric))
+        if clean is None or rainy is None:
+            continue
+        base = {"dataset": ds, "task": task, "severity": sev, "method": method}
+        if method == "rainy":
+            out.append({**base, "metric": f"drop_{metric}", "value": clean - rainy})
+        else:
+            gap = clean - rainy
+            out.append({**base, "metric": f"recovery_{metric}", "value": (v - rainy) / gap if gap else float("nan")})
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
