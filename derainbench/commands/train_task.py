@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--model", default="yolo11n.yaml", help="model .yaml or local .pt (default yolo11n.yaml)")
     det.add_argument("--epochs", type=int, default=30)
     det.add_argument("--imgsz", type=int, default=320)
+    det.add_argument("--yolo", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra ultralytics train argument, repeatable (e.g. --yolo warmup_epochs=0 --yolo mosaic=0)")
     seg = p.add_argument_group("segmentation")
     seg.add_argument("--arch", default="Unet", help="smp architecture (Unet, FPN, DeepLabV3Plus, ...)")
     seg.add_argument("--encoder", default="resnet18", help="smp encoder (default resnet18)")
@@ -45,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["k=v", ...]`` -> ``{k: v}`` with YAML-typed values (numbers, booleans)."""
+    from derain.config import apply_overrides
+
+    return apply_overrides({}, items)
+
+
 def run(args: argparse.Namespace) -> int:
     from derain.runtime import resolve_device
 
@@ -53,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
         from downstream.detection import train_detector
 
         os.environ.setdefault("YOLO_OFFLINE", "1")
+        extra = parse_overrides(args.yolo)
         best = train_detector(args.data, model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                               out_dir=args.out, device="cpu" if device.type == "cpu" else str(device.index or 0),
-                              seed=args.seed)
+                              seed=args.seed, **extra)
     else:
         from downstream.datasets import load_task_dataset
         from downstream.segmentation import SegmenterConfig, train_segmenter

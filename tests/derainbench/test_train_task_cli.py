@@ -31,7 +31,8 @@ def test_train_detector(scenes: Path, tmp_path: Path) -> None:
     from downstream.detection import load_detector
 
     assert main(["train-task", "--task", "detection", "--data", str(scenes / "det/data.yaml"), "--epochs", "1",
-                 "--imgsz", "64", "--batch", "4", "--device", "cpu", "--out", str(tmp_path)]) == 0
+                 "--imgsz", "64", "--batch", "4", "--device", "cpu", "--out", str(tmp_path),
+                 "--yolo", "warmup_epochs=0", "--yolo", "mosaic=0"]) == 0
     pts = sorted(tmp_path.rglob("best.pt"))
     assert pts, "no best.pt written"
     assert load_detector(pts[0]).nc == 6
