@@ -28,7 +28,7 @@ from derain.imageio import quantize_uint8, to_tensor, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models
-from derain.runtime import resolve_device
+from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from derain.synth import image_seed, synthesize
 from downstream.datasets import load_task_dataset
 
@@ -127,27 +127,41 @@ def validate(cfg: BenchConfig) -> None:
 
 
 def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> Path:
-    """Run every missing cell of ``cfg`` and rebuild the result files; returns the output folder."""
+    """Run every missing cell of ``cfg`` and rebuild the result files; returns the output folder.
+
+    Under ``torchrun`` the images of each cell are sharded over the ranks and gathered on rank 0, which alone
+    writes files; the results equal a single-process run.
+    """
     validate(cfg)
+    dist = init_distributed(cfg.device)
     out = Path(cfg.out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.device)
-    for spec in cfg.datasets:
-        todo = [(c, d) for c, d in conditions(cfg, spec.name)
-                if force or not (out / "cells" / f"{c.key}.json").is_file()]
-        if not todo:
-            continue
-        dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
-        n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
-        if n == 0:
-            raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
-        task_model = _load_task_model(spec, dataset, device)
-        for cell, derainer_spec in todo:
-            derainer = _load_derainer(derainer_spec, device) if derainer_spec else None
-            result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, derainer_spec, device, out, progress)
-            atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
-    write_results(out, cfg)
+    try:
+        if dist.is_main:
+            (out / "cells").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
+        for spec in cfg.datasets:
+            todo = [(c, d) for c, d in conditions(cfg, spec.name)
+                    if force or not (out / "cells" / f"{c.key}.json").is_file()]
+            barrier(dist)  # every rank has decided what to do before rank 0 writes the next cell
+            if not todo:
+                continue
+            dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
+            n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
+            if n == 0:
+                raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
+            task_model = _load_task_model(spec, dataset, device)
+            for cell, dspec in todo:
+                derainer = _load_derainer(dspec, device) if dspec else None
+                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, dspec, device, out,
+                                   progress and dist.is_main, dist)
+                if dist.is_main:
+                    atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
+        if dist.is_main:
+            write_results(out, cfg)
+        barrier(dist)
+    finally:
+        cleanup_distributed(dist)
     return out
 
 
@@ -180,16 +194,16 @@ def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.nd
 
 def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
               derainer: torch.nn.Module | None, dspec: DerainerSpec | None, device: torch.device, out: Path,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, dist: DistInfo) -> dict[str, Any]:
+    """Score one (dataset, severity, method) on this rank's share of the images; rank 0 gets the totals."""
     from eval.detection import DetectionEvaluator, predictions_to_coco
     from eval.segmentation import ConfusionMatrix
 
     t0 = time.perf_counter()
     detection = spec.task == "detection"
-    evaluator = DetectionEvaluator(dataset.names) if detection else ConfusionMatrix(len(dataset.names))
-    per_image: list[dict[str, Any]] = []
-    coco_rows: list[dict] = []
-    bar = tqdm(range(n), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress, leave=False)
+    items: list[tuple[int, dict[str, Any], Any, Any]] = []  # (index, per-image row, prediction, label)
+    bar = tqdm(range(dist.rank, n, dist.world_size), desc=f"{cell.dataset} {cell.severity} {cell.method}",
+               disable=not progress, leave=False)
     for i in bar:
         image, label = dataset[i]
         name = Path(dataset.image_path(i)).name
@@ -202,21 +216,44 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
             scores = compute_metrics(x, clean)
             row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
         if detection:
-            preds = task_model.predict(x.to(device), imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)
-            evaluator.update(preds, [label], [i])
-            coco_rows += predictions_to_coco(preds, [i])
+            pred = {k: v.cpu() for k, v in task_model.predict(x.to(device), imgsz=spec.imgsz, conf=cfg.conf,
+                                                                iou=cfg.iou)[0].items()}
         else:
-            pred = task_model.predict(x.to(device)).cpu()
-            evaluator.update(pred, torch.from_numpy(label)[None])
-        per_image.append(row)
+            pred = task_model.predict(x.to(device))[0].cpu()
+        items.append((i, row, pred, label))
         if i < cfg.samples:
-            _save_sample(out, cell, name, x[0], preds[0] if detection else pred[0])
-    metrics = evaluator.compute() if detection else evaluator.as_dict(dataset.names)
+            _save_sample(out, cell, name, x[0], pred)
+    items = _gather(items, dist)
+    if not dist.is_main:
+        return {}
+    items.sort(key=lambda item: item[0])
     if detection:
+        evaluator = DetectionEvaluator(dataset.names)
+        for i, _, pred, label in items:
+            evaluator.update([pred], [label], [i])
+        metrics = evaluator.compute()
+        coco_rows = predictions_to_coco([p for _, _, p, _ in items], [i for i, _, _, _ in items])
         atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(coco_rows))
+    else:
+        matrix = ConfusionMatrix(len(dataset.names))
+        for _, _, pred, label in items:
+            matrix.update(pred[None], torch.from_numpy(label)[None])
+        metrics = matrix.as_dict(dataset.names)
+    per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
     return {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
             "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+
+
+def _gather(items: list, dist: DistInfo) -> list:
+    """All ranks' items on rank 0 (the input itself when not distributed)."""
+    if not dist.enabled:
+        return items
+    import torch.distributed as tdist
+
+    parts: list[Any] = [None] * dist.world_size if dist.is_main else []
+    tdist.gather_object(items, parts if dist.is_main else None, dst=0)
+    return [item for part in parts for item in part] if dist.is_main else []
 
 
 def _save_sample(out: Path, cell: Cell, name: str, image: torch.Tensor, pred: Any) -> None:

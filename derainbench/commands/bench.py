@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = """\
 Run the downstream benchmark described by a YAML config (see configs/bench_demo.yaml):
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(BenchConfig, args.config, args.overrides)
     out = run_bench(cfg, force=args.force, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     table = pd.read_csv(out / "results.csv")
     wide = table.pivot_table(index=["dataset", "severity", "method"], columns="metric", values="value", sort=False)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):

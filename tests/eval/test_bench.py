@@ -80,3 +80,22 @@ def test_bench_errors_tell_what_to_do(setup: dict, tmp_path: Path) -> None:
                                                 "path: x/data.yaml, model: missing.pt}]"), progress=False)
     with pytest.raises(ValueError, match="unknown severity"):
         run_bench(bench_config(setup, tmp_path, "severities=[drizzle]"), progress=False)
+
+
+def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from derain.config import save_config
+
+    cfg = bench_config(setup, tmp_path / "ddp", "severities=[heavy]", "samples=0")
+    save_config(cfg, tmp_path / "bench.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "derainbench", "bench", "--no-progress", "--config", str(tmp_path / "bench.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = run_bench(bench_config(setup, tmp_path / "one", "severities=[heavy]", "samples=0"), progress=False)
+    assert (tmp_path / "ddp/results.csv").read_text() == (single / "results.csv").read_text()
+    assert (tmp_path / "ddp/per_image.csv").read_text() == (single / "per_image.csv").read_text()
