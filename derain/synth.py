@@ -402,12 +402,15 @@ def find_images(src_dir: str | Path, exclude: str | Path | None = None) -> list[
 
 def synthesize_folder(
     src_dir: str | Path, dst_dir: str | Path, preset: RainParams | str = "light", seed: int = 0,
-    progress: bool = True, **overrides: Any,
+    progress: bool = True, with_labels: bool = False, **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Rainy copies of every image under ``src_dir`` at the same relative paths and names under ``dst_dir``.
 
-    Each image gets ``image_seed(seed, relative_path)`` and a sidecar; other files (labels, lists) are never
-    read, copied or changed. Returns the per-image parameter dicts (``file`` = relative path).
+    Each image gets ``image_seed(seed, relative_path)`` and a sidecar. By default other files (labels,
+    lists) are never read, copied or changed. ``with_labels=True`` makes ``dst_dir`` a complete task
+    dataset: every non-image file (label .txt, data.yaml, COCO JSON, classes.txt) is copied unchanged, and
+    so is every image inside a folder named ``masks`` or ``labels`` (segmentation masks are labels, not
+    photos). Returns the per-image parameter dicts (``file`` = relative path).
     """
     src_root, dst_root = Path(src_dir), Path(dst_dir)
     if src_root.resolve() == dst_root.resolve():
@@ -416,6 +419,10 @@ def synthesize_folder(
         preset = get_preset(preset, **overrides)  # fail on a bad preset before touching any file
         overrides = {}
     images = find_images(src_root, exclude=dst_root)
+    if with_labels:
+        labels = [rel for rel in images if LABEL_DIRS & set(rel.parts[:-1])]
+        images = [rel for rel in images if rel not in set(labels)]
+        _copy_unchanged(src_root, dst_root, labels + _other_files(src_root, dst_root))
     if not images:
         raise FileNotFoundError(f"no images found under {src_root}")
     _check_sidecar_clash(images)
@@ -425,6 +432,25 @@ def synthesize_folder(
         info["file"] = rel.as_posix()
         results.append(info)
     return results
+
+
+LABEL_DIRS = {"masks", "labels"}  # images in these folders are annotations: copied, never rained on
+
+
+def _other_files(src_root: Path, dst_root: Path) -> list[Path]:
+    """Non-image files under ``src_root`` (relative), skipping anything inside ``dst_root``."""
+    skip = dst_root.resolve()
+    return sorted(p.relative_to(src_root) for p in src_root.rglob("*")
+                  if p.is_file() and not is_image_file(p) and not p.resolve().is_relative_to(skip))
+
+
+def _copy_unchanged(src_root: Path, dst_root: Path, files: list[Path]) -> None:
+    """Copy ``files`` (relative to ``src_root``) byte for byte to the same places under ``dst_root``."""
+    import shutil
+
+    for rel in files:
+        (dst_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src_root / rel, dst_root / rel)
 
 
 def _check_sidecar_clash(images: list[Path]) -> None:

@@ -27,8 +27,11 @@ image can be regenerated exactly. The per-image seed is derived from --seed and 
 Streak lengths and densities are in pixels of a canvas whose shorter side is reference_size (320) px,
 so rain looks the same relative to the picture at any resolution.
 
-Only image files are written. Non-image files (label files, masks lists, YAML) are never read, copied or
-changed: they stay in the source dataset.
+Labels are never changed. By default only image files are written; non-image files (label files, YAML)
+stay in the source dataset.
+With --with-labels DST_DIR becomes a complete task dataset for that severity: label files, data.yaml, COCO
+JSON, classes.txt and images inside masks/ or labels/ folders are copied unchanged; only photos get rain:
+  derainbench synth --preset heavy --with-labels data/scenes/det data/scenes-heavy/det
 """
 
 
@@ -46,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help=f"override one preset parameter, repeatable; ranges as [lo,hi] or one number. Keys: {fields}",
     )
+    parser.add_argument("--with-labels", action="store_true",
+                        help="make DST_DIR a complete task dataset: copy label files, data.yaml, COCO JSON and "
+                             "images under masks/ or labels/ folders unchanged (only photos get rain)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -62,6 +68,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Synthesize rain over ``args.src_dir`` into ``args.dst_dir``; returns the exit code."""
     params = get_preset(args.preset, **parse_overrides(args.overrides))
-    results = synthesize_folder(args.src_dir, args.dst_dir, params, args.seed, progress=not args.no_progress)
+    results = synthesize_folder(args.src_dir, args.dst_dir, params, args.seed, progress=not args.no_progress,
+                                with_labels=args.with_labels)
     print(f"wrote {len(results)} rainy images (preset {args.preset}, seed {args.seed}) to {args.dst_dir}")
     return 0

@@ -116,3 +116,27 @@ def test_rain_over_det_images_keeps_label_names(scenes: dict, tmp_path: Path) ->
         clean.with_images_dir(tmp_path / "rainy" / "train")
     with pytest.raises(DatasetError, match="not found"):
         seg.with_images_dir(tmp_path)
+
+
+def test_synth_with_labels_makes_complete_rainy_datasets(tmp_path: Path) -> None:
+    from derain.synth import synthesize_folder
+    from downstream.datasets import MaskSegmentationDataset, YoloDetectionDataset, load_task_dataset
+
+    generate_scenes(tmp_path / "clean", n=6, size=48, seed=1, progress=False)
+    synthesize_folder(tmp_path / "clean/det", tmp_path / "heavy/det", "heavy", seed=0, progress=False,
+                      with_labels=True)
+    synthesize_folder(tmp_path / "clean/seg", tmp_path / "heavy/seg", "heavy", seed=0, progress=False,
+                      with_labels=True)
+    clean_det = YoloDetectionDataset(tmp_path / "clean/det/data.yaml", "val")
+    rainy_det = YoloDetectionDataset(tmp_path / "heavy/det/data.yaml", "val")
+    assert len(rainy_det) == len(clean_det)
+    for i in range(len(clean_det)):
+        np.testing.assert_array_equal(rainy_det.target(i)["boxes"], clean_det.target(i)["boxes"])
+        assert not np.array_equal(rainy_det[i][0], clean_det[i][0])  # the photo got rain
+    clean_seg = load_task_dataset("segmentation", "masks", tmp_path / "clean/seg", "val")
+    rainy_seg = load_task_dataset("segmentation", "masks", tmp_path / "heavy/seg", "val")
+    assert isinstance(rainy_seg, MaskSegmentationDataset)
+    for i in range(len(clean_seg)):
+        assert rainy_seg.mask_path(i).read_bytes() == clean_seg.mask_path(i).read_bytes()  # masks untouched
+        assert not np.array_equal(rainy_seg[i][0], clean_seg[i][0])
+    assert (tmp_path / "heavy/det/annotations").is_dir()
