@@ -172,6 +172,7 @@ def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device) -> A
         from_yaml = str(spec.model).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
         detector = load_detector(spec.model, nc=len(dataset.names) if from_yaml else None, device=device)
         class_count_check(detector, dataset)
+        detector.model.fuse(verbose=False)  # Conv+BN folded for inference, as ultralytics' validator does
         return detector
     from downstream.segmentation import load_segmenter
 

@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     table = pd.read_csv(out / "results.csv")
-    wide = table.pivot_table(index=["dataset", "severity", "method"], columns="metric", values="value", sort=False)
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
-        print(wide)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        for name, rows in table.groupby("dataset", sort=False):
+            wide = rows.pivot_table(index=["severity", "method"], columns="metric", values="value", sort=False)
+            print(f"\n{name} ({rows.task.iloc[0]}; PSNR/SSIM on Y, MATLAB rgb2ycbcr, no crop)")
+            print(wide.dropna(axis=1, how="all").round(4).to_string())
     print(f"\nresults: {out / 'results.csv'}")
     return 0
