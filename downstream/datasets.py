@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image, UnidentifiedImageError
 
+from derain.config import ConfigError, read_yaml
 from derain.imageio import is_image_file, read_image
 
 IGNORE_INDEX = 255
@@ -282,15 +282,11 @@ class YoloDetectionDataset(DetectionDataset):
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DatasetError(f"dataset YAML not found: {path}")
+    """The dataset YAML as a mapping (via the project's one YAML reader); problems are DatasetErrors."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a mapping at the top level")
-    return data
+        return read_yaml(path)
+    except ConfigError as exc:
+        raise DatasetError(f"dataset {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------- COCO

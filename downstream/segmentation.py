@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from derain.checkpoint import atomic_write_text, read_state_dict
+from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
 
 IGNORE_INDEX = 255
@@ -109,7 +110,7 @@ class Segmenter(nn.Module):
             raise ValueError(f"expected B×3×H×W images, got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        x = pad_to_multiple(x, self.size_multiple)
+        x, _ = pad_to_multiple(x, self.size_multiple)
         return self.model(x)[..., :h, :w]
 
     forward = logits
@@ -118,16 +119,6 @@ class Segmenter(nn.Module):
         """``B×3×H×W`` RGB in [0, 1] -> ``B×H×W`` int64 class ids (eval mode, inference mode, autocast on CUDA)."""
         with eval_mode(self), torch.inference_mode(), autocast(self.device, enabled=amp):
             return self.logits(images.to(self.device)).argmax(dim=1)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad ``…×H×W`` at the bottom/right up to multiples of ``multiple``: reflect, or replicate when too small."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def build_segmenter(cfg: SegmenterConfig) -> Segmenter:
