@@ -14,9 +14,13 @@ or a local .pt; segmenters are smp models with encoder_weights=None (or --weight
   segmentation:  --data ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore);
                  writes OUT/best and OUT/last (model.safetensors + segmenter.json)
 
+Short runs on small data: add --yolo warmup_epochs=0 (ultralytics otherwise warms up for at least 100
+iterations, and a few epochs of a small set learn nothing).
+
 Examples:
   derainbench scenes --n 200 --size 320 data/scenes
-  derainbench train-task --task detection --data data/scenes/det/data.yaml --epochs 30 --imgsz 320 --out runs/det
+  derainbench train-task --task detection --data data/scenes/det/data.yaml --epochs 40 --imgsz 320 \\
+      --yolo warmup_epochs=0 --out runs/det
   derainbench train-task --task segmentation --data data/scenes/seg --iters 1500 --out runs/seg
 """
 
