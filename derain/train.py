@@ -170,6 +170,8 @@ class Trainer:
         self.step = 0
         self.best_psnr: float | None = None
         self._stop_signal: int | None = None
+        self.extra_log_fields: tuple[str, ...] = ()  # more log.csv columns (subclasses)
+        self.log_extra: dict[str, float] = {}  # their values at the latest step
 
     # -- setup --------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -181,12 +183,11 @@ class Trainer:
         if cfg.model.init:
             load_weights(self.model, cfg.model.init)
         self.model.to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
-        self.loss_fn = MSPFNLoss(edge_weight=cfg.loss.edge_weight, eps=cfg.loss.eps)
+        self._build_data()
+        self.optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.loss_fn = self._build_loss()
         amp_dtype = autocast_dtype(self.device) if cfg.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        self.train_src = build_source(cfg.train)
-        self.val_src = build_source(cfg.val) if cfg.val is not None else None
         if self.resume:
             self._load_state()
         self.net: nn.Module = self.model
@@ -195,6 +196,26 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=True
             )
+
+    def _build_data(self) -> None:
+        """Hook: set ``self.train_src`` and ``self.val_src`` (None = no validation); subclasses add task models."""
+        self.train_src = build_source(self.cfg.train)
+        self.val_src = build_source(self.cfg.val) if self.cfg.val is not None else None
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Hook: optimizer parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
+        return [{"params": list(self.model.parameters())}]
+
+    def _build_loss(self) -> nn.Module:
+        """Hook: the restoration loss."""
+        return MSPFNLoss(edge_weight=self.cfg.loss.edge_weight, eps=self.cfg.loss.eps)
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Hook: more entries for ``last/state.pt`` (tensors, numbers, strings, dicts of them)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Hook: restore what :meth:`_extra_state` saved."""
 
     def _load_state(self) -> None:
         last = self.run_dir / "last"
@@ -213,6 +234,7 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self._load_extra_state(state)
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _save(self, which: str) -> Path:
@@ -228,6 +250,7 @@ class Trainer:
                 "best_psnr": self.best_psnr,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                **self._extra_state(),
             }
             tmp = folder / f".state.pt.tmp{os.getpid()}"
             torch.save(state, tmp)
@@ -236,15 +259,13 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from derain.data import sample_batch
-
         cfg = self.cfg
         self._build()
         main = self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        logger = _Logger(self.run_dir, self.step) if main else None
+        logger = _Logger(self.run_dir, self.step, self.extra_log_fields) if main else None
         bar = tqdm(total=cfg.iters, initial=self.step, disable=not (self.progress and main),
                    desc=f"train {cfg.name}", dynamic_ncols=True)
         t0, last_log_step = time.perf_counter(), self.step
@@ -253,12 +274,8 @@ class Trainer:
                 while self.step < cfg.iters:
                     lr = lr_at(self.step, cfg.optim)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    rainy, clean = sample_batch(
-                        self.train_src, self.step, cfg.batch_size, cfg.patch_size, cfg.seed,
-                        rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
-                    )
-                    loss = self._train_step(rainy.to(self.device), clean.to(self.device))
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                    loss = self._train_step(self._sample(self.step))
                     self.step += 1
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == cfg.iters:
@@ -267,7 +284,7 @@ class Trainer:
                         t0, last_log_step = now, self.step
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                         if logger:
-                            logger.log(self.step, loss=loss, lr=lr, it_per_s=rate)
+                            logger.log(self.step, loss=loss, lr=lr, it_per_s=rate, **self.log_extra)
                     if self.val_src is not None and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
                         self._validate(logger, bar)
                     if main and (self.step % cfg.save_every == 0 or self.step == cfg.iters):
@@ -286,11 +303,28 @@ class Trainer:
             cleanup_distributed(self.dist)
         return TrainResult(self.run_dir, self.step, interrupted, self.best_psnr, self._stop_signal)
 
-    def _train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
+    def _sample(self, step: int) -> Any:
+        """This rank's batch for ``step`` (a pure function of (seed, step)): ``(rainy, clean)`` on the device."""
+        from derain.data import sample_batch
+
+        cfg = self.cfg
+        rainy, clean = sample_batch(
+            self.train_src, step, cfg.batch_size, cfg.patch_size, cfg.seed,
+            rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
+        )
+        return rainy.to(self.device), clean.to(self.device)
+
+    def _train_step(self, batch: Any) -> float:
+        """One optimizer step on ``batch`` (from :meth:`_sample`); returns the rank-mean loss."""
+        rainy, clean = batch
         with autocast(self.device, self.cfg.amp):
             pred = self.net(rainy)
         loss = self.loss_fn(pred.float(), clean)
-        mean_loss = all_reduce_mean(loss, self.dist)
+        return self._optimize(loss)
+
+    def _optimize(self, loss: torch.Tensor) -> float:
+        """Check ``loss`` is finite on every rank, back-propagate it and step (AMP scaler, optional clipping)."""
+        mean_loss = all_reduce_mean(loss.detach(), self.dist)
         if not torch.isfinite(mean_loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({mean_loss.item()}) at step {self.step + 1}; weights were not updated and "
@@ -301,7 +335,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(mean_loss)
@@ -345,14 +380,15 @@ class _Logger:
 
     FIELDS = ("step", "time", "loss", "lr", "it_per_s", "val_psnr_y", "val_ssim_y")
 
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
+    def __init__(self, run_dir: Path, resume_step: int, extra_fields: tuple[str, ...] = ()) -> None:
+        self.fields = (*self.FIELDS, *extra_fields)
         self.path = run_dir / "log.csv"
         rows = []
         if self.path.is_file() and resume_step > 0:  # keep history up to the resumed step only
             with open(self.path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
         self.fh = open(self.path, "w", newline="")  # noqa: SIM115 - closed in close()
-        self.writer = csv.DictWriter(self.fh, fieldnames=self.FIELDS)
+        self.writer = csv.DictWriter(self.fh, fieldnames=self.fields, restval="")
         self.writer.writeheader()
         self.writer.writerows(rows)
         self.fh.flush()
