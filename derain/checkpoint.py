@@ -34,13 +34,18 @@ def save_checkpoint(
     """Write ``folder/model.safetensors`` and ``folder/model.json`` atomically (temp file + rename)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    tmp = folder / f".{WEIGHTS_FILE}.tmp{os.getpid()}"
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
+    save_state_dict(unwrap(model).state_dict(), folder / WEIGHTS_FILE)
     meta = {"name": name, "config": dict(config or {}), "step": int(step), **dict(extra or {})}
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     return folder
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write tensors as safetensors atomically (temp file + rename); moved to CPU and made contiguous."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -106,11 +106,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write a (dataclass) config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    tmp.replace(path)
+    from derain.checkpoint import atomic_write_text  # the one atomic writer (imported late: config stays light)
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def _deep_copy(data: Any) -> Any:

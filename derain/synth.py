@@ -31,6 +31,7 @@ from scipy import ndimage, signal
 from skimage.transform import resize
 from tqdm import tqdm
 
+from derain.checkpoint import atomic_write_text
 from derain.config import ConfigError, from_dict, to_dict
 from derain.imageio import is_image_file, read_image, write_image
 
@@ -372,10 +373,7 @@ def synthesize_file(
     rainy, info = synthesize(read_image(src), preset, seed, **overrides)
     info["source"] = src.name
     write_image(dst, rainy)
-    side = sidecar_path(dst)
-    tmp = side.with_name(f".{side.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    tmp.replace(side)
+    atomic_write_text(sidecar_path(dst), json.dumps(info, indent=1) + "\n")
     return info
 
 

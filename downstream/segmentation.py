@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,11 +26,12 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, read_state_dict
+from derain.checkpoint import atomic_write_text, read_state_dict, save_state_dict
+from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
 
@@ -172,10 +172,7 @@ def save_segmenter(seg: Segmenter, folder: str | Path, extra: dict[str, Any] | N
     """Write ``folder/model.safetensors`` and ``folder/segmenter.json`` (config, class names, ``extra``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in seg.model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_FILE}.tmp{os.getpid()}"
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
+    save_state_dict(seg.model.state_dict(), folder / WEIGHTS_FILE)
     cfg = {**asdict(seg.cfg), "classes": seg.classes, "weights": None}
     meta = {"kind": "segmenter", "config": cfg, **(extra or {})}
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
@@ -341,4 +338,4 @@ def train_segmenter(
 
 def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack ``H×W×3`` float arrays in [0, 1] into a ``B×3×H×W`` float32 tensor."""
-    return torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images]).transpose(0, 3, 1, 2).copy())
+    return torch.stack([to_tensor(np.asarray(im, np.float32)) for im in images])
