@@ -5,7 +5,8 @@ image's name, exactly as ``derainbench synth`` would write it, then quantized to
 tensors go straight into the task model) and saved atomically to ``cells/`` when finished, so a crash or
 Ctrl-C loses at most the cell in progress and a rerun skips finished cells. ``results.csv`` (tidy rows:
 dataset, task, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
-``predictions/`` (COCO result JSON), ``samples/`` and ``timings.json`` are rebuilt from the cells.
+``per_class.csv`` (AP / IoU per class), ``predictions/`` (COCO result JSON), ``samples/`` and ``timings.json``
+are rebuilt from the cells; ``environment.json`` records the device and package versions of the last invocation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +142,8 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
             (out / "cells").mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
         device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
+        if dist.is_main:
+            atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
         for spec in cfg.datasets:
             todo = [(c, d) for c, d in conditions(cfg, spec.name)
                     if force or not (out / "cells" / f"{c.key}.json").is_file()]
@@ -163,6 +167,22 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
     finally:
         cleanup_distributed(dist)
     return out
+
+
+def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:
+    """The device and package versions a run used, so a report can state what produced its numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("derainbench", "torch", "torchvision", "ultralytics", "segmentation-models-pytorch", "pycocotools",
+                 "numpy"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": str(device), "device_name": name, "processes": dist.world_size,
+            "python": platform.python_version(), "platform": platform.platform(), "packages": packages}
 
 
 def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device) -> Any:
@@ -224,6 +244,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         items.append((i, row, pred, label))
         if i < cfg.samples:
             _save_sample(out, cell, name, x[0], pred)
+            _save_truth(out, cell.dataset, name, label)
     items = _gather(items, dist)
     if not dist.is_main:
         return {}
@@ -271,6 +292,20 @@ def _save_sample(out: Path, cell: Cell, name: str, image: torch.Tensor, pred: An
         Image.fromarray(pred.numpy().astype(np.uint8)).save(folder / f"{stem}.mask.png")
 
 
+def _save_truth(out: Path, dataset: str, name: str, label: Any) -> None:
+    """A sample's ground truth (JSON boxes or PNG mask) under ``samples/<dataset>/truth/``, written once."""
+    folder = out / "samples" / dataset / "truth"
+    stem = Path(name).stem
+    if isinstance(label, dict):
+        if not (folder / f"{stem}.json").is_file():
+            atomic_write_text(folder / f"{stem}.json", json.dumps(_jsonable(label)))
+    elif not (folder / f"{stem}.mask.png").is_file():
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(label).astype(np.uint8)).save(folder / f"{stem}.mask.png")
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -288,8 +323,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_results(out: Path, cfg: BenchConfig) -> None:
-    """Rebuild results.csv, per_image.csv, summary.csv and timings.json from the finished cells."""
-    rows, image_rows, timings = [], [], {}
+    """Rebuild results.csv, per_image.csv, per_class.csv, summary.csv and timings.json from the finished cells."""
+    rows, image_rows, class_rows, timings = [], [], [], {}
     for spec in cfg.datasets:
         for cell, _ in conditions(cfg, spec.name):
             path = out / "cells" / f"{cell.key}.json"
@@ -300,13 +335,26 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
             values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
             rows += [{**base, "metric": k, "value": v} for k, v in values.items()]
             image_rows += [{**base, **r} for r in data["per_image"]]
+            class_rows += per_class_rows(data)
             timings[cell.key] = round(data["seconds"], 3)
     summary = summarize(rows)
     _write_csv(out / "results.csv", rows + summary, ["dataset", "task", "severity", "method", "metric", "value"])
     _write_csv(out / "summary.csv", summary, ["dataset", "task", "severity", "method", "metric", "value"])
     _write_csv(out / "per_image.csv", image_rows,
                ["dataset", "task", "severity", "method", "image", "psnr_y", "ssim_y"])
+    _write_csv(out / "per_class.csv", class_rows, ["dataset", "task", "severity", "method", "class", "metric", "value"])
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
+
+
+PER_CLASS_METRICS = {"per_class": "ap", "per_class50": "ap50", "iou_per_class": "iou"}
+
+
+def per_class_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy per-class rows (metric ``ap``/``ap50`` for detection, ``iou`` for segmentation) of one cell JSON."""
+    base = {"dataset": cell["cell"]["dataset"], "task": cell["task"], "severity": cell["cell"]["severity"],
+            "method": cell["cell"]["method"]}
+    return [{**base, "class": name, "metric": metric, "value": value}
+            for key, metric in PER_CLASS_METRICS.items() for name, value in cell["metrics"].get(key, {}).items()]
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

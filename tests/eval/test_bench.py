@@ -8,41 +8,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from derain import build_model
-from derain.checkpoint import save_checkpoint
-from derain.config import load_config
-from downstream.scenes import generate_scenes
-from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
 from eval.bench import BenchConfig, run_bench
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("bench")
-    info = generate_scenes(root / "scenes", n=8, size=64, seed=0, progress=False)
-    seg_classes = (root / "scenes/seg/classes.txt").read_text().split()
-    seg = build_segmenter(SegmenterConfig(arch="Unet", encoder="resnet18", num_classes=len(seg_classes),
-                                          classes=seg_classes, encoder_depth=3, decoder_channels=[16, 8, 8]))
-    save_segmenter(seg, root / "seg-model")
-    save_checkpoint(root / "lite", build_model("mspfn-lite", units=1), name="mspfn-lite", config={"units": 1})
-    return {"root": root, "info": info}
+@pytest.fixture
+def setup(tiny_bench: dict) -> dict:
+    return tiny_bench
 
 
 def bench_config(setup: dict, out: Path, *extra: str) -> BenchConfig:
-    root = setup["root"]
-    args = [
-        f"out={out}", "device=cpu", "severities=[light, heavy]", "samples=1",
-        f"datasets=[{{name: det, task: detection, format: yolo, path: {root}/scenes/det/data.yaml, "
-        f"model: yolo11n.yaml, imgsz: 64}}, {{name: seg, task: segmentation, format: masks, "
-        f"path: {root}/scenes/seg, model: {root}/seg-model}}]",
-        f"derainers=[{{name: identity, model: identity}}, {{name: lite, model: {root}/lite}}]",
-        *extra,
-    ]
-    return load_config(BenchConfig, None, args)
+    return setup["config"](out, *extra)
 
 
-def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tmp_path: Path) -> None:
-    out = run_bench(bench_config(setup, tmp_path / "run"), progress=False)
+def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tiny_bench_run: Path) -> None:
+    out = tiny_bench_run
     res = pd.read_csv(out / "results.csv")
     assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value"}
     det = res[(res.dataset == "det") & (res.metric == "map50")]
@@ -63,10 +42,27 @@ def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tmp_path: Path)
     assert (out / "predictions/det__heavy__lite.json").is_file()
     assert (out / "samples/seg/heavy/lite").is_dir()
 
+    # for reports: per-class AP / IoU of every cell, sample ground truth, device and versions
+    per_class = pd.read_csv(out / "per_class.csv")
+    cell = json.loads((out / "cells/det__heavy__lite.json").read_text())
+    ap50 = per_class[(per_class.dataset == "det") & (per_class.severity == "heavy") & (per_class.method == "lite")
+                     & (per_class.metric == "ap50")].set_index("class").value
+    assert list(ap50.index) == list(cell["metrics"]["per_class50"])
+    assert ap50.to_dict() == pytest.approx({k: float("nan") if v is None else v
+                                            for k, v in cell["metrics"]["per_class50"].items()}, nan_ok=True)
+    assert set(per_class[per_class.dataset == "seg"].metric) == {"iou"}
+    assert len(per_class[(per_class.dataset == "seg") & (per_class.method == "clean")]) == len(
+        (setup["root"] / "scenes/seg/classes.txt").read_text().split())
+    assert sorted(p.name for p in (out / "samples/det/truth").iterdir()) == sorted(
+        f"{p.stem}.json" for p in (out / "samples/det/none/clean").glob("*.png"))
+    assert len(list((out / "samples/seg/truth").glob("*.mask.png"))) == 2
+    env = json.loads((out / "environment.json").read_text())
+    assert env["device"] == "cpu" and env["processes"] == 1 and env["packages"]["torch"]
+
     # a rerun computes nothing: every cell file stays untouched
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert len(stamps) == 14
-    run_bench(bench_config(setup, tmp_path / "run"), progress=False)
+    run_bench(bench_config(setup, out, "samples=2"), progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps
     assert json.loads((out / "cells/det__none__clean.json").read_text())["n"] == len(
         list((setup["root"] / "scenes/det/images/val").glob("*.png")))
