@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from derainbench import __version__
 
 # Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
-COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "scenes", "train-task", "bench", "joint")
+COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "scenes", "train-task", "bench", "joint", "report")
 
 DESCRIPTION = """\
 derainbench: does removing rain help detection and segmentation?
@@ -27,6 +27,7 @@ Sub-commands (each has its own --help):
   train-task  train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset
   bench    score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)
   joint    fine-tune a derainer with a detection or segmentation loss (task-driven deraining)
+  report   tables (Markdown, HTML, LaTeX, CSV), plots and image grids from one or several bench runs
 """
 
 

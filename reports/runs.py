@@ -1,0 +1,304 @@
+"""Benchmark run folders: load one (results, per-class scores, config, environment) and combine several.
+
+Methods from different runs sit side by side; runs of the same configuration with different seeds are
+aggregated as mean ± std over seeds. A dataset scored differently in two runs (another task model, split,
+threshold, ...) cannot share a table: that is an error naming both folders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from derain.config import read_yaml
+from derain.synth import PRESETS
+
+RESULT_COLUMNS = ["dataset", "task", "severity", "method", "metric", "value"]
+CLASS_COLUMNS = ["dataset", "task", "severity", "method", "class", "metric", "value"]
+BASELINES = ("clean", "rainy")
+# What makes two runs score a dataset the same way (so their rows may share a table).
+SCORING_KEYS = ("task", "format", "path", "split", "limit", "imgsz", "model")
+DETECTION_KEYS = ("conf", "iou")
+DERAINER_KEYS = ("model", "weights", "options", "tile", "overlap")
+
+
+@dataclass
+class Run:
+    """One finished (or partly finished) ``derainbench bench`` output folder."""
+
+    path: Path
+    config: dict[str, Any]
+    results: pd.DataFrame
+    per_class: pd.DataFrame
+    per_image: pd.DataFrame
+    environment: dict[str, Any] | None
+    timings: dict[str, float]
+
+    @property
+    def name(self) -> str:
+        """The run's configured name (its folder name when the config has none)."""
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def seed(self) -> int:
+        """The rain seed of the run."""
+        return int(self.config.get("seed", 0))
+
+    def derainer(self, name: str) -> dict[str, Any] | None:
+        """The derainer entry named ``name`` in the run's config (None for clean / rainy)."""
+        return next((d for d in self.config.get("derainers") or [] if d.get("name") == name), None)
+
+    def dataset(self, name: str) -> dict[str, Any] | None:
+        """The dataset entry named ``name`` in the run's config."""
+        return next((d for d in self.config.get("datasets") or [] if d.get("name") == name), None)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder; a folder that is not a benchmark run is an error saying what is missing and what to do."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder not found: {path}")
+    results_csv = path / "results.csv"
+    if not results_csv.is_file():
+        hint = " (no cell finished yet)" if (path / "cells").is_dir() else ""
+        raise FileNotFoundError(f"{results_csv} not found{hint}: give the `out` folder of a finished "
+                                "`derainbench bench --config ...` run")
+    results = _read_csv(results_csv, RESULT_COLUMNS)
+    if results.empty:
+        raise ValueError(f"{results_csv} has no rows: rerun `derainbench bench` so that at least one cell finishes")
+    config_yaml = path / "config.yaml"
+    if not config_yaml.is_file():
+        raise FileNotFoundError(f"{config_yaml} not found: the report needs the run's config (seed, models); "
+                                "`derainbench bench` writes it first, so copy it back next to results.csv")
+    return Run(path=path, config=read_yaml(config_yaml), results=results, per_class=_read_per_class(path),
+               per_image=_read_optional_csv(path / "per_image.csv"), environment=_read_json(path / "environment.json"),
+               timings=_read_json(path / "timings.json") or {})
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV with at least ``columns``; other tables are an error naming the file and the missing columns."""
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV table ({exc})") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} missing (has {list(table.columns)}); expected a derainbench "
+                         "bench output")
+    for col in ("dataset", "task", "severity", "method"):
+        table[col] = table[col].astype(str)
+    return table
+
+
+def _read_optional_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"]) if path.is_file() else pd.DataFrame()
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it or rerun `derainbench bench`") from exc
+
+
+def _read_per_class(path: Path) -> pd.DataFrame:
+    """``per_class.csv``, or the same rows rebuilt from ``cells/*.json`` for runs made before it existed."""
+    if (path / "per_class.csv").is_file():
+        table = _read_csv(path / "per_class.csv", CLASS_COLUMNS)
+        table["class"] = table["class"].astype(str)
+        return table
+    from eval.bench import per_class_rows
+
+    rows = [r for cell in sorted((path / "cells").glob("*.json")) for r in per_class_rows(_read_json(cell))]
+    return pd.DataFrame(rows, columns=CLASS_COLUMNS)
+
+
+@dataclass
+class Combined:
+    """Rows of one or several runs aggregated per (dataset, severity, method, metric): mean, std and seed count."""
+
+    runs: list[Run]
+    results: pd.DataFrame  # dataset, task, severity, method, metric, mean, std, n
+    per_class: pd.DataFrame  # dataset, task, severity, method, class, metric, mean, std, n
+    datasets: dict[str, str]  # name -> task, in order of appearance
+    severities: list[str]  # "none" first, then the rain presets in their order
+    methods: list[str]  # clean, rainy, then derainers in order of appearance
+    sources: dict[str, list[tuple[Run, str]]] = field(default_factory=dict)  # method label -> (run, its name there)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The distinct rain seeds of the runs."""
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def max_n(self) -> int:
+        """The largest number of seeds behind one value (1: no aggregation happened)."""
+        return int(self.results["n"].max()) if not self.results.empty else 0
+
+    def value(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float, int] | None:
+        """``(mean, std, n)`` of one cell's metric, or None when no run has it."""
+        r = self.results
+        hit = r[(r.dataset == dataset) & (r.severity == severity) & (r.method == method) & (r.metric == metric)]
+        if hit.empty:
+            return None
+        row = hit.iloc[0]
+        return float(row["mean"]), float(row["std"]), int(row["n"])
+
+    def methods_of(self, dataset: str, severity: str) -> list[str]:
+        """The methods with results for ``dataset`` at ``severity``, in report order."""
+        r = self.results
+        present = set(r[(r.dataset == dataset) & (r.severity == severity)].method)
+        return [m for m in self.methods if m in present]
+
+    def severities_of(self, dataset: str) -> list[str]:
+        """The severities with results for ``dataset``, in report order ("none" first)."""
+        present = set(self.results[self.results.dataset == dataset].severity)
+        return [s for s in self.severities if s in present]
+
+    def rain_severities(self) -> list[str]:
+        """The rain severities (everything but "none")."""
+        return [s for s in self.severities if s != "none"]
+
+
+def load_runs(run_dirs: str | Path | Iterable[str | Path]) -> Combined:
+    """Load and combine run folders (a single path is one run)."""
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    if not dirs:
+        raise ValueError("no run folder given")
+    return combine([load_run(d) for d in dirs])
+
+
+def combine(runs: Sequence[Run]) -> Combined:
+    """Check that the runs can share tables, label their methods, and aggregate values over seeds."""
+    resolved = {r.path.resolve() for r in runs}
+    if len(resolved) < len(runs):
+        raise ValueError("the same run folder was given twice; list each run once")
+    _check_datasets(runs)
+    labels = method_labels(runs)
+    results = _aggregate([_relabel(r.results, i, r, labels) for i, r in enumerate(runs)], RESULT_COLUMNS[:-2])
+    per_class = _aggregate([_relabel(r.per_class, i, r, labels) for i, r in enumerate(runs)], CLASS_COLUMNS[:-2])
+    sources: dict[str, list[tuple[Run, str]]] = {}
+    for (i, method), label in labels.items():
+        sources.setdefault(label, []).append((runs[i], method))
+    datasets: dict[str, str] = {}
+    for r in runs:
+        for ds, task in zip(r.results.dataset, r.results.task, strict=True):
+            datasets.setdefault(ds, task)
+    return Combined(runs=list(runs), results=results, per_class=per_class, datasets=datasets,
+                    severities=_order_severities(results.severity), methods=_order_methods(runs, labels),
+                    sources=sources)
+
+
+def _check_datasets(runs: Sequence[Run]) -> None:
+    """Every dataset name must be scored the same way (task, data, task model, thresholds) in every run."""
+    seen: dict[str, tuple[Run, dict[str, Any]]] = {}
+    for run in runs:
+        for name in dict.fromkeys(run.results.dataset):
+            spec = scoring(run, name)
+            if name not in seen:
+                seen[name] = (run, spec)
+                continue
+            first, first_spec = seen[name]
+            diff = [k for k in spec if spec[k] != first_spec.get(k)]
+            if diff:
+                k = diff[0]
+                raise ValueError(
+                    f"runs {first.path} and {run.path} score dataset {name!r} differently ({k}: "
+                    f"{first_spec.get(k)!r} vs {spec[k]!r}), so their tables cannot be combined: report them "
+                    "separately, or give the dataset another name in one of the bench configs")
+
+
+def scoring(run: Run, dataset: str) -> dict[str, Any]:
+    """What determines a dataset's task scores in ``run``: its config entry plus the detector thresholds."""
+    entry = run.dataset(dataset)
+    task = str(run.results.loc[run.results.dataset == dataset, "task"].iloc[0])
+    if entry is None:
+        return {"task": task}
+    spec = {k: entry.get(k) for k in SCORING_KEYS}
+    if task == "detection":
+        spec.update({k: run.config.get(k) for k in DETECTION_KEYS})
+    return spec
+
+
+def method_labels(runs: Sequence[Run]) -> dict[tuple[int, str], str]:
+    """``(run index, method) -> label``: a derainer keeps its name unless runs use that name for different models,
+    then each variant gets its run's name (or folder name) in parentheses."""
+    variants: dict[str, list[str]] = {}  # derainer name -> distinct spec keys, in order
+    keys: dict[tuple[int, str], str] = {}
+    for i, run in enumerate(runs):
+        for method in dict.fromkeys(run.results.method):
+            spec = run.derainer(method)
+            key = json.dumps({k: (spec or {}).get(k) for k in DERAINER_KEYS}, sort_keys=True, default=str)
+            keys[(i, method)] = key
+            if method not in BASELINES and key not in variants.setdefault(method, []):
+                variants[method].append(key)
+    labels = {}
+    for (i, method), key in keys.items():
+        if method in BASELINES or len(variants[method]) == 1:
+            labels[(i, method)] = method
+            continue
+        owners = [j for (j, m), k in keys.items() if m == method and k == key]
+        names = {runs[j].name for (j, m), k in keys.items() if m == method}
+        suffix = runs[owners[0]].name if len(names) == len(variants[method]) else runs[owners[0]].path.name
+        labels[(i, method)] = f"{method} ({suffix})"
+    return labels
+
+
+def _relabel(table: pd.DataFrame, index: int, run: Run, labels: dict[tuple[int, str], str]) -> pd.DataFrame:
+    """A copy of ``table`` with methods renamed to their labels and the run's seed attached."""
+    out = table.copy()
+    if not out.empty:
+        out["method"] = [labels.get((index, m), m) for m in out["method"]]
+    out["seed"] = run.seed
+    return out
+
+
+def _aggregate(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """Mean, std (over seeds; NaN for one) and seed count per ``keys`` + metric.
+
+    One value per seed: a run repeated with the same seed adds nothing, and the clean images do not depend on
+    the seed at all, so clean rows count once.
+    """
+    columns = [*keys, "metric", "mean", "std", "n"]
+    filled = [t for t in tables if not t.empty]
+    if not filled:
+        return pd.DataFrame(columns=columns)
+    rows = pd.concat(filled, ignore_index=True)
+    rows.loc[rows.severity == "none", "seed"] = 0
+    rows = rows.drop_duplicates([*keys, "metric", "seed"], keep="first")
+    grouped = rows.groupby([*keys, "metric"], sort=False, dropna=False)["value"]
+    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    return out[columns]
+
+
+def _order_severities(severities: Iterable[str]) -> list[str]:
+    """"none" first, then the rain presets in their own order, then any other name in order of appearance."""
+    present = list(dict.fromkeys(severities))
+    known = ["none", *PRESETS]
+    return [s for s in known if s in present] + [s for s in present if s not in known]
+
+
+def _order_methods(runs: Sequence[Run], labels: dict[tuple[int, str], str]) -> list[str]:
+    """clean, rainy, then every derainer label in the order the runs' configs list them."""
+    order: list[str] = list(BASELINES)
+    for i, run in enumerate(runs):
+        names = [d.get("name") for d in run.config.get("derainers") or []] + list(dict.fromkeys(run.results.method))
+        for method in names:
+            label = labels.get((i, method))
+            if label is not None and label not in order:
+                order.append(label)
+    present = {label for label in labels.values()}
+    return [m for m in order if m in present]
+
+
+def is_finite(x: float | None) -> bool:
+    """True for a real number (not None, NaN or ±inf)."""
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,281 @@
+"""The report's tables built from combined runs: restoration (PSNR/SSIM), detection and segmentation (task
+metric, drop, recovery), the run summary, and the compact main table for a terminal; CSV and plain-text output.
+
+A table is a list of rows of :class:`Value` (numbers: mean, std over seeds, bold when best, a footnote mark) or
+plain strings, under :class:`Column` headers; Markdown, HTML and LaTeX renderers live in their own modules.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from derain.checkpoint import atomic_write_text
+from eval.bench import TASK_METRICS
+from reports.runs import Combined, is_finite, load_runs
+
+PROTOCOL = "Y channel, MATLAB rgb2ycbcr, no crop"
+METRIC_LABELS = {"map": "mAP", "map50": "mAP@.5", "miou": "mIoU", "pixel_acc": "pixel acc.", "psnr_y": "PSNR-Y",
+                 "ssim_y": "SSIM-Y", "ap": "AP", "ap50": "AP@.5", "iou": "IoU"}
+METRIC_NAMES = {"map": "mAP@[.5:.95]", "map50": "mAP@.5", "miou": "mIoU", "pixel_acc": "pixel accuracy",
+                "psnr_y": "PSNR-Y (dB)", "ssim_y": "SSIM-Y", "ap": "AP@[.5:.95]", "ap50": "AP@.5", "iou": "IoU"}
+TASK_TABLES = {"detection": "Detection", "segmentation": "Segmentation"}
+NOISE_MARK = "†"
+MIN_DROP = 0.01  # |clean − rainy| below this (metric units, 0–1 scale) makes a recovery meaningless
+
+
+@dataclass
+class Column:
+    """A table column: ``key`` names it in CSV, ``label`` heads it under an optional spanning ``group``."""
+
+    key: str
+    label: str
+    group: str = ""
+    digits: int = 3
+    best: bool = True  # bold the highest value of each block of rows
+    numeric: bool = True  # right-aligned numbers (text columns are left-aligned)
+
+
+@dataclass
+class Value:
+    """One number of a table: mean (and std over ``n`` seeds), ``mark`` = footnote mark when not meaningful."""
+
+    mean: float | None
+    std: float | None = None
+    n: int = 1
+    mark: str = ""
+    best: bool = False
+
+    def text(self, digits: int, pm: str = "±") -> str:
+        """The number as printed: ``0.103``, ``0.103 ± 0.004``, ``n/a†`` or ``–`` when missing."""
+        if self.mark:
+            return f"n/a{self.mark}"
+        if not is_finite(self.mean):
+            return "–"
+        s = f"{self.mean:.{digits}f}"
+        return f"{s} {pm} {self.std:.{digits}f}" if self.n > 1 and is_finite(self.std) else s
+
+
+Entry = Value | str
+
+
+@dataclass
+class Table:
+    """A titled table with index columns (strings), value columns, rows and footnotes."""
+
+    name: str  # file stem of its CSV / LaTeX export
+    title: str
+    index: list[str]
+    columns: list[Column]
+    rows: list[tuple[list[str], list[Entry]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed under the title (protocol, what bold means)
+    footnotes: list[str] = field(default_factory=list)
+
+    @property
+    def headers(self) -> list[str]:
+        """Flat column headers: ``group label`` when grouped."""
+        return [*self.index, *(f"{c.group} {c.label}".strip() for c in self.columns)]
+
+    def group_spans(self) -> list[tuple[str, int]]:
+        """Consecutive columns sharing a group, as (group, width), for spanning header cells."""
+        spans: list[tuple[str, int]] = []
+        for col in self.columns:
+            if spans and spans[-1][0] == col.group:
+                spans[-1] = (col.group, spans[-1][1] + 1)
+            else:
+                spans.append((col.group, 1))
+        return spans
+
+    def display_index(self) -> list[list[str]]:
+        """Index cells with a value repeated from the row above left blank, for reading."""
+        out, previous = [], None
+        for keys, _ in self.rows:
+            shown = [k if previous is None or keys[: i + 1] != previous[: i + 1] else "" for i, k in enumerate(keys)]
+            out.append(shown)
+            previous = keys
+        return out
+
+
+def drop_within_noise(combined: Combined, dataset: str, severity: str, metric: str, min_drop: float = MIN_DROP) -> bool:
+    """True when the clean − rainy drop is too small to divide by: |drop| < ``min_drop`` or < 2 × its std over seeds."""
+    drop = combined.value(dataset, severity, "rainy", f"drop_{metric}")
+    if drop is None or not is_finite(drop[0]):
+        return True
+    mean, std, n = drop
+    return abs(mean) < min_drop or (n > 1 and is_finite(std) and abs(mean) < 2 * std)
+
+
+def _value(combined: Combined, dataset: str, severity: str, method: str, metric: str) -> Value:
+    hit = combined.value(dataset, severity, method, metric)
+    return Value(None) if hit is None else Value(hit[0], hit[1], hit[2])
+
+
+def _mark_best(table: Table, block_of: int) -> None:
+    """Bold the highest value (as printed) per column within blocks of rows sharing their first ``block_of`` index
+    cells; clean rows are the reference, not a contender, and a block where all values tie gets no bold."""
+    blocks: dict[tuple[str, ...], list[list[Entry]]] = {}
+    for keys, entries in table.rows:
+        if keys[-1] != "clean":
+            blocks.setdefault(tuple(keys[:block_of]), []).append(entries)
+    for rows in blocks.values():
+        for j, col in enumerate(table.columns):
+            values = [r[j] for r in rows if isinstance(r[j], Value) and not r[j].mark and is_finite(r[j].mean)]
+            shown = [round(v.mean, col.digits) for v in values]  # ties as printed: equal-looking numbers agree
+            if not col.best or len(set(shown)) < 2:
+                continue  # nothing to choose from: bold would single out no winner
+            for v, x in zip(values, shown, strict=True):
+                v.best = x == max(shown)
+
+
+def seeds_note(combined: Combined) -> list[str]:
+    """The footnote explaining mean ± std when values were aggregated over seeds."""
+    if combined.max_n < 2:
+        return []
+    return [f"Mean ± std over {combined.max_n} rain seeds ({', '.join(map(str, combined.seeds))}); the clean "
+            "images do not depend on the seed, so clean rows are single values."]
+
+
+def restoration_table(combined: Combined) -> Table:
+    """PSNR-Y / SSIM-Y per dataset × method (rows) and severity (column groups); rainy = the input, no deraining."""
+    pairs = [(s, m) for s in combined.rain_severities() for m in ("psnr_y", "ssim_y")]
+    columns = [Column(f"{s}/{m}", METRIC_LABELS[m] + (" (dB)" if m == "psnr_y" else ""), group=s,
+                      digits=2 if m == "psnr_y" else 4) for s, m in pairs]
+    table = Table("restoration", f"Restoration quality (PSNR/SSIM: {PROTOCOL})", ["dataset", "method"], columns,
+                  notes=[f"PSNR-Y and SSIM-Y of each method's output against the clean image ({PROTOCOL}); "
+                         "rainy = the rain-synthesized input, not derained. Bold: best per column and dataset."])
+    for ds in combined.datasets:
+        for method in [m for m in combined.methods if m != "clean"]:
+            entries: list[Entry] = [_value(combined, ds, s, method, m) for s, m in pairs]
+            if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
+                table.rows.append(([ds, method], entries))
+    _mark_best(table, 1)
+    table.footnotes = seeds_note(combined)
+    return table
+
+
+def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Table:
+    """Task metrics per dataset × severity × method with drop (rainy rows) and recovery (derained rows)."""
+    metrics = TASK_METRICS[task]
+    columns = [Column(m, METRIC_LABELS[m]) for m in metrics]
+    columns += [Column(f"drop_{m}", METRIC_LABELS[m], group="drop", best=False) for m in metrics]
+    columns += [Column(f"recovery_{m}", METRIC_LABELS[m], group="recovery", digits=2) for m in metrics]
+    names = ", ".join(f"{METRIC_LABELS[m]} = {METRIC_NAMES[m]}" for m in metrics if METRIC_LABELS[m] != METRIC_NAMES[m])
+    table = Table(task, f"{TASK_TABLES[task]} ({', '.join(METRIC_LABELS[m] for m in metrics)}, drop, recovery)",
+                  ["dataset", "severity", "method"], columns,
+                  notes=[f"drop = clean − rainy; recovery = (derained − rainy) / (clean − rainy): 1 undoes all of the "
+                         f"rain's damage, 0 none, < 0 makes it worse.{' ' + names + '.' if names else ''} "
+                         "Bold: best per column among the rainy and derained rows of each dataset and severity."])
+    noisy = False
+    for ds in [d for d, t in combined.datasets.items() if t == task]:
+        for sev in combined.severities_of(ds):
+            for method in combined.methods_of(ds, sev):
+                entries: list[Entry] = [_value(combined, ds, sev, method, m) for m in metrics]
+                entries += [_value(combined, ds, sev, method, f"drop_{m}") for m in metrics]
+                for m in metrics:
+                    rec = _value(combined, ds, sev, method, f"recovery_{m}")
+                    if is_finite(rec.mean) and drop_within_noise(combined, ds, sev, m, min_drop):
+                        rec.mark, noisy = NOISE_MARK, True
+                    entries.append(rec)
+                table.rows.append(([ds, sev, method], entries))
+    _mark_best(table, 2)
+    if noisy:
+        seeds = ", or < 2 × its std over seeds" if combined.max_n > 1 else ""
+        table.footnotes.append(
+            f"{NOISE_MARK} n/a: the drop at this severity is within noise (|drop| < {min_drop:g}{seeds}), so recovery "
+            "would divide by almost zero; the CSV keeps the number and flags it.")
+    table.footnotes += seeds_note(combined)
+    return table
+
+
+def task_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
+    """One task table per task present in the runs (detection first)."""
+    tasks = set(combined.datasets.values())
+    return [task_table(combined, t, min_drop) for t in TASK_METRICS if t in tasks]
+
+
+def table_csv(table: Table) -> str:
+    """The table as CSV with full-precision numbers: ``<key>`` (mean), ``<key>_std`` and ``<key>_n`` when
+    aggregated over seeds, ``<key>_within_noise`` for recoveries flagged as meaningless."""
+    seeds = any(isinstance(e, Value) and e.n > 1 for _, entries in table.rows for e in entries)
+    flagged = {j for _, entries in table.rows for j, e in enumerate(entries) if isinstance(e, Value) and e.mark}
+    header = list(table.index)
+    for j, col in enumerate(table.columns):
+        header += [col.key] + ([f"{col.key}_std", f"{col.key}_n"] if seeds else [])
+        header += [f"{col.key}_within_noise"] if j in flagged else []
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for keys, entries in table.rows:
+        row: list[object] = list(keys)
+        for j, e in enumerate(entries):
+            if isinstance(e, str):
+                row += [e] + (["", ""] if seeds else [])
+            else:
+                row += [_num(e.mean)] + ([_num(e.std), e.n] if seeds else [])
+            if j in flagged:
+                row.append(isinstance(e, Value) and bool(e.mark))
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _num(x: float | None) -> str:
+    return repr(float(x)) if is_finite(x) else ""
+
+
+def write_csv(table: Table, folder: Path) -> Path:
+    """Write ``<folder>/<table.name>.csv``; returns its path."""
+    path = Path(folder) / f"{table.name}.csv"
+    atomic_write_text(path, table_csv(table))
+    return path
+
+
+def table_text(table: Table, title: bool = True) -> str:
+    """The table as aligned plain text (for terminals and logs)."""
+    cells = [[*shown, *(e if isinstance(e, str) else e.text(c.digits, "±") for e, c in zip(entries, table.columns,
+                                                                                            strict=True))]
+             for shown, (_, entries) in zip(table.display_index(), table.rows, strict=True)]
+    headers = table.headers
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    k = len(table.index)
+    fmt = [str.rjust if i >= k and table.columns[i - k].numeric else str.ljust for i in range(len(headers))]
+    lines = ["  ".join(f(h, w) for f, h, w in zip(fmt, headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(f(c, w) for f, c, w in zip(fmt, r, widths, strict=True)).rstrip() for r in cells]
+    head = [table.title] if title else []
+    return "\n".join([*head, *lines, *table.footnotes])
+
+
+def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
+    """Per dataset: severity × method with the task metrics, PSNR-Y, and drop / recovery of the first task metric."""
+    tables = []
+    for ds, task in combined.datasets.items():
+        metrics = TASK_METRICS[task]
+        first = metrics[0]
+        columns = [Column(m, METRIC_LABELS[m]) for m in metrics]
+        columns += [Column("psnr_y", "PSNR-Y", digits=2), Column("ssim_y", "SSIM-Y", digits=3),
+                    Column(f"drop_{first}", f"drop {METRIC_LABELS[first]}", best=False),
+                    Column(f"recovery_{first}", f"recov. {METRIC_LABELS[first]}", digits=2)]
+        table = Table(f"main_{ds}", f"{ds} ({task}; PSNR/SSIM: {PROTOCOL})", ["severity", "method"], columns)
+        noisy = False
+        for sev in combined.severities_of(ds):
+            for method in combined.methods_of(ds, sev):
+                entries: list[Entry] = [_value(combined, ds, sev, method, c.key) for c in columns]
+                rec = entries[-1]
+                if isinstance(rec, Value) and is_finite(rec.mean) and drop_within_noise(combined, ds, sev, first,
+                                                                                        min_drop):
+                    rec.mark, noisy = NOISE_MARK, True
+                table.rows.append(([sev, method], entries))
+        if noisy:
+            table.footnotes.append(f"{NOISE_MARK} drop within noise (|drop| < {min_drop:g}): recovery not meaningful")
+        table.footnotes += seeds_note(combined)
+        tables.append(table)
+    return tables
+
+
+def main_table_text(run_dirs: str | Path | Iterable[str | Path] | Combined, min_drop: float = MIN_DROP) -> str:
+    """The main result per dataset / severity / method as plain text for a terminal (fits 100 columns): task metrics,
+    PSNR-Y, SSIM-Y, and drop / recovery of the headline metric. Takes run folders or already combined runs."""
+    combined = run_dirs if isinstance(run_dirs, Combined) else load_runs(run_dirs)
+    return "\n\n".join(table_text(t) for t in main_tables(combined, min_drop))
