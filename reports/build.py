@@ -29,6 +29,14 @@ from reports.training import find_training_logs
 
 FORMATS = ("md", "html", "tex", "csv")
 TITLE = "derainbench report"
+GRIDS_TEXT = (
+    "Per sample image (rows): the ground truth, then each condition exactly as the task model saw it (clean, rainy, "
+    "each derainer's output). Detection: the k highest-scoring boxes (k = ground-truth objects; boxes overlapping "
+    f"a higher-scoring one by IoU > {grids.DISPLAY_IOU:g} skipped), labelled class and score. Segmentation: the "
+    "predicted mask tinted over the image in grey (background untinted). Under each panel: PSNR-Y / SSIM-Y against "
+    "the clean image and the task score of that single image (AP@.5 or mIoU), which is noisy: the tables hold the "
+    "dataset scores."
+)
 
 
 @dataclass
@@ -65,8 +73,13 @@ def default_out(run_dirs: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([p.resolve() for p in paths])) / "report"
 
 
-def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | None = None,
-                 formats: str | Sequence[str] = FORMATS, images: int = 3, min_drop: float = MIN_DROP) -> Report:
+def build_report(
+    run_dirs: str | Path | Iterable[str | Path],
+    out: str | Path | None = None,
+    formats: str | Sequence[str] = FORMATS,
+    images: int = 3,
+    min_drop: float = MIN_DROP,
+) -> Report:
     """Load and combine the runs, then write the report files under ``out`` (see the module docstring).
 
     ``images``: sample images per qualitative grid; ``min_drop``: smallest |clean − rainy| drop for which a
@@ -110,26 +123,33 @@ def make_figures(combined: Combined, out: Path, images: int = 3) -> list[Figure]
         if path is not None:
             made.append(Figure(path.relative_to(out), caption))
 
-    add(plots.metric_vs_severity(combined, colors, folder / "metric_vs_severity.png"),
-        "Task metrics against rain severity per method; the dashed line is the clean images' score.")
-    add(plots.psnr_vs_task(combined, colors, folder / "psnr_vs_task.png"),
+    add(
+        plots.metric_vs_severity(combined, colors, folder / "metric_vs_severity.png"),
+        "Task metrics against rain severity per method; the dashed line is the clean images' score.",
+    )
+    add(
+        plots.psnr_vs_task(combined, colors, folder / "psnr_vs_task.png"),
         "PSNR-Y against the headline task metric for every method and rain severity (marker = severity); the "
-        "correlation over these points is in each title. Rainy inputs are drawn as open markers.")
-    add(plots.per_class_bars(combined, colors, folder / "per_class.png"),
+        "correlation over these points is in each title. Rainy inputs are drawn as open markers.",
+    )
+    add(
+        plots.per_class_bars(combined, colors, folder / "per_class.png"),
         "Per-class AP@[.5:.95] (detection) / IoU (segmentation) at each dataset's worst rain severity "
-        "(largest clean − rainy drop), clean images for reference.")
+        "(largest clean − rainy drop), clean images for reference.",
+    )
     logs = find_training_logs(combined)
-    add(plots.training_curves(logs, colors, folder / "training_curves.png"),
-        "Training logs found in or linked from the runs: " + ", ".join(f"{log.label} ({log.path})" for log in logs)
-        + ".")
-    for ds, task in combined.datasets.items():
+    add(
+        plots.training_curves(logs, colors, folder / "training_curves.png"),
+        "Training logs found in or linked from the runs: "
+        + ", ".join(f"{log.label} ({log.path})" for log in logs)
+        + ".",
+    )
+    for ds in combined.datasets:
         for sev in combined.rain_severities():
-            what = ("boxes: the k highest-scoring detections (k = ground-truth objects), labelled class and score"
-                    if task == "detection" else "the predicted mask over the image (background untinted)")
-            add(grids.sample_grid(combined, ds, sev, folder / f"grid_{_slug(ds)}_{_slug(sev)}.png", images),
-                f"{ds}, {sev} rain: ground truth, then each condition as the task model saw it, {what}; under each "
-                f"panel its PSNR-Y / SSIM-Y against the clean image and the single image's "
-                f"{'AP@.5' if task == 'detection' else 'mIoU'}.")
+            add(
+                grids.sample_grid(combined, ds, sev, folder / f"grid_{_slug(ds)}_{_slug(sev)}.png", images),
+                f"{ds}, {sev} rain.",
+            )
     return made
 
 
@@ -137,15 +157,18 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
-def report_blocks(combined: Combined, summary: list[Table], results: list[Table], figures: list[Figure],
-                  formats: Sequence[str]) -> list[Block]:
+def report_blocks(
+    combined: Combined, summary: list[Table], results: list[Table], figures: list[Figure], formats: Sequence[str]
+) -> list[Block]:
     """The report's sections in reading order."""
     runs = ", ".join(f"{r.name} ({r.path})" for r in combined.runs)
     blocks: list[Block] = [
         Heading(TITLE, 1),
-        Paragraph(f"Built from {len(combined.runs)} benchmark run(s): {runs}. Restoration metrics: {PROTOCOL}. "
-                  "Detection: COCO protocol (pycocotools). Segmentation: mIoU from the confusion matrix summed over "
-                  "the dataset."),
+        Paragraph(
+            f"Built from {len(combined.runs)} benchmark run(s): {runs}. Restoration metrics: {PROTOCOL}. "
+            "Detection: COCO protocol (pycocotools). Segmentation: mIoU from the confusion matrix summed over "
+            "the dataset."
+        ),
         Heading("Configuration"),
         *(TableBlock(t) for t in summary),
         Heading("Results"),
@@ -161,12 +184,21 @@ def report_blocks(combined: Combined, summary: list[Table], results: list[Table]
             blocks.append(fig)
     blocks.append(Heading("Training"))
     training = by_name.get("training_curves.png")
-    blocks.append(training if training else Paragraph(
-        "No training log (log.csv from `derainbench train` or `derainbench joint`) was found in the runs or next "
-        "to the derainer checkpoints their configs name."))
+    blocks.append(
+        training
+        if training
+        else Paragraph(
+            "No training log (log.csv from `derainbench train` or `derainbench joint`) was found in the runs or next "
+            "to the derainer checkpoints their configs name."
+        )
+    )
     grid_figs = [f for f in figures if f.path.name.startswith("grid_")]
     blocks.append(Heading("Qualitative examples"))
-    blocks += grid_figs or [Paragraph("The runs saved no sample images (bench config `samples: 0`).")]
+    blocks += (
+        [Paragraph(GRIDS_TEXT), *grid_figs]
+        if grid_figs
+        else [Paragraph("The runs saved no sample images (bench config `samples: 0`).")]
+    )
     blocks.append(Heading("Files"))
     listed = [f"tables/{t.name}.csv" for t in [*summary, *results]] if "csv" in formats else []
     listed += [f"tables/{t.name}.tex (booktabs)" for t in results] if "tex" in formats else []
@@ -180,5 +212,7 @@ def _correlations(combined: Combined) -> str:
     for ds, task in combined.datasets.items():
         metric = primary_metric(task)
         parts.append(f"{ds}: PSNR-Y vs {METRIC_NAMES[metric]}: {psnr_task_correlation(combined, ds, metric).text()}.")
-    return " ".join(parts) + (" The points span rain severities, so a high correlation mostly says that heavier "
-                              "rain hurts both; compare methods within a severity in the tables above.")
+    return " ".join(parts) + (
+        " The points span rain severities, so a high correlation mostly says that heavier "
+        "rain hurts both; compare methods within a severity in the tables above."
+    )

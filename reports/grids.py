@@ -67,15 +67,24 @@ def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str)
     pi = run.per_image
     if pi.empty or "image" not in pi.columns:
         return {}
-    hit = pi[(pi.dataset == dataset) & (pi.severity == severity) & (pi.method == method)
-             & (pi.image.astype(str).map(lambda s: Path(s).stem) == stem)]
+    hit = pi[
+        (pi.dataset == dataset)
+        & (pi.severity == severity)
+        & (pi.method == method)
+        & (pi.image.astype(str).map(lambda s: Path(s).stem) == stem)
+    ]
     if hit.empty:
         return {}
     return {k: float(hit.iloc[0][k]) for k in ("psnr_y", "ssim_y") if k in hit.columns and np.isfinite(hit.iloc[0][k])}
 
 
-def image_task_score(boxes: dict | None, mask: np.ndarray | None, truth_boxes: dict | None,
-                     truth_mask: np.ndarray | None, names: list[str]) -> tuple[str, float] | None:
+def image_task_score(
+    boxes: dict | None,
+    mask: np.ndarray | None,
+    truth_boxes: dict | None,
+    truth_mask: np.ndarray | None,
+    names: list[str],
+) -> tuple[str, float] | None:
     """The task score of one image against its ground truth: AP@.5 (COCO protocol on the single image) or mIoU."""
     if boxes is not None and truth_boxes is not None:
         from eval.detection import DetectionEvaluator
@@ -126,12 +135,16 @@ def display_boxes(pred: dict, k: int, overlap: float = DISPLAY_IOU) -> dict:
             break
         if all(_iou(pred["boxes"][i], pred["boxes"][j]) <= overlap for j in kept):
             kept.append(int(i))
-    return {"boxes": [pred["boxes"][i] for i in kept], "scores": scores[kept].tolist(),
-            "classes": [pred["classes"][i] for i in kept]}
+    return {
+        "boxes": [pred["boxes"][i] for i in kept],
+        "scores": scores[kept].tolist(),
+        "classes": [pred["classes"][i] for i in kept],
+    }
 
 
-def grid_panels(combined: Combined, dataset: str, severity: str,
-                images: int = 3) -> tuple[list[str], list[list[Panel]]]:
+def grid_panels(
+    combined: Combined, dataset: str, severity: str, images: int = 3
+) -> tuple[list[str], list[list[Panel]]]:
     """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity."""
     methods = ["clean", *[m for m in combined.methods_of(dataset, severity) if m != "clean"]]
     folders: dict[str, tuple[Run, str, Path]] = {}
@@ -175,23 +188,54 @@ def class_color(k: int) -> str:
     return PALETTE[k % len(PALETTE)]
 
 
-def _draw_boxes(ax: object, pred: dict, names: list[str]) -> None:
+LABEL_PT = 5.5  # box label font size (points)
+
+
+def _label_spot(box: Sequence[float], size: tuple[float, float], taken: list[tuple[float, ...]]) -> tuple[float, float]:
+    """Top-left corner (image pixels) for a box's label: inside its top edge, else inside its bottom edge, else
+    above it — the first spot that does not cover a label already placed."""
+    x1, y1, x2, y2 = box
+    w, h = size
+    spots = [(x1 + 1, y1 + 1), (x1 + 1, y2 - h - 1), (x1, y1 - h - 1), (x1 + 1, y1 + h + 2)]
+    for x, y in spots:
+        if all(x + w <= a or a + c <= x or y + h <= b or b + d <= y for a, b, c, d in taken):
+            return x, y
+    return spots[0]
+
+
+def _draw_boxes(ax: object, pred: dict, names: list[str], px_per_pt: float) -> None:
+    """Boxes in their class colour, labelled ``class score``; labels are moved so they do not cover each other."""
     scores = pred.get("scores")
+    taken: list[tuple[float, ...]] = []
     for i, (box, cls) in enumerate(zip(pred["boxes"], pred["classes"], strict=True)):
         x1, y1, x2, y2 = box
         color = class_color(int(cls))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.4))
         name = names[int(cls)] if int(cls) < len(names) else str(int(cls))
         text = f"{name} {scores[i]:.2f}" if scores is not None else name
-        ax.text(x1 + 1, y1 + 1, text, fontsize=5.5, color="white", va="top", ha="left", clip_on=True,
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 0.8, "alpha": 0.85})
+        size = ((0.62 * len(text) + 0.6) * LABEL_PT * px_per_pt, 1.5 * LABEL_PT * px_per_pt)
+        x, y = _label_spot(box, size, taken)
+        taken.append((x, y, *size))
+        ax.text(
+            x,
+            y,
+            text,
+            fontsize=LABEL_PT,
+            color="white",
+            va="top",
+            ha="left",
+            clip_on=True,
+            bbox={"facecolor": color, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
+        )
 
 
-def _mask_overlay(image: np.ndarray, mask: np.ndarray, names: list[str], alpha: float = 0.5) -> np.ndarray:
-    """The image with every non-background class tinted in its colour."""
+def _mask_overlay(image: np.ndarray, mask: np.ndarray, names: list[str], alpha: float = 0.6) -> np.ndarray:
+    """The image in grey (so the scene's own colours cannot pass for classes) with every non-background class
+    tinted in its colour."""
     from matplotlib.colors import to_rgb
 
-    out = image.copy()
+    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = np.repeat(grey[..., None], 3, axis=2)
     for k in np.unique(mask):
         if k == 255 or (k < len(names) and names[k].lower() in BACKGROUND_NAMES):
             continue
@@ -222,7 +266,7 @@ def sample_grid(combined: Combined, dataset: str, severity: str, path: Path, ima
                 used |= {int(k) for k in np.unique(panel.mask) if k != 255}
             ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
             if panel.boxes is not None:
-                _draw_boxes(ax, panel.boxes, names)
+                _draw_boxes(ax, panel.boxes, names, px_per_pt=w / (panel_w * 72))
                 used |= {int(k) for k in panel.boxes["classes"]}
             ax.set_xticks([])
             ax.set_yticks([])
@@ -231,11 +275,14 @@ def sample_grid(combined: Combined, dataset: str, severity: str, path: Path, ima
             ax.set_xlabel(panel.caption, fontsize=7)
             if c == 0:
                 ax.set_ylabel(stem, fontsize=8)
-        for ax in axes[r][len(row):]:
+        for ax in axes[r][len(row) :]:
             ax.set_visible(False)
     fig.suptitle(f"{dataset}, {severity} rain", fontsize=10)
-    legend = [Patch(color=class_color(k), label=names[k] if k < len(names) else str(k)) for k in sorted(used)
-              if not (k < len(names) and names[k].lower() in BACKGROUND_NAMES)]
+    legend = [
+        Patch(color=class_color(k), label=names[k] if k < len(names) else str(k))
+        for k in sorted(used)
+        if not (k < len(names) and names[k].lower() in BACKGROUND_NAMES)
+    ]
     if legend:
         fig.legend(handles=legend, loc="outside right upper", title="class", frameon=False, fontsize=8)
     return save_figure(fig, path)

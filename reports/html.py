@@ -36,8 +36,9 @@ def table_html(table: Table) -> str:
     if grouped:
         cells = [f'<th rowspan="2">{escape(h)}</th>' for h in table.index]
         for group, width in table.group_spans():
-            cells.append(f'<th class="group" colspan="{width}">{escape(group)}</th>' if group
-                         else f'<th colspan="{width}"></th>')
+            cells.append(
+                f'<th class="group" colspan="{width}">{escape(group)}</th>' if group else f'<th colspan="{width}"></th>'
+            )
         head.append("<tr>" + "".join(cells) + "</tr>")
         head.append("<tr>" + "".join(f"<th>{escape(c.label)}</th>" for c in table.columns) + "</tr>")
     else:
@@ -76,7 +77,11 @@ def render_html(blocks: Sequence[Block], folder: Path, title: str) -> str:
         elif isinstance(block, TableBlock):
             parts.append(table_html(block.table))
         elif isinstance(block, Figure):
-            parts.append(f'<figure><img src="{_image_uri(folder / block.path)}" alt="{escape(block.caption)}">'
-                         f"<figcaption>{escape(block.caption)}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+            parts.append(
+                f'<figure><img src="{_image_uri(folder / block.path)}" alt="{escape(block.caption)}">'
+                f"<figcaption>{escape(block.caption)}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )

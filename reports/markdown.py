@@ -46,5 +46,5 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, TableBlock):
             parts.append(table_markdown(block.table))
         elif isinstance(block, Figure):
-            parts.append(f"![{block.caption}]({block.path.as_posix()})\n\n_{block.caption}_")
+            parts.append(f"![{block.path.stem}]({block.path.as_posix()})\n\n_{block.caption}_")
     return "\n\n".join(parts) + "\n"

@@ -23,8 +23,26 @@ from reports.training import TrainingLog
 DPI = 150
 BASELINE_COLORS = {"clean": "#000000", "rainy": "#7f7f7f"}
 # tab10 without its grey (kept for "rainy"), then tab20's lighter shades
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+]
 SEVERITY_MARKERS = {"none": "*", "light": "o", "medium": "s", "heavy": "^"}
 EXTRA_MARKERS = ["D", "v", "P", "X", "<", ">"]
 UNIT_FREE = " (0–1)"
@@ -102,8 +120,16 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
                     continue
                 y = np.array([v[0] if v else np.nan for v in values], dtype=float)
                 err = np.array([v[1] if v and v[2] > 1 and is_finite(v[1]) else 0.0 for v in values])
-                ax.errorbar(x, y, yerr=err if err.any() else None, marker="o", color=colors[method], label=method,
-                            capsize=3, **_line_style(method))
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=err if err.any() else None,
+                    marker="o",
+                    color=colors[method],
+                    label=method,
+                    capsize=3,
+                    **_line_style(method),
+                )
             ax.set_xticks(x, severities)
             ax.set_xlim(-0.4, len(severities) - 0.6)
             ax.set_xlabel("rain severity (synthetic preset)")
@@ -112,7 +138,7 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
             ax.grid(alpha=0.3)
             h, lab = ax.get_legend_handles_labels()
             handles, labels = handles + h, labels + lab
-        for ax in row[len(TASK_METRICS[combined.datasets[ds]]):]:
+        for ax in row[len(TASK_METRICS[combined.datasets[ds]]) :]:
             ax.set_visible(False)
     _legend_outside(fig, *_unique(handles, labels), title="method")
     return save_figure(fig, path)
@@ -135,10 +161,20 @@ def psnr_vs_task(combined: Combined, colors: dict[str, str], path: Path) -> Path
             big = p.method == "rainy"
             xerr = p.psnr_y_std if is_finite(p.psnr_y_std) else None
             yerr = p[f"{metric}_std"] if is_finite(p[f"{metric}_std"]) else None
-            ax.errorbar(p.psnr_y, p[metric], xerr=xerr, yerr=yerr, linestyle="none", capsize=2,
-                        marker=severity_marker(p.severity, severities), color=colors[p.method],
-                        markersize=12 if big else 7, markerfacecolor="none" if big else colors[p.method],
-                        markeredgewidth=1.8 if big else 1.0, zorder=2 if big else 3)
+            ax.errorbar(
+                p.psnr_y,
+                p[metric],
+                xerr=xerr,
+                yerr=yerr,
+                linestyle="none",
+                capsize=2,
+                marker=severity_marker(p.severity, severities),
+                color=colors[p.method],
+                markersize=12 if big else 7,
+                markerfacecolor="none" if big else colors[p.method],
+                markeredgewidth=1.8 if big else 1.0,
+                zorder=2 if big else 3,
+            )
         clean = combined.value(ds, "none", "clean", metric)
         if clean and is_finite(clean[0]):
             ax.axhline(clean[0], color=colors["clean"], linestyle="--", linewidth=1.2)
@@ -148,14 +184,26 @@ def psnr_vs_task(combined: Combined, colors: dict[str, str], path: Path) -> Path
         ax.set_ylabel(metric_axis_label(metric))
         ax.grid(alpha=0.3)
         ax.margins(0.12)
-    for ax in axes[len(datasets):]:
+    for ax in axes[len(datasets) :]:
         ax.set_visible(False)
     methods = [m for m in combined.methods if m != "clean"]
     handles = [Line2D([], [], color=colors["clean"], linestyle="--", label="clean (no rain)")]
-    handles += [Line2D([], [], color=colors[m], marker="o", linestyle="none",
-                       markerfacecolor="none" if m == "rainy" else colors[m], label=m) for m in methods]
-    handles += [Line2D([], [], color="#444444", marker=severity_marker(s, severities), linestyle="none",
-                       label=f"{s} rain") for s in severities]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color=colors[m],
+            marker="o",
+            linestyle="none",
+            markerfacecolor="none" if m == "rainy" else colors[m],
+            label=m,
+        )
+        for m in methods
+    ]
+    handles += [
+        Line2D([], [], color="#444444", marker=severity_marker(s, severities), linestyle="none", label=f"{s} rain")
+        for s in severities
+    ]
     _legend_outside(fig, handles, [h.get_label() for h in handles])
     return save_figure(fig, path)
 
@@ -186,9 +234,15 @@ def per_class_bars(combined: Combined, colors: dict[str, str], path: Path) -> Pa
             y = np.array([m["mean"].get(c, np.nan) for c in classes], dtype=float)
             err = np.array([m["std"].get(c, np.nan) for c in classes], dtype=float)
             label = f"{method} (no rain)" if method == "clean" else method
-            ax.bar(x + (k - (len(methods) - 1) / 2) * width, np.nan_to_num(y), width, color=colors[method],
-                   yerr=np.where(np.isfinite(err), err, 0) if np.isfinite(err).any() else None, label=label,
-                   capsize=2)
+            ax.bar(
+                x + (k - (len(methods) - 1) / 2) * width,
+                np.nan_to_num(y),
+                width,
+                color=colors[method],
+                yerr=np.where(np.isfinite(err), err, 0) if np.isfinite(err).any() else None,
+                label=label,
+                capsize=2,
+            )
         headline = primary_metric(task)
         drop = combined.value(ds, sev, "rainy", f"drop_{headline}")
         drop_text = f"; clean − rainy {METRIC_NAMES[headline]} = {drop[0]:.3f}" if drop and is_finite(drop[0]) else ""
@@ -204,6 +258,7 @@ def per_class_bars(combined: Combined, colors: dict[str, str], path: Path) -> Pa
 
 
 LOSS_STYLES = {"loss": "-", "loss_restore": "--", "loss_task": ":"}
+TWIN_COLOR = "#444444"  # a validation task metric on the right axis
 
 
 def training_curves(logs: Sequence[TrainingLog], colors: dict[str, str], path: Path) -> Path | None:
@@ -250,13 +305,24 @@ def _validation_axes(ax: object, log: TrainingLog, color: str) -> None:
             continue
         twin = ax.twinx()
         metric = col.removeprefix("val_")
-        handles += twin.plot(part.step, part[col], "--s", color=color, markersize=3, alpha=0.7,
-                             label=f"val {METRIC_NAMES.get(metric, metric)}")
+        handles += twin.plot(
+            part.step,
+            part[col],
+            "--s",
+            color=TWIN_COLOR,
+            markersize=4,  # not the method colour:
+            label=f"val {METRIC_NAMES.get(metric, metric)} (right axis)",
+        )  # lines may coincide
         twin.set_ylabel(f"validation {metric_axis_label(metric)}")
         twin_axis = True
     if handles:  # right of the axes, past the twin axis' labels when there is one
-        ax.legend(handles, [h.get_label() for h in handles], loc="upper left",
-                  bbox_to_anchor=(1.16 if twin_axis else 1.01, 1.0),
-                  frameon=False, fontsize=8)
+        ax.legend(
+            handles,
+            [h.get_label() for h in handles],
+            loc="upper left",
+            bbox_to_anchor=(1.16 if twin_axis else 1.01, 1.0),
+            frameon=False,
+            fontsize=8,
+        )
     else:
         ax.text(0.5, 0.5, "no validation rows in the log", ha="center", va="center", transform=ax.transAxes)

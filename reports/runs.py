@@ -67,18 +67,27 @@ def load_run(path: str | Path) -> Run:
     results_csv = path / "results.csv"
     if not results_csv.is_file():
         hint = " (no cell finished yet)" if (path / "cells").is_dir() else ""
-        raise FileNotFoundError(f"{results_csv} not found{hint}: give the `out` folder of a finished "
-                                "`derainbench bench --config ...` run")
+        raise FileNotFoundError(
+            f"{results_csv} not found{hint}: give the `out` folder of a finished `derainbench bench --config ...` run"
+        )
     results = _read_csv(results_csv, RESULT_COLUMNS)
     if results.empty:
         raise ValueError(f"{results_csv} has no rows: rerun `derainbench bench` so that at least one cell finishes")
     config_yaml = path / "config.yaml"
     if not config_yaml.is_file():
-        raise FileNotFoundError(f"{config_yaml} not found: the report needs the run's config (seed, models); "
-                                "`derainbench bench` writes it first, so copy it back next to results.csv")
-    return Run(path=path, config=read_yaml(config_yaml), results=results, per_class=_read_per_class(path),
-               per_image=_read_optional_csv(path / "per_image.csv"), environment=_read_json(path / "environment.json"),
-               timings=_read_json(path / "timings.json") or {})
+        raise FileNotFoundError(
+            f"{config_yaml} not found: the report needs the run's config (seed, models); "
+            "`derainbench bench` writes it first, so copy it back next to results.csv"
+        )
+    return Run(
+        path=path,
+        config=read_yaml(config_yaml),
+        results=results,
+        per_class=_read_per_class(path),
+        per_image=_read_optional_csv(path / "per_image.csv"),
+        environment=_read_json(path / "environment.json"),
+        timings=_read_json(path / "timings.json") or {},
+    )
 
 
 def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -89,8 +98,9 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         raise ValueError(f"{path}: not a readable CSV table ({exc})") from exc
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: columns {missing} missing (has {list(table.columns)}); expected a derainbench "
-                         "bench output")
+        raise ValueError(
+            f"{path}: columns {missing} missing (has {list(table.columns)}); expected a derainbench bench output"
+        )
     for col in ("dataset", "task", "severity", "method"):
         table[col] = table[col].astype(str)
     return table
@@ -192,9 +202,15 @@ def combine(runs: Sequence[Run]) -> Combined:
     for r in runs:
         for ds, task in zip(r.results.dataset, r.results.task, strict=True):
             datasets.setdefault(ds, task)
-    return Combined(runs=list(runs), results=results, per_class=per_class, datasets=datasets,
-                    severities=_order_severities(results.severity), methods=_order_methods(runs, labels),
-                    sources=sources)
+    return Combined(
+        runs=list(runs),
+        results=results,
+        per_class=per_class,
+        datasets=datasets,
+        severities=_order_severities(results.severity),
+        methods=_order_methods(runs, labels),
+        sources=sources,
+    )
 
 
 def _check_datasets(runs: Sequence[Run]) -> None:
@@ -213,7 +229,8 @@ def _check_datasets(runs: Sequence[Run]) -> None:
                 raise ValueError(
                     f"runs {first.path} and {run.path} score dataset {name!r} differently ({k}: "
                     f"{first_spec.get(k)!r} vs {spec[k]!r}), so their tables cannot be combined: report them "
-                    "separately, or give the dataset another name in one of the bench configs")
+                    "separately, or give the dataset another name in one of the bench configs"
+                )
 
 
 def scoring(run: Run, dataset: str) -> dict[str, Any]:
@@ -280,7 +297,7 @@ def _aggregate(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
 
 
 def _order_severities(severities: Iterable[str]) -> list[str]:
-    """"none" first, then the rain presets in their own order, then any other name in order of appearance."""
+    """ "none" first, then the rain presets in their own order, then any other name in order of appearance."""
     present = list(dict.fromkeys(severities))
     known = ["none", *PRESETS]
     return [s for s in known if s in present] + [s for s in present if s not in known]

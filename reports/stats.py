@@ -50,8 +50,16 @@ def psnr_task_points(combined: Combined, dataset: str, metric: str | None = None
         for method in combined.methods_of(dataset, sev):
             psnr, task = combined.value(dataset, sev, method, "psnr_y"), combined.value(dataset, sev, method, metric)
             if psnr and task and is_finite(psnr[0]) and is_finite(task[0]):
-                rows.append({"method": method, "severity": sev, "psnr_y": psnr[0], "psnr_y_std": psnr[1],
-                             metric: task[0], f"{metric}_std": task[1]})
+                rows.append(
+                    {
+                        "method": method,
+                        "severity": sev,
+                        "psnr_y": psnr[0],
+                        "psnr_y_std": psnr[1],
+                        metric: task[0],
+                        f"{metric}_std": task[1],
+                    }
+                )
     return pd.DataFrame(rows, columns=["method", "severity", "psnr_y", "psnr_y_std", metric, f"{metric}_std"])
 
 

@@ -10,8 +10,12 @@ from derain.checkpoint import is_checkpoint, read_meta
 from reports.runs import BASELINES, Combined, Run
 from reports.tables import Column, Table
 
-VERSION_KEYS = {"derainbench": "derainbench", "torch": "torch", "ultralytics": "ultralytics",
-                "segmentation-models-pytorch": "smp"}
+VERSION_KEYS = {
+    "derainbench": "derainbench",
+    "torch": "torch",
+    "ultralytics": "ultralytics",
+    "segmentation-models-pytorch": "smp",
+}
 
 
 def _text_columns(*labels: str) -> list[Column]:
@@ -38,14 +42,22 @@ def _versions(run: Run) -> str:
 
 def runs_table(combined: Combined) -> Table:
     """One row per run folder: name, seed, severities, cells finished, compute time, device, versions."""
-    table = Table("runs", "Runs", ["run"], _text_columns("folder", "seed", "severities", "cells", "compute (s)",
-                                                          "device", "versions"))
+    table = Table(
+        "runs",
+        "Runs",
+        ["run"],
+        _text_columns("folder", "seed", "severities", "cells", "compute (s)", "device", "versions"),
+    )
     for run in combined.runs:
         cells = len(list((run.path / "cells").glob("*.json")))
         seconds = sum(float(v) for v in run.timings.values())
         severities = ", ".join(str(s) for s in run.config.get("severities") or [])
-        table.rows.append(([run.name], [str(run.path), str(run.seed), severities, str(cells), f"{seconds:.1f}",
-                                        _device(run), _versions(run)]))
+        table.rows.append(
+            (
+                [run.name],
+                [str(run.path), str(run.seed), severities, str(cells), f"{seconds:.1f}", _device(run), _versions(run)],
+            )
+        )
     return table
 
 
@@ -58,18 +70,29 @@ def _images(run: Run, dataset: str) -> str:
 
 def datasets_table(combined: Combined) -> Table:
     """One row per dataset: task, data, split, images scored, task model and detector thresholds."""
-    table = Table("datasets", "Datasets and task models", ["dataset"],
-                  _text_columns("task", "data", "split", "images", "task model", "scoring"))
+    table = Table(
+        "datasets",
+        "Datasets and task models",
+        ["dataset"],
+        _text_columns("task", "data", "split", "images", "task model", "scoring"),
+    )
     for name, task in combined.datasets.items():
         run = next(r for r in combined.runs if name in set(r.results.dataset))
         spec = run.dataset(name) or {}
         data = f"{spec.get('path', '?')} ({spec.get('format', '?')})"
-        scoring = ("COCO mAP (pycocotools), conf ≥ {}, NMS IoU {}".format(run.config.get("conf"), run.config.get("iou"))
-                   if task == "detection" else "mIoU from the summed confusion matrix, 255 ignored")
+        scoring = (
+            "COCO mAP (pycocotools), conf ≥ {}, NMS IoU {}".format(run.config.get("conf"), run.config.get("iou"))
+            if task == "detection"
+            else "mIoU from the summed confusion matrix, 255 ignored"
+        )
         if spec.get("imgsz"):
             scoring += f", imgsz {spec['imgsz']}"
-        table.rows.append(([name], [task, data, str(spec.get("split", "?")), _images(run, name),
-                                    str(spec.get("model", "?")), scoring]))
+        table.rows.append(
+            (
+                [name],
+                [task, data, str(spec.get("split", "?")), _images(run, name), str(spec.get("model", "?")), scoring],
+            )
+        )
     return table
 
 

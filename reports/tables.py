@@ -18,10 +18,28 @@ from eval.bench import TASK_METRICS
 from reports.runs import Combined, is_finite, load_runs
 
 PROTOCOL = "Y channel, MATLAB rgb2ycbcr, no crop"
-METRIC_LABELS = {"map": "mAP", "map50": "mAP@.5", "miou": "mIoU", "pixel_acc": "pixel acc.", "psnr_y": "PSNR-Y",
-                 "ssim_y": "SSIM-Y", "ap": "AP", "ap50": "AP@.5", "iou": "IoU"}
-METRIC_NAMES = {"map": "mAP@[.5:.95]", "map50": "mAP@.5", "miou": "mIoU", "pixel_acc": "pixel accuracy",
-                "psnr_y": "PSNR-Y (dB)", "ssim_y": "SSIM-Y", "ap": "AP@[.5:.95]", "ap50": "AP@.5", "iou": "IoU"}
+METRIC_LABELS = {
+    "map": "mAP",
+    "map50": "mAP@.5",
+    "miou": "mIoU",
+    "pixel_acc": "pixel acc.",
+    "psnr_y": "PSNR-Y",
+    "ssim_y": "SSIM-Y",
+    "ap": "AP",
+    "ap50": "AP@.5",
+    "iou": "IoU",
+}
+METRIC_NAMES = {
+    "map": "mAP@[.5:.95]",
+    "map50": "mAP@.5",
+    "miou": "mIoU",
+    "pixel_acc": "pixel accuracy",
+    "psnr_y": "PSNR-Y (dB)",
+    "ssim_y": "SSIM-Y",
+    "ap": "AP@[.5:.95]",
+    "ap50": "AP@.5",
+    "iou": "IoU",
+}
 TASK_TABLES = {"detection": "Detection", "segmentation": "Segmentation"}
 NOISE_MARK = "†"
 MIN_DROP = 0.01  # |clean − rainy| below this (metric units, 0–1 scale) makes a recovery meaningless
@@ -55,11 +73,17 @@ class Value:
             return f"n/a{self.mark}"
         if not is_finite(self.mean):
             return "–"
-        s = f"{self.mean:.{digits}f}"
-        return f"{s} {pm} {self.std:.{digits}f}" if self.n > 1 and is_finite(self.std) else s
+        s = _fixed(self.mean, digits)
+        return f"{s} {pm} {_fixed(self.std, digits)}" if self.n > 1 and is_finite(self.std) else s
 
 
 Entry = Value | str
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals and no minus sign on a value that rounds to zero."""
+    s = f"{x:.{digits}f}"
+    return s[1:] if s.startswith("-") and float(s) == 0 else s
 
 
 @dataclass
@@ -134,18 +158,31 @@ def seeds_note(combined: Combined) -> list[str]:
     """The footnote explaining mean ± std when values were aggregated over seeds."""
     if combined.max_n < 2:
         return []
-    return [f"Mean ± std over {combined.max_n} rain seeds ({', '.join(map(str, combined.seeds))}); the clean "
-            "images do not depend on the seed, so clean rows are single values."]
+    return [
+        f"Mean ± std over {combined.max_n} rain seeds ({', '.join(map(str, combined.seeds))}); clean rows do not "
+        "depend on the seed."
+    ]
 
 
 def restoration_table(combined: Combined) -> Table:
     """PSNR-Y / SSIM-Y per dataset × method (rows) and severity (column groups); rainy = the input, no deraining."""
     pairs = [(s, m) for s in combined.rain_severities() for m in ("psnr_y", "ssim_y")]
-    columns = [Column(f"{s}/{m}", METRIC_LABELS[m] + (" (dB)" if m == "psnr_y" else ""), group=s,
-                      digits=2 if m == "psnr_y" else 4) for s, m in pairs]
-    table = Table("restoration", f"Restoration quality (PSNR/SSIM: {PROTOCOL})", ["dataset", "method"], columns,
-                  notes=[f"PSNR-Y and SSIM-Y of each method's output against the clean image ({PROTOCOL}); "
-                         "rainy = the rain-synthesized input, not derained. Bold: best per column and dataset."])
+    columns = [
+        Column(
+            f"{s}/{m}", METRIC_LABELS[m] + (" (dB)" if m == "psnr_y" else ""), group=s, digits=2 if m == "psnr_y" else 4
+        )
+        for s, m in pairs
+    ]
+    table = Table(
+        "restoration",
+        f"Restoration quality (PSNR/SSIM: {PROTOCOL})",
+        ["dataset", "method"],
+        columns,
+        notes=[
+            f"PSNR-Y and SSIM-Y of each method's output against the clean image ({PROTOCOL}); "
+            "rainy = the rain-synthesized input, not derained. Bold: best per column and dataset."
+        ],
+    )
     for ds in combined.datasets:
         for method in [m for m in combined.methods if m != "clean"]:
             entries: list[Entry] = [_value(combined, ds, s, method, m) for s, m in pairs]
@@ -163,11 +200,17 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
     columns += [Column(f"drop_{m}", METRIC_LABELS[m], group="drop", best=False) for m in metrics]
     columns += [Column(f"recovery_{m}", METRIC_LABELS[m], group="recovery", digits=2) for m in metrics]
     names = ", ".join(f"{METRIC_LABELS[m]} = {METRIC_NAMES[m]}" for m in metrics if METRIC_LABELS[m] != METRIC_NAMES[m])
-    table = Table(task, f"{TASK_TABLES[task]} ({', '.join(METRIC_LABELS[m] for m in metrics)}, drop, recovery)",
-                  ["dataset", "severity", "method"], columns,
-                  notes=[f"drop = clean − rainy; recovery = (derained − rainy) / (clean − rainy): 1 undoes all of the "
-                         f"rain's damage, 0 none, < 0 makes it worse.{' ' + names + '.' if names else ''} "
-                         "Bold: best per column among the rainy and derained rows of each dataset and severity."])
+    table = Table(
+        task,
+        f"{TASK_TABLES[task]} ({', '.join(METRIC_LABELS[m] for m in metrics)}, drop, recovery)",
+        ["dataset", "severity", "method"],
+        columns,
+        notes=[
+            f"drop = clean − rainy; recovery = (derained − rainy) / (clean − rainy): 1 undoes all of the "
+            f"rain's damage, 0 none, < 0 makes it worse.{' ' + names + '.' if names else ''} "
+            "Bold: best per column among the rainy and derained rows of each dataset and severity."
+        ],
+    )
     noisy = False
     for ds in [d for d, t in combined.datasets.items() if t == task]:
         for sev in combined.severities_of(ds):
@@ -185,7 +228,8 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
         seeds = ", or < 2 × its std over seeds" if combined.max_n > 1 else ""
         table.footnotes.append(
             f"{NOISE_MARK} n/a: the drop at this severity is within noise (|drop| < {min_drop:g}{seeds}), so recovery "
-            "would divide by almost zero; the CSV keeps the number and flags it.")
+            "would divide by almost zero; the CSV keeps the number and flags it."
+        )
     table.footnotes += seeds_note(combined)
     return table
 
@@ -234,9 +278,13 @@ def write_csv(table: Table, folder: Path) -> Path:
 
 def table_text(table: Table, title: bool = True) -> str:
     """The table as aligned plain text (for terminals and logs)."""
-    cells = [[*shown, *(e if isinstance(e, str) else e.text(c.digits, "±") for e, c in zip(entries, table.columns,
-                                                                                            strict=True))]
-             for shown, (_, entries) in zip(table.display_index(), table.rows, strict=True)]
+    cells = [
+        [
+            *shown,
+            *(e if isinstance(e, str) else e.text(c.digits, "±") for e, c in zip(entries, table.columns, strict=True)),
+        ]
+        for shown, (_, entries) in zip(table.display_index(), table.rows, strict=True)
+    ]
     headers = table.headers
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     k = len(table.index)
@@ -248,23 +296,28 @@ def table_text(table: Table, title: bool = True) -> str:
 
 
 def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
-    """Per dataset: severity × method with the task metrics, PSNR-Y, and drop / recovery of the first task metric."""
+    """Per dataset: severity × method with the task metrics, PSNR-Y (dB), and drop / recovery of the headline metric."""
     tables = []
     for ds, task in combined.datasets.items():
         metrics = TASK_METRICS[task]
         first = metrics[0]
         columns = [Column(m, METRIC_LABELS[m]) for m in metrics]
-        columns += [Column("psnr_y", "PSNR-Y", digits=2), Column("ssim_y", "SSIM-Y", digits=3),
-                    Column(f"drop_{first}", f"drop {METRIC_LABELS[first]}", best=False),
-                    Column(f"recovery_{first}", f"recov. {METRIC_LABELS[first]}", digits=2)]
-        table = Table(f"main_{ds}", f"{ds} ({task}; PSNR/SSIM: {PROTOCOL})", ["severity", "method"], columns)
+        columns += [
+            Column("psnr_y", "PSNR-Y", digits=2),
+            Column(f"drop_{first}", f"drop {METRIC_LABELS[first]}", best=False),
+            Column(f"recovery_{first}", f"recov. {METRIC_LABELS[first]}", digits=2),
+        ]
+        table = Table(f"main_{ds}", f"{ds} ({task}; PSNR-Y in dB: {PROTOCOL})", ["severity", "method"], columns)
         noisy = False
         for sev in combined.severities_of(ds):
             for method in combined.methods_of(ds, sev):
                 entries: list[Entry] = [_value(combined, ds, sev, method, c.key) for c in columns]
                 rec = entries[-1]
-                if isinstance(rec, Value) and is_finite(rec.mean) and drop_within_noise(combined, ds, sev, first,
-                                                                                        min_drop):
+                if (
+                    isinstance(rec, Value)
+                    and is_finite(rec.mean)
+                    and drop_within_noise(combined, ds, sev, first, min_drop)
+                ):
                     rec.mark, noisy = NOISE_MARK, True
                 table.rows.append(([sev, method], entries))
         if noisy:
@@ -276,6 +329,6 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
 
 def main_table_text(run_dirs: str | Path | Iterable[str | Path] | Combined, min_drop: float = MIN_DROP) -> str:
     """The main result per dataset / severity / method as plain text for a terminal (fits 100 columns): task metrics,
-    PSNR-Y, SSIM-Y, and drop / recovery of the headline metric. Takes run folders or already combined runs."""
+    PSNR-Y, and drop / recovery of the headline metric. Takes run folders or already combined runs."""
     combined = run_dirs if isinstance(run_dirs, Combined) else load_runs(run_dirs)
     return "\n\n".join(table_text(t) for t in main_tables(combined, min_drop))

@@ -77,6 +77,7 @@ def find_training_logs(combined: Combined) -> list[TrainingLog]:
                 frame = read_log(path)
                 if frame is not None:
                     name = path.parent.relative_to(run.path).as_posix()
-                    logs[path.resolve()] = TrainingLog(f"{run.name}/{name}" if name != "." else run.name, None, path,
-                                                       frame)
+                    logs[path.resolve()] = TrainingLog(
+                        f"{run.name}/{name}" if name != "." else run.name, None, path, frame
+                    )
     return list(logs.values())

@@ -43,6 +43,7 @@ def tiny_bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
     from eval.bench import BenchConfig
 
+    torch.manual_seed(0)  # session fixtures run before the per-test seeding: the tiny models must not vary
     root = tmp_path_factory.mktemp("tiny-bench")
     info = generate_scenes(root / "scenes", n=8, size=64, seed=0, progress=False)
     seg_classes = (root / "scenes/seg/classes.txt").read_text().split()

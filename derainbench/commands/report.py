@@ -34,15 +34,26 @@ Examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="tables, plots and image grids from benchmark runs", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="tables, plots and image grids from benchmark runs",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folder of `derainbench bench`")
     p.add_argument("--out", help="report folder (default: RUN_DIR/report; several runs: <common parent>/report)")
-    p.add_argument("--format", default="md,html,tex,csv",
-                   help="comma-separated subset of md,html,tex,csv (default: all; figures come with md/html)")
+    p.add_argument(
+        "--format",
+        default="md,html,tex,csv",
+        help="comma-separated subset of md,html,tex,csv (default: all; figures come with md/html)",
+    )
     p.add_argument("--images", type=int, default=3, help="sample images per qualitative grid (default: 3)")
-    p.add_argument("--min-drop", type=float, default=None,
-                   help="smallest |clean - rainy| drop (metric units, 0-1) for which recovery is shown (default: 0.01)")
+    p.add_argument(
+        "--min-drop",
+        type=float,
+        default=None,
+        help="smallest |clean - rainy| drop (metric units, 0-1) for which recovery is shown (default: 0.01)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the main table")
     p.set_defaults(func=run)
 

@@ -1,0 +1,51 @@
+"""Qualitative grids: ground truth first, conditions as the task model saw them, per-image scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from downstream.datasets import read_mask
+from reports.grids import display_boxes, grid_panels, image_task_score
+from reports.runs import load_runs
+
+
+def test_grid_rows_hold_truth_then_every_condition(tiny_bench_run: Path) -> None:
+    combined = load_runs(tiny_bench_run)
+    for dataset, score in (("det", "AP@.5"), ("seg", "mIoU")):
+        stems, rows = grid_panels(combined, dataset, "heavy", images=5)
+        assert len(stems) == 2  # the run saved two sample images
+        for row in rows:
+            assert [p.title for p in row] == ["ground truth", "clean", "rainy", "identity", "lite"]
+            clean, rainy, identity, lite = row[1:]
+            assert "PSNR-Y" not in clean.caption and score in clean.caption
+            assert "PSNR-Y" in rainy.caption and score in lite.caption
+            assert identity.caption == rainy.caption  # the identity derainer returns the rainy image
+            np.testing.assert_array_equal(identity.image, rainy.image)
+            assert not np.array_equal(rainy.image, clean.image)
+
+
+def test_a_perfect_prediction_scores_one(tiny_bench_run: Path) -> None:
+    truth = json.loads(next((tiny_bench_run / "samples/det/truth").glob("*.json")).read_text())
+    perfect = {**truth, "scores": [1.0] * len(truth["classes"])}
+    names = [str(i) for i in range(6)]
+    if truth["classes"]:
+        assert image_task_score(perfect, None, truth, None, names) == ("AP@.5", pytest.approx(1.0))
+    mask = read_mask(next((tiny_bench_run / "samples/seg/truth").glob("*.mask.png")))
+    assert image_task_score(None, mask, None, mask, names) == ("mIoU", pytest.approx(1.0))
+    wrong = (mask + 1) % int(mask.max() + 2)
+    assert image_task_score(None, wrong, None, mask, names)[1] == pytest.approx(0.0)
+
+
+def test_display_boxes_skip_duplicates_of_any_class() -> None:
+    pred = {
+        "boxes": [[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9]],
+        "scores": [0.9, 0.8, 0.5, 0.95],
+        "classes": [0, 1, 2, 3],
+    }
+    shown = display_boxes(pred, k=5)
+    assert shown["classes"] == [3, 2] and shown["scores"] == [0.95, 0.5]
+    assert display_boxes(pred, k=1)["classes"] == [3]
