@@ -258,14 +258,19 @@ def method_labels(runs: Sequence[Run]) -> dict[tuple[int, str], str]:
             if method not in BASELINES and key not in variants.setdefault(method, []):
                 variants[method].append(key)
     labels = {}
-    for (i, method), key in keys.items():
-        if method in BASELINES or len(variants[method]) == 1:
-            labels[(i, method)] = method
-            continue
-        owners = [j for (j, m), k in keys.items() if m == method and k == key]
-        names = {runs[j].name for (j, m), k in keys.items() if m == method}
-        suffix = runs[owners[0]].name if len(names) == len(variants[method]) else runs[owners[0]].path.name
-        labels[(i, method)] = f"{method} ({suffix})"
+    for method, specs in variants.items():
+        owner = {key: next(runs[j] for (j, m), k in keys.items() if m == method and k == key) for key in specs}
+        for attr in ("name", "path.name", "path"):  # the shortest suffix that tells the variants apart
+            suffix = {
+                key: str(run.name if attr == "name" else run.path.name if attr == "path.name" else run.path)
+                for key, run in owner.items()
+            }
+            if len(set(suffix.values())) == len(specs):
+                break
+        for (i, m), key in keys.items():
+            if m == method:
+                labels[(i, m)] = method if len(specs) == 1 else f"{method} ({suffix[key]})"
+    labels.update({(i, m): m for (i, m) in keys if m in BASELINES})
     return labels
 
 
