@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +87,17 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = value.detach().clone()
     dist.all_reduce(out)
     return out / info.world_size
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average the gradients of ``params`` over ranks in place (for modules trained outside DDP's wrapper)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:  # every rank must join each all-reduce, so an unused parameter contributes zeros
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(info.world_size)
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:

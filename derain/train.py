@@ -210,6 +210,9 @@ class Trainer:
         """Hook: the restoration loss."""
         return MSPFNLoss(edge_weight=self.cfg.loss.edge_weight, eps=self.cfg.loss.eps)
 
+    def _after_backward(self) -> None:
+        """Hook: runs between ``backward`` and the optimizer step (e.g. to all-reduce gradients DDP does not own)."""
+
     def _extra_state(self) -> dict[str, Any]:
         """Hook: more entries for ``last/state.pt`` (tensors, numbers, strings, dicts of them)."""
         return {}
@@ -333,6 +336,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self._after_backward()
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -7,7 +7,10 @@ loop: progress bar, ``log.csv`` (with one column per loss term), atomic ``last/`
 checkpoints (``load_derainer(folder)`` loads them), exact ``--resume``, SIGTERM handling, AMP, DDP.
 
 Batches: each step draws ``batch_size`` labelled clean images with a generator seeded by (seed, step) and rains
-them on the fly with a seeded preset. Images of one batch must share a size (true for generated scenes).
+them on the fly with a seeded preset. Images of one batch must share a size (true for generated scenes); set
+``crop`` to cut a seeded random ``crop``×``crop`` window from each (boxes shifted and clipped, masks padded with
+the ignore label) when a dataset's sizes differ. With ``unfreeze_task`` under ``torchrun`` the task model's
+gradients are averaged over ranks (its BatchNorm layers use per-rank batch statistics, as in plain DDP).
 Validation (before training, every ``val_every`` steps and at the end) rains the val split deterministically,
 derains it, and scores the task metric (detection mAP50 / segmentation mIoU) plus PSNR-Y against clean;
 ``best/`` is the best task metric. ``summary.json`` holds ``{task, metric, before, after, psnr_y_before,
@@ -29,10 +32,10 @@ from tqdm.auto import tqdm
 from derain.checkpoint import atomic_write_text, unwrap
 from derain.data import _derive_seed, _epoch_permutation
 from derain.imageio import to_tensor
-from derain.runtime import autocast, barrier, eval_mode
+from derain.runtime import all_reduce_grads, autocast, barrier, eval_mode
 from derain.synth import image_seed, synthesize
 from derain.train import ModelConfig, OptimConfig, Trainer, TrainResult, _Logger
-from downstream.datasets import TASKS, load_task_dataset
+from downstream.datasets import IGNORE_INDEX, TASKS, load_task_dataset
 
 METRICS = {"detection": "map50", "segmentation": "miou"}
 
@@ -63,6 +66,7 @@ class JointConfig:
     seed: int = 0
     iters: int = 1000
     batch_size: int = 4  # global batch of whole images (split over torchrun ranks)
+    crop: int | None = None  # cut a random crop×crop window per image (needed when image sizes differ)
     device: str = "auto"
     amp: bool = True
     log_every: int = 10
@@ -86,6 +90,37 @@ class JointConfig:
     def model(self) -> ModelConfig:
         """The derainer config under the name :class:`derain.train.Trainer` reads."""
         return self.derainer
+
+
+def crop_sample(
+    rainy: np.ndarray, clean: np.ndarray, target: Any, size: int, rng: np.random.Generator, min_keep: float = 0.4
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The same random ``size``×``size`` window of ``rainy``, ``clean`` (H×W×3, [0, 1]) and ``target``.
+
+    A side shorter than ``size`` is zero-padded (masks with the ignore label). Detection boxes (xyxy pixels) are
+    shifted and clipped; a box keeps its place when at least ``min_keep`` of its area stays inside.
+    """
+    h, w = clean.shape[:2]
+    top, left = int(rng.integers(0, max(h - size, 0) + 1)), int(rng.integers(0, max(w - size, 0) + 1))
+    hh, ww = min(size, h), min(size, w)
+
+    def cut(a: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full((size, size, *a.shape[2:]), fill, a.dtype)
+        out[:hh, :ww] = a[top:top + hh, left:left + ww]
+        return out
+
+    if isinstance(target, dict):
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)
+        moved = boxes - np.array([left, top, left, top], np.float32)
+        clipped = np.stack([moved[:, 0].clip(0, ww), moved[:, 1].clip(0, hh),
+                            moved[:, 2].clip(0, ww), moved[:, 3].clip(0, hh)], axis=1)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+        keep = kept >= min_keep * np.maximum(area, 1e-6)
+        target = {"boxes": clipped[keep], "classes": np.asarray(target["classes"]).reshape(-1)[keep]}
+    else:
+        target = cut(np.asarray(target), IGNORE_INDEX)
+    return cut(rainy, 0.0), cut(clean, 0.0), target
 
 
 def _collate_targets(items: list[Any], task: str) -> Any:
@@ -180,6 +215,10 @@ class JointTrainer(Trainer):
             groups.append({"params": list(self.task_net.parameters()), "lr_scale": scale})
         return groups
 
+    def _after_backward(self) -> None:
+        if self.cfg.unfreeze_task:  # DDP wraps only the derainer; keep the task model identical on every rank
+            all_reduce_grads(self.task_net.parameters(), self.dist)
+
     def _extra_state(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"best_metric": self.best_psnr}
         if self.cfg.unfreeze_task:
@@ -201,12 +240,15 @@ class JointTrainer(Trainer):
             sample = step * cfg.batch_size + j
             index = _epoch_permutation(cfg.seed, n, sample // n)[sample % n]
             image, target = self.train_src[index]
-            if clean and image.shape[:2] != tuple(clean[0].shape[-2:]):
-                raise ValueError(
-                    f"joint training needs equal image sizes within a batch: image {index} is "
-                    f"{image.shape[1]}×{image.shape[0]}, another is {clean[0].shape[2]}×{clean[0].shape[1]}; "
-                    "resize the dataset to one size first")
             r, _ = synthesize(image, cfg.presets[presets[j]], seed=_derive_seed(cfg.seed, step, j, 4))
+            if cfg.crop:
+                rng = np.random.default_rng(_derive_seed(cfg.seed, step, j, 5))
+                r, image, target = crop_sample(r, image, target, cfg.crop, rng)
+            elif clean and image.shape[:2] != tuple(clean[0].shape[-2:]):
+                raise ValueError(
+                    f"joint training needs equal image sizes within a batch: {self.train_src.image_path(index)} "
+                    f"is {image.shape[1]}×{image.shape[0]}, another is {clean[0].shape[2]}×{clean[0].shape[1]}; "
+                    "set crop=SIZE (e.g. crop=256) to train on random windows")
             rainy.append(to_tensor(r))
             clean.append(to_tensor(image))
             targets.append(target)
@@ -235,7 +277,7 @@ class JointTrainer(Trainer):
             self.log_extra["loss_restore"] = float(restore.detach())
         task_weight = w.det if self.cfg.task == "detection" else w.seg
         if task_weight:
-            task = self.task_loss(derained, targets)
+            task = self.task_loss(derained.clamp(0, 1), targets)  # what the task model sees at test time
             total = total + task_weight * task
             self.log_extra["loss_task"] = float(task.detach())
         return self._optimize(total)

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result = trainer.run()
     if result.interrupted:
         return 128 + (result.signal or signal.SIGINT)
+    if not trainer.dist.is_main:  # under torchrun only rank 0 writes and reports
+        return 0
     summary = (result.run_dir / "summary.json").read_text()
     print(f"done: {result.step} steps; checkpoints and summary.json in {result.run_dir}\n{summary}", end="")
     return 0

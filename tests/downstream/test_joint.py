@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,9 @@ import torch
 
 from derain.checkpoint import load_derainer, read_state_dict
 from derain.config import ConfigError, load_config
-from derain.imageio import to_tensor
-from downstream.joint import JointConfig, JointTrainer
+from derain.imageio import read_image, to_tensor, write_image
+from downstream.datasets import read_mask
+from downstream.joint import JointConfig, JointTrainer, _collate_targets, crop_sample
 from downstream.scenes import generate_scenes
 from downstream.segmentation import SegmenterConfig, build_segmenter, load_segmenter, save_segmenter
 
@@ -54,10 +59,10 @@ def held_out_loss(trainer: JointTrainer, model: torch.nn.Module) -> float:
     """Task loss of ``model``'s deraining of the rained val images (a fixed batch never trained on)."""
     pairs = [trainer.val_pair(i, 0) for i in range(len(trainer.val_src))]
     rainy = torch.stack([to_tensor(r) for r, _, _ in pairs])
-    masks = torch.stack([torch.as_tensor(np.asarray(t, np.int64)) for _, _, t in pairs])
+    targets = _collate_targets([t for _, _, t in pairs], trainer.cfg.task)
     model.eval()
     with torch.no_grad():
-        return float(trainer.task_loss(model(rainy), masks))
+        return float(trainer.task_loss(model(rainy).clamp(0, 1), targets))
 
 
 def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> None:
@@ -135,7 +140,7 @@ def test_cli_and_config_errors(scenes: Path, tmp_path: Path, capsys: pytest.Capt
 
     args = [*TINY, "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}",
             f"task_model={scenes / 'segmenter'}", f"out={tmp_path}", "device=cpu", "iters=1", "batch_size=1",
-            "val_limit=1", "weights.seg=0.1", "name=cli"]
+            "val_limit=1", "weights.seg=0.1", "name=cli", "derainer.init=null", "crop=null"]
     assert main(["joint", "--config", "configs/joint_demo.yaml", "--no-progress", *args]) == 0
     assert '"psnr_y_after"' in capsys.readouterr().out
     assert load_derainer(tmp_path / "cli" / "best") is not None
@@ -144,3 +149,56 @@ def test_cli_and_config_errors(scenes: Path, tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(ValueError, match="no det loss"):
         JointTrainer(seg_cfg(scenes, tmp_path, "weights.det=1"))
     assert main(["joint", *args, "task_model=" + str(tmp_path / "missing")]) == 1
+
+
+def test_crop_sample_moves_boxes_and_pads_masks() -> None:
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).random((40, 30, 3)).astype(np.float32)
+    target = {"boxes": np.array([[0, 0, 10, 10], [20, 30, 30, 40]], np.float32), "classes": np.array([1, 2])}
+    rainy, clean, out = crop_sample(image, image, target, 32, rng)
+    assert rainy.shape == clean.shape == (32, 32, 3)
+    assert np.all(clean[:, 30:] == 0)  # 30 px wide image, padded on the right
+    top = next(t for t in range(9) if np.array_equal(clean[:, :30], image[t:t + 32]))
+    for box, cls in zip(target["boxes"], target["classes"], strict=True):
+        moved = box - [0, top, 0, top]
+        inside = np.clip(moved, 0, [30, 32, 30, 32])
+        if (inside[2] - inside[0]) * (inside[3] - inside[1]) >= 0.4 * 100:
+            assert any(np.allclose(b, inside) and c == cls for b, c in zip(out["boxes"], out["classes"], strict=True))
+    mask = np.arange(40 * 30).reshape(40, 30) % 7
+    _, _, m = crop_sample(image, image, mask, 32, np.random.default_rng(0))
+    assert m.shape == (32, 32) and np.all(m[:, 30:] == 255) and np.array_equal(m[:, :30], mask[top:top + 32])
+
+
+def test_mixed_sizes_need_crop(scenes: Path, tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    shutil.copytree(scenes / "seg", seg)
+    image = sorted((seg / "train" / "images").glob("*.png"))[0]
+    mask_path = seg / "train" / "masks" / image.name
+    write_image(image, read_image(image)[:48, :40])
+    from PIL import Image
+
+    Image.fromarray(read_mask(mask_path)[:48, :40].astype(np.uint8)).save(mask_path)
+    common = ("weights.seg=0.1", "iters=2", "batch_size=8", "val_limit=1", "val_every=1000", "save_every=1000")
+    cfg = seg_cfg(scenes, tmp_path, *common, f"data.path={seg}", "name=nocrop")
+    with pytest.raises(ValueError, match="crop="):
+        JointTrainer(cfg, progress=False).run()
+    cfg = seg_cfg(scenes, tmp_path, *common, f"data.path={seg}", "name=crop", "crop=48")
+    assert JointTrainer(cfg, progress=False).run().step == 2
+
+
+def test_ddp_two_cpu_processes_match_one_process(scenes: Path, tmp_path: Path) -> None:
+    args = [*TINY, "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}",
+            f"task_model={scenes / 'segmenter'}", "device=cpu", "iters=2", "batch_size=4", "val_limit=1",
+            "weights.seg=0.5", "val_every=1000", "save_every=1", "optim.lr=1e-3", "name=run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "derainbench", "joint", "--no-progress", f"out={tmp_path / 'ddp'}", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    JointTrainer(load_config(JointConfig, None, [*args, f"out={tmp_path / 'one'}"]), progress=False).run()
+    one = read_state_dict(tmp_path / "one" / "run" / "last" / "model.safetensors")
+    ddp = read_state_dict(tmp_path / "ddp" / "run" / "last" / "model.safetensors")
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], atol=1e-5, rtol=1e-4, msg=k)
+    summary = json.loads((tmp_path / "ddp" / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2
