@@ -1,164 +1,376 @@
-"""The main job, offline: rain on the photos scikit-image ships, train ``mspfn-lite``, derain, score.
+"""The main job, offline: the whole study on generated scenes — rain, derain, detect, segment, report.
 
-Stages write into one output folder and are skipped when already done (``force`` redoes them):
+Stages (each skipped when ``OUT/.stages/<name>.json`` says it finished, unless ``force``):
 
-    data/clean/              held-out clean photos (the ones the demo training config validates on)
-    data/{light,heavy}/      their rainy copies (+ ``.rain.json`` sidecars)
-    train/mspfn-lite-demo/   the training run (checkpoints, log.csv)
-    derained/<method>/<severity>/
-    results.csv              tidy rows: dataset, severity, method, metric, value
+    scenes    labelled scenes from the built-in generator    OUT/data/scenes/{det,seg}
+    rain      their val split rained at each severity        OUT/data/rainy/<severity>/  (+ .rain.json)
+    models    detector, segmenter, mspfn-lite, prenet         shipped weights (derainbench/assets/demo) or
+                                                              trained into OUT/models/ (``retrain``)
+    joint     mspfn-lite fine-tuned with the detection loss   OUT/joint/mspfn-lite+det/
+    bench     clean | rainy | identity | prenet | mspfn-lite | mspfn-lite+det, both tasks and severities
+                                                              OUT/bench/ (results.csv, per-cell resume)
+    report    tables, figures, image grids                    OUT/report/report.{md,html}
+
+The recipe is :class:`DemoConfig` (``key=value`` overrides). Shipped weights are used only when the recipe's
+model-defining fields equal the ones recorded in the assets' ``MANIFEST.json``; otherwise (or with
+``retrain``) the models are trained here. ``fast`` shrinks everything to seconds (CI smoke test).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SEVERITIES = ("light", "heavy")
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
-# --fast shrinks everything so the whole pipeline runs in seconds (CI smoke test).
-FAST_OVERRIDES = ["iters=4", "batch_size=2", "patch_size=32", "val_every=2", "save_every=2", "log_every=1",
-                  "model.options={channels: 8, cfm_channels: 4, lstm_channels: [4, 8, 8], units: 1}"]
+ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
+MANIFEST = "MANIFEST.json"
+RETRAIN_COMMAND = "derainbench demo --retrain --out runs/demo-retrain"
+TINY_MSPFN = {"channels": 8, "cfm_channels": 4, "lstm_channels": [4, 8, 8], "units": 1}
+
+
+@dataclass
+class DetectorRecipe:
+    """YOLO detector trained by ultralytics on the clean training scenes."""
+
+    model: str = "yolo11n.yaml"
+    epochs: int = 60
+    batch: int = 16
+
+
+@dataclass
+class SegmenterRecipe:
+    """smp U-Net trained with cross-entropy on random crops of the clean training scenes."""
+
+    encoder: str = "timm-mobilenetv3_small_100"
+    decoder_channels: list[int] = field(default_factory=lambda: [64, 32, 16, 16, 8])
+    iters: int = 1500
+    batch: int = 8
+    crop: int = 96
+    lr: float = 2e-3
+
+
+@dataclass
+class DerainerRecipe:
+    """A derainer trained on the training scenes rained on the fly at every severity."""
+
+    model: str = "mspfn-lite"
+    options: dict[str, Any] = field(default_factory=dict)
+    iters: int = 1500
+    batch: int = 8
+    patch: int = 64
+    lr: float = 1e-3
+
+
+@dataclass
+class PrenetRecipe(DerainerRecipe):
+    """PReNet: ~3× slower per step than mspfn-lite on CPU, so fewer steps."""
+
+    model: str = "prenet"
+    iters: int = 400
+
+
+@dataclass
+class JointRecipe:
+    """The short task-driven fine-tune of ``mspfn-lite`` with the detector's loss."""
+
+    iters: int = 60
+    batch: int = 4
+    crop: int = 96
+    det_weight: float = 0.1
+    lr: float = 2e-4
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"
+    scenes: int = 200
+    size: int = 160
+    val_fraction: float = 0.25
+    severities: list[str] = field(default_factory=lambda: ["light", "heavy"])
+    detector: DetectorRecipe = field(default_factory=DetectorRecipe)
+    segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)
+    mspfn: DerainerRecipe = field(default_factory=DerainerRecipe)
+    prenet: PrenetRecipe = field(default_factory=PrenetRecipe)
+    joint: JointRecipe = field(default_factory=JointRecipe)
+    report_formats: str = "md,html,tex,csv"
+
+
+# --fast: tiny scenes, widths and step counts, so the whole pipeline runs in seconds.
+FAST_OVERRIDES = [
+    "scenes=8", "size=64", "detector.epochs=1", "detector.batch=4", "segmenter.iters=4", "segmenter.batch=2",
+    "segmenter.crop=48", "mspfn.iters=3", "mspfn.batch=2", "mspfn.patch=32", f"mspfn.options={TINY_MSPFN}",
+    "prenet.iters=2", "prenet.batch=2", "prenet.patch=32", "prenet.options={stages: 2}", "joint.iters=2",
+    "joint.batch=2", "joint.crop=48",
+]
 
 
 @dataclass
 class DemoResult:
     out: Path
-    rows: list[dict]
+    report: Path | None
+    table: str
     seconds: float
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, force: bool = False, device: str = "auto",
-             log: Callable[[str], None] = print) -> DemoResult:
-    """Run every stage (skipping finished ones unless ``force``) and return the tidy result rows."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    cfg = _train_config(out, fast, device)
-    test_photos = _test_photo_names(cfg)
-    _stage(out, "data", force, log, lambda: _make_data(out, test_photos, fast))
-    _stage(out, "train", force, log, lambda: _train(cfg, force))
-    rows = _stage(out, "score", force, log, lambda: _score(out, cfg, device))
-    _write_results(out / "results.csv", rows)
-    return DemoResult(out, rows, time.perf_counter() - t_start)
-
-
-def _stage(out: Path, name: str, force: bool, log: Callable[[str], None], fn: Callable[[], object]) -> object:
-    """Run ``fn`` unless ``out/.stages/name.json`` says it finished; record its result and time."""
-    marker = out / ".stages" / f"{name}.json"
-    if marker.is_file() and not force:
-        log(f"[demo] {name}: done earlier (reused; --force to redo)")
-        return json.loads(marker.read_text())["result"]
-    t = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - t
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"result": result, "seconds": seconds}))
-    log(f"[demo] {name}: {seconds:.1f} s")
-    return result
-
-
-def _train_config(out: Path, fast: bool, device: str):  # -> TrainConfig
+def demo_config(config: str | Path | None = None, overrides: list[str] | None = None, fast: bool = False,
+                out: str | None = None) -> DemoConfig:
+    """The demo recipe: defaults, then ``config``'s YAML, the ``--fast`` shrink, ``overrides`` and ``out``."""
     from derain.config import load_config
-    from derain.train import TrainConfig
 
-    path = REPO_CONFIGS / "mspfn_lite_demo.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"demo training recipe not found: {path} (run from a source checkout)")
-    overrides = [f"out={out / 'train'}", f"device={device}", *(FAST_OVERRIDES if fast else [])]
-    return load_config(TrainConfig, path, overrides)
+    extra = [*(FAST_OVERRIDES if fast else []), *(overrides or []), *([f"out={out}"] if out else [])]
+    return load_config(DemoConfig, config, extra)
 
 
-def _test_photo_names(cfg) -> list[str]:
-    """The photos the training recipe holds out (its validation selection) are the demo's test set."""
-    from derain.samples import sample_photos
-
-    names = list(sample_photos())
-    val = cfg.val
-    if val is None or val.clean != "skimage":
-        raise ValueError("the demo recipe must validate on held-out skimage photos (val.clean: skimage)")
-    held = names[val.skip : val.skip + (val.limit or len(names))]
-    overlap = set(held) & set(names[cfg.train.skip :][: cfg.train.limit])
-    if overlap:
-        raise ValueError(f"demo test photos {sorted(overlap)} are also training photos; fix the recipe's skip/limit")
-    return held
+def model_recipe(cfg: DemoConfig) -> dict[str, Any]:
+    """The fields that define the four trained models (what shipped weights must have been trained with)."""
+    d = asdict(cfg)
+    return {k: d[k] for k in ("seed", "scenes", "size", "val_fraction", "severities", "detector", "segmenter",
+                              "mspfn", "prenet")}
 
 
-def _make_data(out: Path, names: list[str], fast: bool) -> dict:
-    from derain.imageio import write_image
-    from derain.samples import sample_photos
+def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Run every stage (skipping finished ones unless ``force``); returns the report path and the main table."""
+    from derain.config import save_config
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo.yaml")
+    t0 = time.perf_counter()
+    stage = _Stages(out, force, log)
+    scenes = stage("scenes", lambda: _scenes(cfg, progress))
+    stage("rain", lambda: _rain(cfg, scenes))
+    models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log))
+    models["mspfn-lite+det"] = stage("joint", lambda: _joint(cfg, scenes, models, force, progress))
+    bench_dir = stage("bench", lambda: _bench(cfg, scenes, models, force, progress))
+    report = stage("report", lambda: _report(cfg, bench_dir))
+    from reports.tables import main_table_text
+
+    table = main_table_text([bench_dir])
+    return DemoResult(out, Path(report) if report else None, table, time.perf_counter() - t0)
+
+
+class _Stages:
+    """Runs named stages once: ``OUT/.stages/<name>.json`` holds a finished stage's result and time."""
+
+    def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
+        self.out, self.force, self.log = out, force, log
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        from derain.checkpoint import atomic_write_text
+
+        marker = self.out / ".stages" / f"{name}.json"
+        if marker.is_file() and not self.force:
+            self.log(f"[demo] {name}: done earlier, reused (--force redoes it)")
+            return json.loads(marker.read_text())["result"]
+        self.log(f"[demo] {name} ...")
+        t = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t
+        atomic_write_text(marker, json.dumps({"result": result, "seconds": round(seconds, 2)}, indent=1))
+        self.log(f"[demo] {name}: {seconds:.1f} s")
+        return result
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def _scenes(cfg: DemoConfig, progress: bool) -> dict[str, str]:
+    from downstream.scenes import generate_scenes
+
+    root = Path(cfg.out) / "data" / "scenes"
+    generate_scenes(root, n=cfg.scenes, size=cfg.size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                    progress=progress, overwrite=True)
+    return {"root": str(root), "det_yaml": str(root / "det" / "data.yaml"), "seg": str(root / "seg")}
+
+
+def _rain(cfg: DemoConfig, scenes: dict[str, str]) -> dict[str, str]:
+    """Rainy copies of the val scenes, the exact images the benchmark scores (same seed and names)."""
     from derain.synth import synthesize_folder
 
-    photos = sample_photos()
-    clean = out / "data" / "clean"
-    for name in names:
-        img = photos[name]
-        if fast:
-            img = img[:96, :128]
-        write_image(clean / f"{name}.png", img)
-    for sev in SEVERITIES:
-        synthesize_folder(clean, out / "data" / sev, preset=sev, seed=0, progress=False)
-    return {"photos": names}
+    rainy = Path(cfg.out) / "data" / "rainy"
+    for sev in cfg.severities:
+        synthesize_folder(Path(scenes["seg"]) / "val" / "images", rainy / sev, preset=sev, seed=cfg.seed,
+                          progress=False)
+    return {sev: str(rainy / sev) for sev in cfg.severities}
 
 
-def _train(cfg, force: bool) -> dict:
-    from derain.train import train
+def _models(cfg: DemoConfig, scenes: dict[str, str], retrain: bool, force: bool, progress: bool,
+            log: Callable[[str], None]) -> dict[str, str]:
+    """Paths of the detector ``.pt``, segmenter folder and derainer checkpoint folders (shipped or trained)."""
+    if not retrain:
+        shipped = shipped_models(cfg)
+        if shipped is not None:
+            log(f"[demo] models: shipped weights from {ASSETS} (recipe matches {MANIFEST}; --retrain trains them)")
+            return shipped
+        log("[demo] models: no shipped weights for this recipe; training them here")
+    root = Path(cfg.out) / "models"
+    stage = _Stages(root, force, log)  # sub-stages, so an interrupted training keeps the finished models
+    models = {
+        "detector": stage("detector", lambda: _train_detector(cfg, scenes, root)),
+        "segmenter": stage("segmenter", lambda: _train_segmenter(cfg, scenes, root, progress)),
+        "mspfn-lite": stage("mspfn-lite", lambda: _train_derainer(cfg, cfg.mspfn, "mspfn-lite", scenes, root,
+                                                                  force, progress)),
+        "prenet": stage("prenet", lambda: _train_derainer(cfg, cfg.prenet, "prenet", scenes, root, force,
+                                                              progress)),
+    }
+    write_manifest(root, cfg, models)
+    return models
 
-    last = Path(cfg.out) / cfg.name / "last" / "state.pt"
-    result = train(cfg, resume=last.is_file() and not force)
+
+def _train_detector(cfg: DemoConfig, scenes: dict[str, str], root: Path) -> str:
+    from derain.runtime import resolve_device
+    from downstream.detection import train_detector
+
+    r = cfg.detector
+    best = train_detector(scenes["det_yaml"], model=r.model, epochs=r.epochs, imgsz=cfg.size, batch=r.batch,
+                          out_dir=(root / "detector-run").resolve(), device=str(resolve_device(cfg.device)),
+                          seed=cfg.seed, warmup_epochs=0, mosaic=0.0)
+    shutil.copyfile(best, root / "detector.pt")
+    return str(root / "detector.pt")
+
+
+def _train_segmenter(cfg: DemoConfig, scenes: dict[str, str], root: Path, progress: bool) -> str:
+    from downstream.datasets import load_task_dataset
+    from downstream.segmentation import SegmenterConfig, train_segmenter
+
+    r = cfg.segmenter
+    train = load_task_dataset("segmentation", "masks", scenes["seg"], "train")
+    val = load_task_dataset("segmentation", "masks", scenes["seg"], "val")
+    seg_cfg = SegmenterConfig(arch="Unet", num_classes=len(train.classes), classes=list(train.classes),
+                              encoder=r.encoder, decoder_channels=list(r.decoder_channels))
+    best = train_segmenter(train, seg_cfg, root / "segmenter-run", iters=r.iters, batch_size=r.batch, lr=r.lr,
+                           crop_size=r.crop, device=cfg.device, seed=cfg.seed, val_dataset=val, progress=progress)
+    _replace_dir(best, root / "segmenter")
+    return str(root / "segmenter")
+
+
+def _train_derainer(cfg: DemoConfig, r: DerainerRecipe, name: str, scenes: dict[str, str], root: Path,
+                    force: bool, progress: bool) -> str:
+    from derain.train import ModelConfig, OptimConfig, SourceConfig, TrainConfig, train
+
+    seg = Path(scenes["seg"])
+    tcfg = TrainConfig(
+        name=f"{name}-run", out=str(root), seed=cfg.seed, iters=r.iters, batch_size=r.batch, patch_size=r.patch,
+        augment="flips", device=cfg.device, log_every=10, val_every=max(r.iters // 3, 1),
+        save_every=max(r.iters // 6, 1), val_limit=8, model=ModelConfig(name=r.model, options=dict(r.options)),
+        train=SourceConfig(clean=str(seg / "train" / "images"), presets=list(cfg.severities), seed=cfg.seed),
+        val=SourceConfig(clean=str(seg / "val" / "images"), presets=list(cfg.severities), seed=cfg.seed + 1000),
+        optim=OptimConfig(lr=r.lr, decay_steps=max(r.iters, 1)),
+    )
+    result = train(tcfg, resume=_resumable(root / tcfg.name, force), progress=progress)
     if result.interrupted:
         raise KeyboardInterrupt
-    return {"checkpoint": str(result.run_dir / "best"), "steps": result.step, "best_psnr_y": result.best_psnr}
+    _replace_dir(result.run_dir / "best", root / name)
+    return str(root / name)
 
 
-def _score(out: Path, cfg, device: str) -> list[dict]:
-    from derain.checkpoint import load_derainer
-    from derain.imageio import list_images, read_tensor, write_image
-    from derain.inference import derain_tensor
-    from derain.metrics import compute_metrics
-    from derain.runtime import resolve_device
+def _joint(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool, progress: bool) -> str:
+    from derain.train import ModelConfig, OptimConfig
+    from downstream.joint import JointConfig, JointDataConfig, JointTrainer, JointWeights
 
-    dev = resolve_device(device)
-    ckpt = Path(cfg.out) / cfg.name / "best"
-    methods = {"rainy": load_derainer("identity"), "mspfn-lite": load_derainer(ckpt).to(dev)}
-    rows: list[dict] = []
-    for sev in SEVERITIES:
-        files = list_images(out / "data" / sev)
-        for method, model in methods.items():
-            sums = dict.fromkeys(METRICS, 0.0)
-            for f in files:
-                rainy = read_tensor(f).unsqueeze(0)
-                clean = read_tensor(out / "data" / "clean" / f.name).unsqueeze(0)
-                pred = derain_tensor(model, rainy.to(dev)).cpu()
-                if method != "rainy":
-                    write_image(out / "derained" / method / sev / f.name, pred[0])
-                for k, v in compute_metrics(pred, clean).items():
-                    sums[k] += float(v.mean())
-            rows += [{"dataset": "skimage-photos", "severity": sev, "method": method, "metric": k,
-                      "value": round(v / len(files), 6)} for k, v in sums.items()]
-    return rows
+    r = cfg.joint
+    jcfg = JointConfig(
+        name="mspfn-lite+det", out=str(Path(cfg.out) / "joint"), seed=cfg.seed, iters=r.iters, batch_size=r.batch,
+        crop=r.crop, device=cfg.device, log_every=10, val_every=max(r.iters, 1), save_every=max(r.iters // 3, 1),
+        val_limit=16, derainer=ModelConfig(name=cfg.mspfn.model, options=dict(cfg.mspfn.options),
+                                           init=models["mspfn-lite"]),
+        task="detection", data=JointDataConfig(format="yolo", path=scenes["det_yaml"]),
+        task_model=models["detector"], presets=list(cfg.severities),
+        weights=JointWeights(restore=1.0, det=r.det_weight), optim=OptimConfig(lr=r.lr, decay_steps=10**6),
+    )
+    run_dir = Path(jcfg.out) / jcfg.name
+    result = JointTrainer(jcfg, resume=_resumable(run_dir, force), progress=progress).run()
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return str(run_dir / "last")  # the tuned derainer after all steps (best/ is chosen on val mAP)
 
 
-def _write_results(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["dataset", "severity", "method", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(rows)
+def _bench(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool, progress: bool) -> str:
+    from eval.bench import BenchConfig, DatasetSpec, DerainerSpec, run_bench
+
+    bcfg = BenchConfig(
+        name="demo", seed=cfg.seed, device=cfg.device, severities=list(cfg.severities),
+        out=str(Path(cfg.out) / "bench"),
+        datasets=[
+            DatasetSpec(name="scenes-det", task="detection", format="yolo", path=scenes["det_yaml"],
+                        model=models["detector"], imgsz=cfg.size),
+            DatasetSpec(name="scenes-seg", task="segmentation", format="masks", path=scenes["seg"],
+                        model=models["segmenter"]),
+        ],
+        derainers=[DerainerSpec(name="identity", model="identity")]
+        + [DerainerSpec(name=n, model=models[n]) for n in ("prenet", "mspfn-lite", "mspfn-lite+det")],
+    )
+    return str(run_bench(bcfg, force=force, progress=progress))
 
 
-def format_table(rows: list[dict]) -> str:
-    """Method × severity table of PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop)."""
-    cells = {(r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    sevs = list(dict.fromkeys(r["severity"] for r in rows))
-    head = f"{'method':12}" + "".join(f"{s + ' PSNR-Y':>14}{s + ' SSIM-Y':>14}" for s in sevs)
-    lines = ["PSNR/SSIM on Y (MATLAB rgb2ycbcr), no border crop", head]
-    for m in methods:
-        lines.append(f"{m:12}" + "".join(
-            f"{cells[(s, m, 'psnr_y')]:14.2f}{cells[(s, m, 'ssim_y')]:14.4f}" for s in sevs))
-    return "\n".join(lines)
+def _report(cfg: DemoConfig, bench_dir: str) -> str | None:
+    from reports.build import build_report
+
+    report = build_report([bench_dir], Path(cfg.out) / "report", formats=cfg.report_formats)
+    html = report.out / "report.html"
+    return str(html if html.is_file() else report.out / "report.md")
+
+
+def _resumable(run_dir: Path, force: bool) -> bool:
+    """Resume an interrupted training run unless ``force`` (which starts it afresh)."""
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return (run_dir / "last" / "state.pt").is_file()
+
+
+# -- shipped weights -----------------------------------------------------------------------------
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _files(models: dict[str, str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, models.values()):
+        out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return out
+
+
+def write_manifest(root: Path, cfg: DemoConfig, models: dict[str, str]) -> Path:
+    """``root/MANIFEST.json``: each model's path (relative), every file's sha256, the recipe and the command."""
+    from derain.checkpoint import atomic_write_text
+
+    files = {str(f.relative_to(root)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in _files(models)}
+    manifest = {
+        "command": RETRAIN_COMMAND,
+        "note": "trained by the command above; copy its OUT/models/{detector.pt,segmenter,mspfn-lite,prenet} and "
+                "MANIFEST.json here to ship them",
+        "models": {k: str(Path(v).relative_to(root)) for k, v in models.items()},
+        "files": files,
+        "recipe": model_recipe(cfg),
+    }
+    path = root / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def shipped_models(cfg: DemoConfig, assets: Path = ASSETS) -> dict[str, str] | None:
+    """The shipped model paths when ``assets`` holds weights for ``cfg``'s recipe (checksums verified), else None."""
+    path = assets / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest["recipe"] != json.loads(json.dumps(model_recipe(cfg))):
+        return None
+    for rel, meta in manifest["files"].items():
+        f = assets / rel
+        if not f.is_file() or _sha256(f) != meta["sha256"]:
+            raise FileNotFoundError(f"shipped demo weight {f} is missing or altered (sha256 differs from {path}); "
+                                    f"restore it from git, or re-create all with `{RETRAIN_COMMAND}`")
+    return {k: str(assets / v) for k, v in manifest["models"].items()}

@@ -1,19 +1,24 @@
-"""The main job, shrunk (``--fast``): every stage runs, results are tidy, reruns reuse, and it is deterministic."""
+"""The main job, shrunk (``--fast``): every stage runs end to end, reruns reuse, ``--force`` reproduces it."""
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from derainbench.cli import main
+from derainbench.demo import ASSETS, MANIFEST, DemoConfig, demo_config, shipped_models
+
+METHODS = {"clean", "rainy", "identity", "prenet", "mspfn-lite", "mspfn-lite+det"}
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--fast", "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["demo", "--fast", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     return out
 
 
@@ -22,28 +27,80 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_demo_writes_every_stage(demo_dir: Path) -> None:
-    rows = read_rows(demo_dir / "results.csv")
-    assert {r["method"] for r in rows} == {"rainy", "mspfn-lite"}
-    assert {r["severity"] for r in rows} == {"light", "heavy"}
-    assert {r["metric"] for r in rows} == {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}
-    values = {(r["severity"], r["method"], r["metric"]): float(r["value"]) for r in rows}
-    # rain hurts more at heavy severity
-    assert values[("heavy", "rainy", "psnr_y")] < values[("light", "rainy", "psnr_y")] - 5
-    clean = sorted(p.name for p in (demo_dir / "data/clean").glob("*.png"))
-    assert clean and sorted(p.name for p in (demo_dir / "derained/mspfn-lite/heavy").glob("*.png")) == clean
-    assert (demo_dir / "train/mspfn-lite-demo/best/model.safetensors").is_file()
-    assert all((demo_dir / "data/light" / name).with_suffix(".rain.json").is_file() for name in clean)
+def test_demo_runs_every_stage(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    val = sorted(p.name for p in (demo_dir / "data/scenes/seg/val/images").glob("*.png"))
+    assert val
+    for sev in ("light", "heavy"):
+        assert sorted(p.name for p in (demo_dir / "data/rainy" / sev).glob("*.png")) == val
+    models = demo_dir / "models"
+    assert (models / "detector.pt").is_file() and (models / "segmenter" / "model.safetensors").is_file()
+    for name in ("mspfn-lite", "prenet"):
+        assert json.loads((models / name / "model.json").read_text())["name"] == name
+    manifest = json.loads((models / MANIFEST).read_text())
+    assert manifest["command"].startswith("derainbench demo --retrain")
+    assert set(manifest["models"]) == {"detector", "segmenter", "mspfn-lite", "prenet"}
+    summary = json.loads((demo_dir / "joint/mspfn-lite+det/summary.json").read_text())
+    assert summary["task"] == "detection" and summary["steps"] == 2
+
+    rows = read_rows(demo_dir / "bench/results.csv")
+    assert {r["method"] for r in rows} == METHODS
+    assert {r["severity"] for r in rows} == {"none", "light", "heavy"}
+    assert {r["task"] for r in rows} == {"detection", "segmentation"}
+    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): float(r["value"]) for r in rows}
+    assert value[("scenes-det", "heavy", "rainy", "psnr_y")] < value[("scenes-det", "light", "rainy", "psnr_y")] - 5
+    assert (demo_dir / "report/report.html").is_file() and (demo_dir / "report/report.md").is_file()
+    stages = sorted(p.stem for p in (demo_dir / ".stages").glob("*.json"))
+    assert stages == sorted(["scenes", "rain", "models", "joint", "bench", "report"])
 
 
-def test_demo_rerun_reuses_stages(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = (demo_dir / "results.csv").read_text()
-    assert main(["demo", "--fast", "--out", str(demo_dir), "--device", "cpu"]) == 0
+def test_rerun_reuses_stages_and_prints_the_table(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (demo_dir / "bench/results.csv").read_text()
+    assert main(["demo", "--fast", "--out", str(demo_dir), "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("done earlier") == 3
-    assert (demo_dir / "results.csv").read_text() == before
+    assert out.count("done earlier") == 6
+    assert "mspfn-lite+det" in out and "report.html" in out
+    assert (demo_dir / "bench/results.csv").read_text() == before
 
 
-def test_demo_is_deterministic(demo_dir: Path, tmp_path: Path) -> None:
-    assert main(["demo", "--fast", "--out", str(tmp_path), "--device", "cpu"]) == 0
-    assert (tmp_path / "results.csv").read_text() == (demo_dir / "results.csv").read_text()
+def test_force_redoes_everything_identically(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (demo_dir / "bench/results.csv").read_text()
+    cells = demo_dir / "bench/cells"
+    assert any(cells.iterdir())
+    assert main(["demo", "--fast", "--force", "--out", str(demo_dir), "--device", "cpu", "--no-progress"]) == 0
+    assert "done earlier" not in capsys.readouterr().out
+    assert (demo_dir / "bench/results.csv").read_text() == before  # deterministic on the same machine
+
+
+def test_fast_recipe_is_not_the_shipped_one() -> None:
+    assert shipped_models(demo_config(fast=True)) is None
+
+
+shipped = pytest.mark.skipif(not (ASSETS / MANIFEST).is_file(), reason="no shipped demo weights in this checkout")
+
+
+@shipped
+def test_shipped_weights_load_and_fit_the_budget() -> None:
+    from derain.checkpoint import load_derainer
+    from downstream.detection import load_detector
+    from downstream.segmentation import load_segmenter
+
+    paths = shipped_models(DemoConfig())
+    assert paths is not None, "the shipped weights were trained with another recipe than DemoConfig's defaults"
+    size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20, f"shipped demo weights take {size / 2**20:.1f} MB (budget 20 MB)"
+    assert load_detector(paths["detector"]).nc == 6
+    assert load_segmenter(paths["segmenter"]).num_classes == 7
+    for name in ("mspfn-lite", "prenet"):
+        assert load_derainer(paths[name]) is not None
+
+
+@shipped
+def test_altered_shipped_weights_are_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "assets"
+    shutil.copytree(ASSETS, copy)
+    victim = next(f for f in sorted(copy.rglob("*.safetensors")))
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    with pytest.raises(FileNotFoundError, match="--retrain"):
+        shipped_models(DemoConfig(), assets=copy)
