@@ -5,7 +5,7 @@ image. ``derain_tensor(tile=...)`` therefore runs MSPFN inside ``model.tile_cont
 come from one pass over a downscaled full image. This script prints the max/mean absolute difference (in
 1/255 units) and the PSNR between tiled and untiled outputs for both ways, side by side.
 
-    python bench/mspfn_tiling.py --checkpoint runs/demo/train/mspfn-lite-demo/best [--tile 256 --overlap 32]
+    python bench/mspfn_tiling.py --checkpoint runs/train/mspfn-lite-demo/best [--tile 256 --overlap 32]
 """
 
 from __future__ import annotations

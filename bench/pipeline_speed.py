@@ -6,7 +6,7 @@ an ultralytics layout), then ultralytics' own validator runs over that folder. B
 in-memory rainy images and the same models; rain synthesis is outside both timings.
 
     python bench/pipeline_speed.py --scenes data/scenes --detector runs/det/train/weights/best.pt \
-        --derainer identity runs/demo/train/mspfn-lite-demo/best [--severity heavy] [--imgsz 192]
+        --derainer identity runs/train/mspfn-lite-demo/best [--severity heavy] [--imgsz 192]
 """
 
 from __future__ import annotations

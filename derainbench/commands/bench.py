@@ -15,8 +15,10 @@ PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop) of rainy/derained images agains
 
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value; includes
 drop_<m> = clean - rainy and recovery_<m> = (derained - rainy) / (clean - rainy)), summary.csv,
-per_image.csv, predictions/ (COCO result JSON), samples/, timings.json, cells/ (one JSON per finished
-(dataset, severity, method); a rerun skips them unless --force, so a crash loses at most one cell).
+per_image.csv, per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with
+the ground truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
+(one JSON per finished (dataset, severity, method); a rerun skips them unless --force, so a crash loses at
+most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
 
 Examples:
   derainbench bench --config configs/bench_demo.yaml
