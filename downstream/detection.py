@@ -224,7 +224,11 @@ def train_detector(
         seed=seed,
     )
     yolo = YOLO(str(model), task="detect")
-    yolo.train(**args)
+    threads = torch.get_num_threads()
+    try:
+        yolo.train(**args)
+    finally:  # ultralytics' select_device sets torch to cpu_count - 1 threads (1 of 2 cores) for the process
+        torch.set_num_threads(threads)
     trainer = yolo.trainer
     best = Path(trainer.best)
     return best if best.is_file() else Path(trainer.last)

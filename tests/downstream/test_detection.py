@@ -196,3 +196,22 @@ def test_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: py
     assert theirs > 0.3, "the tiny detector did not learn; the comparison would be meaningless"
     assert ours["map50"] == pytest.approx(theirs, abs=0.03)
     assert ours["map"] == pytest.approx(float(metrics.box.map), abs=0.05)
+
+
+def test_train_detector_keeps_torch_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ultralytics drops torch to cpu_count - 1 threads while training; the caller's setting comes back."""
+    from ultralytics import YOLO
+
+    def fake_train(self: YOLO, **kwargs: object) -> None:
+        torch.set_num_threads(1)
+        raise RuntimeError("stop after ultralytics changed the threads")
+
+    monkeypatch.setattr(YOLO, "train", fake_train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(RuntimeError, match="stop after"):
+            train_detector(_shapes_dataset(tmp_path / "ds", n=2), model="yolo11n.yaml", out_dir=tmp_path / "runs")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
