@@ -210,6 +210,9 @@ class Trainer:
         """Hook: the restoration loss."""
         return MSPFNLoss(edge_weight=self.cfg.loss.edge_weight, eps=self.cfg.loss.eps)
 
+    def _log_start(self, logger: _Logger) -> None:
+        """Hook: rows for step 0 of a fresh run's ``log.csv`` (e.g. the validation of the starting weights)."""
+
     def _after_backward(self) -> None:
         """Hook: runs between ``backward`` and the optimizer step (e.g. to all-reduce gradients DDP does not own)."""
 
@@ -269,6 +272,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         logger = _Logger(self.run_dir, self.step, self.extra_log_fields) if main else None
+        if logger and self.step == 0:
+            self._log_start(logger)
         bar = tqdm(total=cfg.iters, initial=self.step, disable=not (self.progress and main),
                    desc=f"train {cfg.name}", dynamic_ncols=True)
         t0, last_log_step = time.perf_counter(), self.step

@@ -215,6 +215,10 @@ class JointTrainer(Trainer):
             groups.append({"params": list(self.task_net.parameters()), "lr_scale": scale})
         return groups
 
+    def _log_start(self, logger: _Logger) -> None:
+        if self.before is not None:  # the starting derainer's validation, so curves begin at step 0
+            logger.log(0, val_psnr_y=self.before["psnr_y"], **{f"val_{self.metric}": self.before[self.metric]})
+
     def _after_backward(self) -> None:
         if self.cfg.unfreeze_task:  # DDP wraps only the derainer; keep the task model identical on every rank
             all_reduce_grads(self.task_net.parameters(), self.dist)

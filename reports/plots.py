@@ -320,7 +320,7 @@ def _validation_axes(ax: object, log: TrainingLog, color: str) -> None:
             handles,
             [h.get_label() for h in handles],
             loc="upper left",
-            bbox_to_anchor=(1.16 if twin_axis else 1.01, 1.0),
+            bbox_to_anchor=(1.3 if twin_axis else 1.01, 1.0),
             frameon=False,
             fontsize=8,
         )

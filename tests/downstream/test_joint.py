@@ -92,8 +92,10 @@ def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> No
     assert {"task", "metric", "before", "after", "psnr_y_before", "psnr_y_after"} <= set(summary)
     assert summary["task"] == "segmentation" and summary["metric"] == "miou"
     assert (tmp_path / "seg" / "best" / "model.safetensors").is_file()
-    header = (tmp_path / "seg" / "log.csv").read_text().splitlines()[0]
-    assert "loss_task" in header and "val_miou" in header
+    lines = (tmp_path / "seg" / "log.csv").read_text().splitlines()
+    assert "loss_task" in lines[0] and "val_miou" in lines[0]
+    first = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))  # step 0: the starting derainer
+    assert first["step"] == "0" and float(first["val_miou"]) == pytest.approx(summary["before"])
 
 
 def test_detection_loss_alone_changes_the_derainer(scenes: Path, tmp_path: Path) -> None:
