@@ -17,7 +17,7 @@ DESCRIPTION = """\
 derainbench: does removing rain help detection and segmentation?
 
 Sub-commands (each has its own --help):
-  demo     the main job, offline: rain on bundled photos, train mspfn-lite, derain, score
+  demo     the main job, offline: scenes, rain, derainers, detector + segmenter, joint tuning, report
   synth    rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)
   train    train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides
   derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
