@@ -114,7 +114,7 @@ FAST_OVERRIDES = [
 @dataclass
 class DemoResult:
     out: Path
-    report: Path | None
+    report: Path  # report.html (report.md when html is not among the formats)
     table: str
     seconds: float
 
@@ -154,7 +154,7 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
     from reports.tables import main_table_text
 
     table = main_table_text([bench_dir])
-    return DemoResult(out, Path(report) if report else None, table, time.perf_counter() - t0)
+    return DemoResult(out, Path(report), table, time.perf_counter() - t0)
 
 
 class _Stages:
@@ -309,7 +309,7 @@ def _bench(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], forc
     return str(run_bench(bcfg, force=force, progress=progress))
 
 
-def _report(cfg: DemoConfig, bench_dir: str) -> str | None:
+def _report(cfg: DemoConfig, bench_dir: str) -> str:
     from reports.build import build_report
 
     report = build_report([bench_dir], Path(cfg.out) / "report", formats=cfg.report_formats)

@@ -43,6 +43,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(cfg, retrain=args.retrain, force=args.force, progress=not args.no_progress)
     print()
     print(result.table)
-    where = result.report if result.report else result.out / "bench"
-    print(f"\nreport: {where}\nwhole demo: {result.seconds:.0f} s")
+    print(f"\nreport: {result.report}\nwhole demo: {result.seconds:.0f} s")
     return 0
