@@ -1,10 +1,12 @@
 """Task-driven deraining: fine-tune a derainer jointly with a detection or segmentation loss.
 
-``loss = λ_restore · MSPFN loss(derained, clean) + λ_det · YOLO training loss(derained) + λ_seg · CE(derained)``;
-a zero weight skips that term. The task model is frozen by default (eval mode, no parameter updates), but
-gradients flow through it into the derainer. :class:`JointTrainer` reuses :class:`derain.train.Trainer`'s
-loop: progress bar, ``log.csv`` (with one column per loss term), atomic ``last/``/``best/`` derainer
-checkpoints (``load_derainer(folder)`` loads them), exact ``--resume``, SIGTERM handling, AMP, DDP.
+``loss = λ_restore · MSPFN loss(derained, clean) + λ_det · YOLO training loss(derained) + λ_seg · CE(derained)
++ λ_feat · feature consistency`` (MSE between the task model's features of derained and clean images, see
+:func:`downstream.task_losses.feature_consistency`); a zero weight skips that term. The task model is frozen
+by default (eval mode, no parameter updates), but gradients flow through it into the derainer.
+:class:`JointTrainer` reuses :class:`derain.train.Trainer`'s loop: progress bar, ``log.csv`` (with one column
+per loss term), atomic ``last/``/``best/`` derainer checkpoints (``load_derainer(folder)`` loads them), exact
+``--resume``, SIGTERM handling, AMP, DDP.
 
 Batches: each step draws ``batch_size`` labelled clean images with a generator seeded by (seed, step) and rains
 them on the fly with a seeded preset. Images of one batch must share a size (true for generated scenes); set
@@ -57,6 +59,7 @@ class JointWeights:
     restore: float = 1.0
     det: float = 0.0
     seg: float = 0.0
+    feat: float = 0.0  # feature consistency through the task model
 
 
 @dataclass
@@ -147,14 +150,14 @@ class JointTrainer(Trainer):
         if cfg.data.path is None:
             raise ValueError("data.path is required")
         w = cfg.weights
-        if min(w.restore, w.det, w.seg) < 0 or not (w.restore or w.det or w.seg):
+        if min(w.restore, w.det, w.seg, w.feat) < 0 or not (w.restore or w.det or w.seg or w.feat):
             raise ValueError(f"loss weights must be >= 0 and not all zero, got {w}")
         if task == "detection" and w.seg or task == "segmentation" and w.det:
             raise ValueError(f"weights: task {task} has no {'seg' if task == 'detection' else 'det'} loss; set it to 0")
         super().__init__(cfg, resume=resume, progress=progress)  # type: ignore[arg-type]
         self.cfg = cfg
         self.metric = METRICS[task]
-        self.extra_log_fields = ("loss_restore", "loss_task", f"val_{self.metric}")
+        self.extra_log_fields = ("loss_restore", "loss_task", "loss_feat", f"val_{self.metric}")
         self.before: dict[str, float] | None = None
         self.latest: tuple[int, dict[str, float]] | None = None
 
@@ -284,6 +287,13 @@ class JointTrainer(Trainer):
             task = self.task_loss(derained.clamp(0, 1), targets)  # what the task model sees at test time
             total = total + task_weight * task
             self.log_extra["loss_task"] = float(task.detach())
+        if w.feat:
+            from downstream.task_losses import feature_consistency
+
+            model = self.detector if self.cfg.task == "detection" else self.segmenter
+            feat = feature_consistency(model, derained.clamp(0, 1), clean)
+            total = total + w.feat * feat
+            self.log_extra["loss_feat"] = float(feat.detach())
         return self._optimize(total)
 
     def _validate(self, logger: _Logger | None, bar: tqdm) -> None:

@@ -3,7 +3,9 @@
 ``DetectionLoss`` wraps ultralytics' own detection training criterion (``v8DetectionLoss``, or ``E2ELoss``
 for end-to-end heads) so a detector's training loss on derained images can be back-propagated into the
 derainer; the detector is frozen by default (eval-mode BatchNorm, ``requires_grad=False``).
-``segmentation_ce`` is the matching pixel-wise cross-entropy for segmentation.
+``segmentation_ce`` is the matching pixel-wise cross-entropy for segmentation, and ``feature_consistency`` the
+distance between a task model's internal features of derained and clean images (YOLO: the P3–P5 maps entering
+the Detect head; smp: the encoder's feature pyramid).
 
 Scaling: ultralytics returns the gain-weighted ``(box, cls, dfl)`` vector multiplied by the batch size, and its
 trainer back-propagates the sum of that. We return that sum divided by the batch size, i.e. the per-image mean
@@ -12,12 +14,22 @@ trainer back-propagates the sum of that. We return that sum divided by the batch
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from downstream.detection import PAD_VALUE, Detector
+
+
+def pad_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pad ``images`` (B×3×H×W) at the bottom/right with 114/255 to a multiple of ``stride`` (differentiable)."""
+    h, w = images.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    return F.pad(images, (0, pw, 0, ph), value=PAD_VALUE) if ph or pw else images
 
 
 def _hyperparameters(model: torch.nn.Module, box: float, cls: float, dfl: float) -> Any:
@@ -91,14 +103,8 @@ class DetectionLoss:
         return to_ultralytics_batch(targets, image_size, self.detector.device)
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """Pad ``images`` (B×3×H×W) at the bottom/right with 114/255 to a stride multiple (differentiable).
-
-        Box coordinates are unchanged by this padding.
-        """
-        s = self.detector.stride
-        h, w = images.shape[-2:]
-        ph, pw = -h % s, -w % s
-        return F.pad(images, (0, pw, 0, ph), value=PAD_VALUE) if ph or pw else images
+        """Pad ``images`` to the detector's stride (see :func:`pad_to_stride`); box coordinates are unchanged."""
+        return pad_to_stride(images, self.detector.stride)
 
     def __call__(
         self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
@@ -131,3 +137,47 @@ def segmentation_ce(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int
     if logits.ndim != 4 or masks.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"expected logits B×K×H×W and masks B×H×W, got {tuple(logits.shape)}, {tuple(masks.shape)}")
     return F.cross_entropy(logits, masks.long(), ignore_index=ignore_index)
+
+
+@contextlib.contextmanager
+def tap(module: nn.Module, inputs: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Collect the tensors ``module`` receives (``inputs``) or returns during the forward passes inside the block."""
+    found: list[torch.Tensor] = []
+
+    def grab(value: Any) -> None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found.extend(t for t in items if isinstance(t, torch.Tensor))
+
+    if inputs:
+        handle = module.register_forward_pre_hook(lambda _m, args: grab(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: grab(out))
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+def task_features(task_model: Detector | nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """A task model's multi-scale features of ``images`` (B×3×H×W, [0, 1]), differentiable w.r.t. the images.
+
+    Detector: the feature maps its Detect head receives (P3–P5). Segmenter: the smp encoder's outputs without
+    the first one (the normalised input itself).
+    """
+    if isinstance(task_model, Detector):
+        with tap(task_model.model.model[-1], inputs=True) as found:
+            task_model.model(pad_to_stride(images.to(task_model.device, torch.float32), task_model.stride))
+        return found
+    with tap(task_model.model.encoder) as found:
+        task_model.logits(images)
+    return found[1:]
+
+
+def feature_consistency(task_model: Detector | nn.Module, derained: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean over feature levels of the MSE between the task features of ``derained`` and of ``clean`` (no grad)."""
+    with torch.no_grad():
+        reference = task_features(task_model, clean)
+    features = task_features(task_model, derained)
+    if not features or len(features) != len(reference):
+        raise RuntimeError(f"task model gave {len(features)} feature maps for derained, {len(reference)} for clean")
+    return sum(F.mse_loss(f, r) for f, r in zip(features, reference, strict=True)) / len(features)

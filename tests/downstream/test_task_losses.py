@@ -132,3 +132,32 @@ def test_segmentation_ce() -> None:
     torch.testing.assert_close(segmentation_ce(logits, masks), expected)
     with pytest.raises(ValueError):
         segmentation_ce(logits, masks[0])
+
+
+def _tiny_segmenter():
+    from downstream.segmentation import SegmenterConfig, build_segmenter
+
+    torch.manual_seed(0)
+    cfg = SegmenterConfig(arch="Unet", num_classes=3, encoder="resnet18", encoder_depth=3,
+                          decoder_channels=[16, 8, 8])
+    return build_segmenter(cfg).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("kind", ["detector", "segmenter"])
+def test_feature_consistency(kind: str, detector) -> None:
+    from downstream.task_losses import feature_consistency, task_features
+
+    model = detector if kind == "detector" else _tiny_segmenter()
+    if kind == "detector":
+        DetectionLoss(detector)  # freezes it (eval mode, no parameter grads)
+    torch.manual_seed(1)
+    clean = torch.rand(2, 3, 60, 70)
+    feats = task_features(model, clean)
+    assert len(feats) == 3 and all(f.ndim == 4 and f.shape[0] == 2 for f in feats)
+    assert float(feature_consistency(model, clean, clean)) == 0.0
+    derained = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1).requires_grad_(True)
+    loss = feature_consistency(model, derained, clean)
+    assert float(loss) > 0
+    loss.backward()
+    assert derained.grad is not None and derained.grad.abs().sum() > 0
+    assert all(p.grad is None for p in (model.model if kind == "detector" else model).parameters())
