@@ -7,9 +7,11 @@ import signal
 
 HELP = """\
 Task-driven deraining: loss = λ_restore·MSPFN loss + λ_det·YOLO training loss + λ_seg·cross-entropy of the
-derained images (weights.restore / weights.det / weights.seg; 0 skips a term). The task model is frozen
-by default (gradients still flow through it into the derainer); unfreeze_task=true trains it too (task_lr).
-Clean labelled images are rained on the fly with the configured presets, seeded by (seed, step).
+derained images + λ_feat·feature consistency (MSE between the task model's features of derained and clean
+images) (weights.restore / .det / .seg / .feat; 0 skips a term). The task model is frozen by default
+(gradients still flow through it into the derainer); unfreeze_task=true trains it too (task_lr).
+Clean labelled images are rained on the fly with the configured presets, seeded by (seed, step); crop=SIZE
+trains on random windows (needed when image sizes differ).
 
 Examples:
   derainbench joint --config configs/joint_demo.yaml
