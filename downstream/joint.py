@@ -282,16 +282,17 @@ class JointTrainer(Trainer):
             restore = self.loss_fn(derained, clean)
             total = total + w.restore * restore
             self.log_extra["loss_restore"] = float(restore.detach())
+        shown = derained.clamp(0, 1)  # what the task model sees at test time
         task_weight = w.det if self.cfg.task == "detection" else w.seg
         if task_weight:
-            task = self.task_loss(derained.clamp(0, 1), targets)  # what the task model sees at test time
+            task = self.task_loss(shown, targets)
             total = total + task_weight * task
             self.log_extra["loss_task"] = float(task.detach())
         if w.feat:
             from downstream.task_losses import feature_consistency
 
             model = self.detector if self.cfg.task == "detection" else self.segmenter
-            feat = feature_consistency(model, derained.clamp(0, 1), clean)
+            feat = feature_consistency(model, shown, clean)
             total = total + w.feat * feat
             self.log_extra["loss_feat"] = float(feat.detach())
         return self._optimize(total)
