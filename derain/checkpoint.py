@@ -131,6 +131,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         if bad_shape:
             shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shape[:5]]
             parts.append(f"shape mismatches ({len(bad_shape)}): {'; '.join(shapes)}")
+        if is_checkpoint(path):  # say what the checkpoint holds, so the fix is one override away
+            meta = read_meta(path)
+            opts = json.dumps(meta.get("config") or {}).replace('"', "")
+            parts.append(f"(the checkpoint holds {meta.get('name')!r} with options {opts}: pass the folder itself "
+                         f"as the model, or in a config set model.name={meta.get('name')} 'model.options={opts}')")
         raise CheckpointError(" ".join(parts))
     target.load_state_dict(state, strict=strict)
     return model

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from derainbench import __version__
 
 # Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
-COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "scenes", "train-task", "bench", "joint", "report")
+COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "convert", "scenes", "train-task", "bench", "joint",
+            "report")
 
 DESCRIPTION = """\
 derainbench: does removing rain help detection and segmentation?
@@ -23,6 +24,7 @@ Sub-commands (each has its own --help):
   derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
   score    PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth
   models   list the registered derainers and their parameter counts
+  convert  the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)
   scenes   generate labelled scenes (detection: YOLO + COCO JSON; segmentation: masks), seeded
   train-task  train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset
   bench    score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)

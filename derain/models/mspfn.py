@@ -128,7 +128,11 @@ class ZeroStateConvLSTM(nn.Module):
 
 
 class CoarseFusion(nn.Module):
-    """CFM at one scale: conv→PReLU → ConvLSTM → conv→PReLU, plus the input (residual)."""
+    """CFM at one scale: conv→PReLU → ConvLSTM → conv→PReLU on the fused input, plus the scale's own feature.
+
+    The residual adds the *unfused* shallow feature, as the official graph does (``res2_lstmout += rain2``,
+    ``res_lstmout += rain1``), not the fused input the branch reads (``rain2_e``, ``rain1_e``).
+    """
 
     def __init__(self, channels: int, mid: int, nf: int, fast: bool) -> None:
         super().__init__()
@@ -136,8 +140,10 @@ class CoarseFusion(nn.Module):
         self.lstm = ZeroStateConvLSTM(mid, nf, fast=fast)
         self.expand = ConvAct(nf, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.expand(self.lstm(self.reduce(x)))
+    def forward(self, fused: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        """``fused`` = shallow feature + upsampled coarser results, ``shallow`` = this scale's own feature
+        (both ``B×C×H×W``); at the coarsest scale they are the same tensor."""
+        return shallow + self.expand(self.lstm(self.reduce(fused)))
 
 
 class ScaleBranch(nn.Module):
@@ -225,9 +231,15 @@ class MSPFN(nn.Module):
                 m.fast = value
 
     def _init_weights(self) -> None:
+        """As the official code: Xavier-uniform convs (RCAB biases 0), ConvLSTM convs truncated normal
+        σ = 1e-3 (cut at 2σ, TF's truncated_normal_initializer) with zero bias; PReLU alphas 0."""
+        lstm_convs = {id(m.conv) for m in self.modules() if isinstance(m, ZeroStateConvLSTM)}
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.xavier_uniform_(m.weight)
+                if id(m) in lstm_convs:
+                    nn.init.trunc_normal_(m.weight, std=1e-3, a=-2e-3, b=2e-3)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
@@ -268,10 +280,10 @@ class MSPFN(nn.Module):
         x2, x4 = F.avg_pool2d(x1, 2), F.avg_pool2d(x1, 4)
         f1, f2, f4 = (s(x) for s, x in zip(self.shallow, (x1, x2, x4), strict=True))
         cfm1, cfm2, cfm4 = self.cfm
-        c4 = cfm4(f4)
+        c4 = cfm4(f4, f4)
         u4 = self.up_c4(c4)
-        c2 = cfm2(f2 + u4)
-        c1 = cfm1(f1 + self.up_c2(c2) + self.up_c4_full(u4))
+        c2 = cfm2(f2 + u4, f2)
+        c1 = cfm1(f1 + self.up_c2(c2) + self.up_c4_full(u4), f1)
         r4, r2, r1 = c4, c2, c1
         for unit in self.units:
             r4, r2, r1 = unit(r4, r2, r1)
