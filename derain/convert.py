@@ -103,7 +103,7 @@ def mspfn_from_tf_variables(variables: Mapping[str, np.ndarray], rgb: bool = Tru
     ignored = sorted(set(variables) - set(weights))
     scope, unit = _scope_and_unit(weights)
     arch = _infer_arch(weights, scope, unit)
-    name, config = _as_registered(arch)
+    name, config = _as_registered(arch, prefer="mspfn-m17n1" if unit == "BCM" else "mspfn")
     model = build_model(name, **config)
     table = _name_table(scope, unit, arch["units"], arch["rcabs"])
     state = _convert_state(weights, table, model, rgb)
@@ -168,8 +168,9 @@ def _infer_arch(weights: Mapping[str, np.ndarray], scope: str, unit: str) -> dic
     }
 
 
-def _as_registered(arch: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The registered base config closest to ``arch`` and the overrides that make it ``arch``."""
+def _as_registered(arch: dict[str, Any], prefer: str) -> tuple[str, dict[str, Any]]:
+    """The registered base config closest to ``arch`` (``prefer`` on a tie) and the overrides that make it
+    ``arch``."""
     from derain.models.mspfn import CONFIGS, MSPFN
 
     defaults = {k: p.default for k, p in inspect.signature(MSPFN).parameters.items()}
@@ -178,7 +179,7 @@ def _as_registered(arch: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         ref = {**defaults, **CONFIGS[base]}
         return {k: v for k, v in arch.items() if list(np.atleast_1d(ref[k])) != list(np.atleast_1d(v))}
 
-    base = min(_BASES, key=lambda b: len(diff(b)))
+    base = min(sorted(_BASES, key=lambda b: b != prefer), key=lambda b: len(diff(b)))
     return base, diff(base)
 
 
