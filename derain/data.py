@@ -25,6 +25,7 @@ from derain.imageio import ImageReadError, list_images, read_image, to_tensor
 
 __all__ = [
     "LAYOUTS",
+    "MANY_TO_ONE_LAYOUTS",
     "Pair",
     "PairError",
     "PairSource",
@@ -35,15 +36,20 @@ __all__ = [
     "dihedral_inverse",
     "find_pairs",
     "natural_key",
+    "pairs_flat",
     "pairs_from_dirs",
     "sample_batch",
     "validate_pairs",
 ]
 
-# (rainy folder, clean folder) of the paired layouts in common use (DESIGN.md §3).
+# (rainy folder, clean folder) of the paired layouts in common use (DESIGN.md §3): one rainy image per clean one.
 LAYOUTS: tuple[tuple[str, str], ...] = (("rain", "norain"), ("input", "target"), ("rainy", "gt"))
-# File-name prefixes stripped before matching (Rain100L/H: rain-001.png <-> norain-001.png).
+# Several rainy images per clean one: Rain14000 / Rain12600 (Fu et al.), rainy_image/i_j.jpg <-> ground_truth/i.jpg.
+MANY_TO_ONE_LAYOUTS: tuple[tuple[str, str], ...] = (("rainy_image", "ground_truth"),)
+# File-name prefixes stripped before matching (Rain100L/H: rain-001.png <-> norain-001.png). In one flat folder
+# (PReNet's RainTrainH/L and test sets: rain-N.png beside norain-N.png) they tell rainy from clean.
 _NAME_PREFIXES = ("norain-", "rain-")
+_FLAT_RAINY, _FLAT_CLEAN = "rain-", "norain-"
 # PairedImages(cache="auto") keeps decoded images in memory when they need less than this (float32).
 CACHE_AUTO_BYTES = 2 << 30
 _MAX_LISTED = 10
@@ -79,46 +85,92 @@ def natural_key(text: str) -> list[Any]:
 
 
 def find_pairs(root: str | Path, skip_bad: bool = False, validate: bool = True) -> list[Pair]:
-    """Pairs under ``root`` in one of the :data:`LAYOUTS` (``rain/``+``norain/``, ``input/``+``target/``,
-    ``rainy/``+``gt/``), naturally sorted by name.
+    """Pairs under ``root`` in a layout the field uses, naturally sorted by name:
+
+    - two folders with the same names: ``rain/``+``norain/`` (Rain100L/H), ``input/``+``target/`` (Rain13K,
+      Test1200/2800), ``rainy/``+``gt/``;
+    - several rainy images per clean one: ``rainy_image/i_j.jpg`` ↔ ``ground_truth/i.jpg`` (Rain14000, Rain12600);
+    - one flat folder of ``rain-N.png`` beside ``norain-N.png`` (PReNet's RainTrainH/L and test folders).
 
     Unmatched, size-mismatched (PIL header check when ``validate``) or unreadable files raise
-    :class:`PairError` naming them; ``skip_bad=True`` drops them instead and warns with the count.
+    :class:`PairError` naming them; ``skip_bad=True`` drops them instead and warns with the count. A folder that
+    matches no layout is an error listing what it holds.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"paired data folder not found: {root}")
-    found = [(r, c) for r, c in LAYOUTS if (root / r).is_dir() and (root / c).is_dir()]
+    found = [(r, c) for r, c in (*LAYOUTS, *MANY_TO_ONE_LAYOUTS) if (root / r).is_dir() and (root / c).is_dir()]
+    flat = _flat_counts(root)
+    if not found and flat[0] and flat[1]:
+        return pairs_flat(root, skip_bad=skip_bad, validate=validate)
     if not found:
-        looked = ", ".join(f"{r}/ + {c}/" for r, c in LAYOUTS)
-        raise PairError(f"{root}: no known paired layout (looked for {looked})")
+        raise PairError(f"{root}: no known paired layout; {_describe_folder(root, flat)}. Looked for "
+                        + ", ".join(f"{r}/ + {c}/" for r, c in (*LAYOUTS, *MANY_TO_ONE_LAYOUTS))
+                        + f", or {_FLAT_RAINY}N + {_FLAT_CLEAN}N images side by side (pass the two folders "
+                        "explicitly with rainy=/clean= otherwise)")
     if len(found) > 1:
         both = " and ".join(f"{r}/ + {c}/" for r, c in found)
         raise PairError(f"{root}: ambiguous layout, found {both}; pass the folders explicitly (pairs_from_dirs)")
     rainy, clean = found[0]
-    return pairs_from_dirs(root / rainy, root / clean, skip_bad=skip_bad, validate=validate)
+    return pairs_from_dirs(root / rainy, root / clean, skip_bad=skip_bad, validate=validate,
+                           many_to_one=(rainy, clean) in MANY_TO_ONE_LAYOUTS)
 
 
 def pairs_from_dirs(
     rainy_dir: str | Path, clean_dir: str | Path, skip_bad: bool = False, validate: bool = True,
-    sides: tuple[str, str] = ("rainy", "clean"),
+    sides: tuple[str, str] = ("rainy", "clean"), many_to_one: bool = False,
 ) -> list[Pair]:
     """Pair the images of two folders by file stem (same names, or same stems with other extensions).
 
     A ``rain-``/``norain-`` prefix shared by every file of a folder is ignored, so ``rain-001.png`` pairs with
-    ``norain-001.png``. Errors and ``skip_bad`` as in :func:`find_pairs`; ``sides`` names the two folders in
-    messages (e.g. ``("pred", "gt")``).
+    ``norain-001.png``. ``many_to_one``: rainy stems are ``<clean stem>_<k>`` (Rain14000's ``12_3.jpg`` is the
+    third rainy version of ``12.jpg``); each rainy image is a pair named by its own stem. Errors and
+    ``skip_bad`` as in :func:`find_pairs`; ``sides`` names the two folders in messages (e.g. ``("pred", "gt")``).
     """
-    rainy_files, clean_files = list_images(rainy_dir), list_images(clean_dir)
+    return _pair_files(list_images(rainy_dir), list_images(clean_dir), skip_bad, validate, sides, many_to_one,
+                       where=(str(rainy_dir), str(clean_dir)))
+
+
+def pairs_flat(root: str | Path, skip_bad: bool = False, validate: bool = True) -> list[Pair]:
+    """Pairs of ``rain-N.*`` and ``norain-N.*`` images in one folder (PReNet's layout); other images in the
+    folder are errors (``skip_bad`` skips them with a warning)."""
+    files = list_images(root)
+    rainy = [f for f in files if f.stem.startswith(_FLAT_RAINY)]
+    clean = [f for f in files if f.stem.startswith(_FLAT_CLEAN)]
+    others = [f for f in files if f not in rainy and f not in clean]
+    problems = [f"{f}: neither {_FLAT_RAINY}* nor {_FLAT_CLEAN}* in a flat paired folder" for f in others]
+    _report(problems, skip_bad, f"reading the flat paired folder {root}")
+    return _pair_files(rainy, clean, skip_bad, validate, ("rainy", "clean"), False, where=(str(root), str(root)))
+
+
+def _pair_files(rainy_files: list[Path], clean_files: list[Path], skip_bad: bool, validate: bool,
+                sides: tuple[str, str], many_to_one: bool, where: tuple[str, str]) -> list[Pair]:
+    rainy_dir, clean_dir = where
     problems: list[str] = []
     rainy_keys = _keyed(rainy_files, problems)
     clean_keys = _keyed(clean_files, problems)
-    for key in sorted(rainy_keys.keys() - clean_keys.keys(), key=natural_key):
-        problems.append(f"{rainy_keys[key]}: no {sides[1]} image matches it in {clean_dir}")
-    for key in sorted(clean_keys.keys() - rainy_keys.keys(), key=natural_key):
-        problems.append(f"{clean_keys[key]}: no {sides[0]} image matches it in {rainy_dir}")
-    pairs = [Pair(rainy_keys[k], clean_keys[k], k) for k in sorted(rainy_keys.keys() & clean_keys.keys(),
-                                                                   key=natural_key)]
+    if many_to_one:
+        groups: dict[str, list[str]] = {}
+        for name, path in rainy_keys.items():
+            base, sep, k = name.rpartition("_")
+            if not sep or not base or not k:
+                problems.append(f"{path}: a rainy image here must be named <clean name>_<k> (e.g. 12_3.jpg)")
+                continue
+            groups.setdefault(base, []).append(name)
+        matched = sorted(groups.keys() & clean_keys.keys(), key=natural_key)
+        for base in sorted(groups.keys() - clean_keys.keys(), key=natural_key):
+            problems += [f"{rainy_keys[n]}: no {sides[1]} image {base}.* in {clean_dir}" for n in groups[base]]
+        for key in sorted(clean_keys.keys() - groups.keys(), key=natural_key):
+            problems.append(f"{clean_keys[key]}: no {sides[0]} image {key}_<k>.* matches it in {rainy_dir}")
+        pairs = [Pair(rainy_keys[n], clean_keys[base], n) for base in matched
+                 for n in sorted(groups[base], key=natural_key)]
+    else:
+        for key in sorted(rainy_keys.keys() - clean_keys.keys(), key=natural_key):
+            problems.append(f"{rainy_keys[key]}: no {sides[1]} image matches it in {clean_dir}")
+        for key in sorted(clean_keys.keys() - rainy_keys.keys(), key=natural_key):
+            problems.append(f"{clean_keys[key]}: no {sides[0]} image matches it in {rainy_dir}")
+        pairs = [Pair(rainy_keys[k], clean_keys[k], k)
+                 for k in sorted(rainy_keys.keys() & clean_keys.keys(), key=natural_key)]
     _report(problems, skip_bad, f"pairing {rainy_dir} with {clean_dir}")
     if not pairs:
         raise PairError(f"no image pairs found in {rainy_dir} and {clean_dir}")
@@ -127,6 +179,23 @@ def pairs_from_dirs(
         if not pairs:
             raise PairError(f"no usable image pairs in {rainy_dir} and {clean_dir} (all skipped)")
     return pairs
+
+
+def _flat_counts(root: Path) -> tuple[int, int, int]:
+    """``(rain-* images, norain-* images, other images)`` directly in ``root``."""
+    files = list_images(root)
+    rainy = sum(f.stem.startswith(_FLAT_RAINY) for f in files)
+    clean = sum(f.stem.startswith(_FLAT_CLEAN) for f in files)
+    return rainy, clean, len(files) - rainy - clean
+
+
+def _describe_folder(root: Path, flat: tuple[int, int, int]) -> str:
+    """What ``root`` holds, for the no-layout error: its sub-folders and its images by name prefix."""
+    dirs = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+    shown = ", ".join(dirs[:_MAX_LISTED]) + (" ..." if len(dirs) > _MAX_LISTED else "")
+    rainy, clean, other = flat
+    return (f"found {len(dirs)} folder(s){': ' + shown if dirs else ''} and {rainy + clean + other} image(s) "
+            f"({rainy} named {_FLAT_RAINY}*, {clean} named {_FLAT_CLEAN}*, {other} other)")
 
 
 def validate_pairs(pairs: Sequence[Pair], skip_bad: bool = False) -> list[Pair]:

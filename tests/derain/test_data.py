@@ -90,6 +90,70 @@ def test_no_layout_lists_what_it_looked_for(tmp_path: Path) -> None:
         find_pairs(tmp_path / "nowhere")
 
 
+def test_rain14000_many_rainy_images_per_clean_one(tmp_path: Path, rng: np.random.Generator) -> None:
+    """rainy_image/i_j.jpg <-> ground_truth/i.jpg: every rainy version is a pair with the same clean image."""
+    for i in (1, 2, 10):
+        clean = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+        save_png(tmp_path / "ground_truth" / f"{i}.jpg", clean)  # PIL writes by extension: a JPEG
+        for j in (1, 2, 14):
+            save_png(tmp_path / "rainy_image" / f"{i}_{j}.png", 255 - clean)
+    pairs = find_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["1_1", "1_2", "1_14", "2_1", "2_2", "2_14", "10_1", "10_2", "10_14"]
+    assert all(p.clean == tmp_path / "ground_truth" / f"{p.name.split('_')[0]}.jpg" for p in pairs)
+    assert all(p.rainy == tmp_path / "rainy_image" / f"{p.name}.png" for p in pairs)
+    ds = PairedImages(pairs, cache=False)
+    assert len(ds) == 9 and ds[4][1].shape == (3, 10, 12)
+
+
+def test_rain14000_unmatched_files_are_named(tmp_path: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for name in ("1_1", "1_2", "3_1", "nosuffix"):
+        save_png(tmp_path / "rainy_image" / f"{name}.png", img)
+    for name in ("1", "2"):
+        save_png(tmp_path / "ground_truth" / f"{name}.png", img)
+    with pytest.raises(PairError) as err:
+        find_pairs(tmp_path)
+    msg = str(err.value)
+    assert "3 bad pair(s)" in msg and "3_1.png: no clean image 3.*" in msg
+    assert "nosuffix.png: a rainy image here must be named <clean name>_<k>" in msg
+    assert "2.png: no rainy image 2_<k>.* matches it" in msg
+    with pytest.warns(UserWarning, match="skipped 3 bad pair"):
+        assert [p.name for p in find_pairs(tmp_path, skip_bad=True)] == ["1_1", "1_2"]
+
+
+def test_prenet_flat_folder(tmp_path: Path, rng: np.random.Generator) -> None:
+    """PReNet's RainTrainH/L: rain-N.png beside norain-N.png in one folder."""
+    for n in (1, 2, 10):
+        img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+        save_png(tmp_path / f"norain-{n}.png", img)
+        save_png(tmp_path / f"rain-{n}.png", 255 - img)
+    pairs = find_pairs(tmp_path)
+    assert [(p.name, p.rainy.name, p.clean.name) for p in pairs] == [
+        (n, f"rain-{n}.png", f"norain-{n}.png") for n in ("1", "2", "10")]
+    rainy, clean = PairedImages(pairs, cache=False).get_pair(2)
+    np.testing.assert_allclose(rainy, 1 - clean, atol=1e-6)
+    save_png(tmp_path / "rain-11.png", 255 - img)
+    save_png(tmp_path / "readme.png", img)
+    with pytest.raises(PairError, match=r"readme.png: neither rain-\* nor norain-\*"):
+        find_pairs(tmp_path)
+    (tmp_path / "readme.png").unlink()
+    with pytest.raises(PairError, match="rain-11.png: no clean image matches it"):
+        find_pairs(tmp_path)
+
+
+def test_no_layout_error_lists_what_was_found(tmp_path: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "labels").mkdir()
+    save_png(tmp_path / "rain-1.png", img)
+    save_png(tmp_path / "a.png", img)
+    with pytest.raises(PairError) as err:
+        find_pairs(tmp_path)
+    msg = str(err.value)
+    assert "found 2 folder(s): labels/, photos/ and 2 image(s) (1 named rain-*, 0 named norain-*, 1 other)" in msg
+    assert "rainy_image/ + ground_truth/" in msg and "rain-N + norain-N images side by side" in msg
+
+
 def test_explicit_dirs_match_stems_across_extensions(tmp_path: Path, rng: np.random.Generator) -> None:
     img = rng.integers(0, 256, (8, 9, 3), dtype=np.uint8)
     save_png(tmp_path / "r" / "x1.png", img)
