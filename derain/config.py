@@ -155,6 +155,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if len(args) == 2 and args[1] is not Any:  # e.g. dict[str, SourceConfig]: convert each value
+            return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):

@@ -31,10 +31,12 @@ __all__ = [
     "PairSource",
     "PairedImages",
     "PatchSampler",
+    "SubsetSource",
     "SynthPairs",
     "dihedral",
     "dihedral_inverse",
     "find_pairs",
+    "holdout_split",
     "natural_key",
     "pairs_flat",
     "pairs_from_dirs",
@@ -290,6 +292,10 @@ class PairedImages(torch.utils.data.Dataset):
         """The pair's name (shared file stem)."""
         return self.pairs[index].name
 
+    def group(self, index: int) -> str:
+        """Pairs with the same clean image share a group (Rain14000: the 14 rain versions of one photo)."""
+        return str(self.pairs[index].clean)
+
     def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rainy, clean)`` as ``H×W×3`` float32 arrays in [0, 1]; a size mismatch names both files."""
         if index in self._cache:
@@ -367,6 +373,10 @@ class SynthPairs:
         stem = Path(item).stem if isinstance(item, (str, Path)) else f"{image_index:04d}"
         return f"{stem}_{self.presets[preset]}" + (f"_v{variant}" if variant else "")
 
+    def group(self, index: int) -> str:
+        """Every preset and variant of one clean image share a group."""
+        return str(self._split(index)[0])
+
     def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rainy, clean)`` ``H×W×3`` float32 arrays in [0, 1], deterministic for ``(seed, index)``."""
         if not 0 <= index < len(self):
@@ -394,6 +404,55 @@ class SynthPairs:
         if self.cache:
             self._clean[i] = img
         return img
+
+
+class SubsetSource:
+    """The pairs ``indices`` of ``source`` (same interface: ``len``, ``get_pair``, ``name``, ``group``)."""
+
+    def __init__(self, source: PairSource, indices: Sequence[int]) -> None:
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.source.get_pair(self.indices[index])
+
+    def name(self, index: int) -> str:
+        inner = getattr(self.source, "name", None)
+        return inner(self.indices[index]) if inner else str(self.indices[index])
+
+    def group(self, index: int) -> str:
+        return _group(self.source, self.indices[index])
+
+
+def holdout_split(source: PairSource, count: int, seed: int) -> tuple[SubsetSource, SubsetSource]:
+    """``(train, held_out)``: at least ``count`` pairs held out for validation, whole groups at a time (pairs
+    sharing a clean image never straddle the split), chosen in a seeded random order so they spread over the set.
+    """
+    n = len(source)
+    groups: dict[str, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(_group(source, i), []).append(i)
+    if not 0 < count < n or len(groups) < 2:
+        raise ValueError(f"cannot hold out {count} of {n} pairs ({len(groups)} clean image(s)) for validation: "
+                         "need 0 < count < pairs and at least 2 clean images")
+    order = list(groups)
+    g = torch.Generator().manual_seed(_derive_seed(seed, 3))
+    held: list[int] = []
+    for k in torch.randperm(len(order), generator=g).tolist():
+        if len(held) >= count:
+            break
+        held += groups[order[k]]
+    if len(held) >= n:
+        raise ValueError(f"holding out {count} pairs leaves none to train on (groups of shared clean images)")
+    held_set = set(held)
+    return SubsetSource(source, [i for i in range(n) if i not in held_set]), SubsetSource(source, sorted(held))
+
+
+def _group(source: PairSource, index: int) -> str:
+    group = getattr(source, "group", None)
+    return group(index) if group else str(index)
 
 
 def _read(path: Path) -> np.ndarray:

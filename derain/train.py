@@ -9,6 +9,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -99,9 +100,15 @@ class TrainConfig:
     val_every: int = 1000
     save_every: int = 1000
     val_limit: int | None = None  # validate on at most this many images
+    # Hold out this many training pairs as the validation set (seeded; pairs sharing a clean image stay together).
+    # Model selection (best/) then never sees a test set. Exclusive with ``val``.
+    val_holdout: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: SourceConfig = field(default_factory=SourceConfig)
     val: SourceConfig | None = None
+    # Test sets by name, scored once when training ends, with best/ (last weights without validation):
+    # ``test.json`` in the run folder. Never used for model selection.
+    test: dict[str, SourceConfig | None] = field(default_factory=dict)  # ``test.NAME=null`` drops one
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -199,8 +206,17 @@ class Trainer:
 
     def _build_data(self) -> None:
         """Hook: set ``self.train_src`` and ``self.val_src`` (None = no validation); subclasses add task models."""
-        self.train_src = build_source(self.cfg.train)
-        self.val_src = build_source(self.cfg.val) if self.cfg.val is not None else None
+        cfg = self.cfg
+        self.train_src = build_source(cfg.train)
+        self.val_src = build_source(cfg.val) if cfg.val is not None else None
+        if cfg.val_holdout:
+            from derain.data import holdout_split
+
+            if cfg.val is not None:
+                raise ValueError("set either val (a validation set) or val_holdout (pairs held out of train), not both")
+            self.train_src, self.val_src = holdout_split(self.train_src, cfg.val_holdout, cfg.seed)
+        # Test sets are opened now, so a wrong path fails before training rather than after it.
+        self.test_srcs = {name: build_source(src) for name, src in getattr(cfg, "test", {}).items() if src is not None}
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Hook: optimizer parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
@@ -309,7 +325,28 @@ class Trainer:
             if logger:
                 logger.close()
             cleanup_distributed(self.dist)
+        if not interrupted and main and getattr(self, "test_srcs", None):
+            self._score_tests()
         return TrainResult(self.run_dir, self.step, interrupted, self.best_psnr, self._stop_signal)
+
+    def _score_tests(self) -> dict[str, dict[str, Any]]:
+        """Score every test set once with best/ (or the final weights when there was no validation);
+        writes ``test.json`` and prints one line per set."""
+        from derain.checkpoint import atomic_write_text
+
+        best = self.run_dir / "best"
+        which = "best" if self.val_src is not None and (best / "model.safetensors").is_file() else "last"
+        model = build_model(self.cfg.model.name, **self.cfg.model.options)
+        load_weights(model, self.run_dir / which)
+        model.to(self.device)
+        results: dict[str, dict[str, Any]] = {}
+        for name, source in self.test_srcs.items():
+            scores = evaluate(model, source, self.device, amp=self.cfg.amp)
+            results[name] = {**scores, "images": len(source), "checkpoint": which}
+            print(f"test {name}: psnr_y {scores['psnr_y']:.3f} dB, ssim_y {scores['ssim_y']:.4f} "
+                  f"({len(source)} images, {which}/ weights)")
+        atomic_write_text(self.run_dir / "test.json", json.dumps(results, indent=2) + "\n")
+        return results
 
     def _sample(self, step: int) -> Any:
         """This rank's batch for ``step`` (a pure function of (seed, step)): ``(rainy, clean)`` on the device."""

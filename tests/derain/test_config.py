@@ -73,3 +73,18 @@ def test_paper_recipe_values() -> None:
     assert (cfg.model.name, cfg.batch_size, cfg.patch_size) == ("mspfn", 12, 96)
     assert (cfg.optim.lr, cfg.optim.decay_rate, cfg.optim.decay_steps, cfg.optim.min_lr) == (5e-4, 0.8, 20000, 1e-6)
     assert cfg.optim.betas == (0.9, 0.999) and cfg.loss.edge_weight == 0.05 and cfg.loss.eps == 1e-3
+
+
+def test_paper_recipe_config_is_faithful() -> None:
+    """configs/mspfn_rain13k.yaml: the official recipe in fp32, validation held out of train, tests at the end."""
+    from derain.train import lr_at
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "mspfn_rain13k.yaml"
+    cfg = load_config(TrainConfig, path, ["test.Test2800=null"])
+    assert (cfg.model.name, cfg.amp, cfg.batch_size, cfg.patch_size, cfg.augment) == ("mspfn", False, 12, 96,
+                                                                                     "dihedral")
+    assert cfg.val is None and cfg.val_holdout == 200
+    assert sorted(k for k, v in cfg.test.items() if v is not None) == ["Rain100H", "Rain100L", "Test100", "Test1200"]
+    assert cfg.test["Test2800"] is None
+    assert lr_at(0, cfg.optim) == pytest.approx(5e-4 + 1e-6)
+    assert lr_at(300_000, cfg.optim) == pytest.approx(1.86e-5, rel=0.01)  # the figure the config's comment quotes

@@ -150,3 +150,50 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path, clean_dir: Path
     w1, w2 = weights(tmp_path / "one/run/last"), weights(tmp_path / "ddp/run/last")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_val_holdout_and_test_sets_scored_once_at_the_end(tmp_path: Path, clean_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Validation on pairs held out of train (whole clean images), test sets scored once with best/."""
+    import json
+
+    from derain.checkpoint import load_derainer
+    from derain.train import build_source, evaluate
+
+    cfg = config(tmp_path, clean_dir, "val=null", "val_holdout=2", "train.variants=2", "iters=4",
+                 f"test={{a: {{clean: {clean_dir}, limit: 2, seed: 5}}, b: {{clean: {clean_dir}, skip: 3}}, c: null}}")
+    assert set(cfg.test) == {"a", "b", "c"} and cfg.test["b"].skip == 3  # dict[str, SourceConfig] from YAML
+    result = train(cfg, progress=False)
+    assert result.best_psnr is not None
+    report = json.loads((tmp_path / "run" / "test.json").read_text())
+    assert set(report) == {"a", "b"} and report["a"]["images"] == 2 and report["b"]["images"] == 1
+    assert report["a"]["checkpoint"] == "best"
+    best = load_derainer(tmp_path / "run" / "best")
+    expected = evaluate(best, build_source(cfg.test["a"]), torch.device("cpu"))
+    assert report["a"]["psnr_y"] == pytest.approx(expected["psnr_y"], abs=1e-9)
+    assert "test a: psnr_y" in capsys.readouterr().out
+
+
+def test_missing_test_set_fails_before_training(tmp_path: Path, clean_dir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(config(tmp_path, clean_dir, f"test={{x: {{pairs: {tmp_path / 'nowhere'}}}}}"), progress=False)
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
+def test_holdout_keeps_groups_together_and_is_seeded(clean_dir: Path) -> None:
+    from derain.data import SynthPairs, holdout_split
+
+    source = SynthPairs(clean_dir, preset=["light", "heavy"], variants=2)  # 4 images × 4 rain versions
+    train_a, held_a = holdout_split(source, 3, seed=0)
+    train_b, held_b = holdout_split(source, 3, seed=0)
+    assert held_a.indices == held_b.indices and len(held_a) == 4  # one whole image's 4 versions (>= 3 asked)
+    assert {held_a.group(i) for i in range(len(held_a))}.isdisjoint({train_a.group(i) for i in range(len(train_a))})
+    assert sorted(train_a.indices + held_a.indices) == list(range(16))
+    assert any(holdout_split(source, 3, seed=s)[1].indices != held_a.indices for s in range(1, 6))  # seeded
+    with pytest.raises(ValueError, match="cannot hold out 16 of 16"):
+        holdout_split(source, 16, seed=0)
+
+
+def test_val_and_val_holdout_are_exclusive(tmp_path: Path, clean_dir: Path) -> None:
+    with pytest.raises(ValueError, match="either val .* or val_holdout"):
+        train(config(tmp_path, clean_dir, "val_holdout=1"), progress=False)
