@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(unwrap(model).state_dict(), folder / WEIGHTS_FILE)
     meta = {"name": name, "config": dict(config or {}), "step": int(step), **dict(extra or {})}
+    revision = getattr(unwrap(model), "arch_revision", None)
+    if revision is not None:  # which wiring of the architecture the weights belong to (see check_revision)
+        meta["arch_revision"] = int(revision)
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     return folder
 
@@ -153,6 +157,8 @@ def load_derainer(model: str | Path, weights: str | Path | None = None, **overri
         meta = read_meta(model_str)
         net = build_model(meta["name"], **{**meta.get("config", {}), **overrides})
         load_weights(net, weights or model_str)
+        if weights is None:
+            check_revision(net, meta, model_str)
         net.derain_checkpoint = meta  # type: ignore[attr-defined]
     elif model_str in list_models():
         net = build_model(model_str, **overrides)
@@ -166,6 +172,16 @@ def load_derainer(model: str | Path, weights: str | Path | None = None, **overri
             f"nor a checkpoint folder{hint}"
         )
     return net.eval()
+
+
+def check_revision(model: nn.Module, meta: Mapping[str, Any], where: str | Path) -> None:
+    """Warn when a checkpoint was saved for an older wiring of ``model``'s architecture (``arch_revision``)."""
+    current = getattr(unwrap(model), "arch_revision", None)
+    saved = int(meta.get("arch_revision", 1))
+    if current is not None and saved < current:
+        note = getattr(unwrap(model), "arch_revision_note", "the architecture changed since")
+        warnings.warn(f"{where}: checkpoint of {meta.get('name')} architecture revision {saved}, this is revision "
+                      f"{current}: {note}", stacklevel=3)
 
 
 def _checkpoint_folder(path: Path) -> Path | None:

@@ -1,3 +1,3 @@
 """derainbench: the composition root. The ``derainbench`` command dispatches to derain/downstream/eval/reports."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -191,6 +191,13 @@ class MSPFN(nn.Module):
     """
 
     size_multiple = 8
+    # Revision 2 (derainbench 0.2.0): the coarse fusion adds back the scale's own shallow feature, as the
+    # official graph does. Revision-1 checkpoints (no "arch_revision" in model.json) were trained with the fused
+    # input added back instead; they still load, with a warning, but compute another function than trained.
+    arch_revision = 2
+    arch_revision_note = ("before derainbench 0.2.0 MSPFN's coarse fusion added back the fused input instead of "
+                          "the scale's own shallow feature (the official graph); weights trained on that wiring "
+                          "give different outputs now: retrain or fine-tune them")
 
     def __init__(
         self,

@@ -65,3 +65,21 @@ def test_add_model_refuses_silent_replacement() -> None:
     add_model("test-twice", nn.Identity, override=True)
     with pytest.raises(KeyError, match="already registered"):
         add_model("test-twice", nn.Sequential)
+
+
+def test_mspfn_checkpoint_of_the_old_wiring_warns(tmp_path: Path) -> None:
+    """Checkpoints record the architecture revision; one saved before the coarse-fusion fix loads with a warning."""
+    import json
+    import warnings
+
+    model = build_model("mspfn-lite", units=1)
+    folder = save_checkpoint(tmp_path / "new", model, name="mspfn-lite", config={"units": 1})
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["arch_revision"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_derainer(folder)
+    del meta["arch_revision"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="revision 1, this is revision 2: before derainbench 0.2.0"):
+        load_derainer(folder)

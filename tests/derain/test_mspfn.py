@@ -79,3 +79,32 @@ def test_residual_formulation_zero_rain_gives_input() -> None:
         model.rec_out.weight.zero_()
     x = torch.rand(1, 3, 24, 40)
     torch.testing.assert_close(model(x), x, atol=1e-6, rtol=0)
+
+
+def test_coarse_fusion_residual_is_the_scales_own_shallow_feature() -> None:
+    """Official graph: ``res2_lstmout += rain2`` (not the fused ``rain2_e``). With the CFM branch silenced, each
+    scale's CFM output must equal its shallow feature even though coarser results were fused into its input."""
+    model = tiny()
+    randomize(model)
+    with torch.no_grad():
+        for cfm in model.cfm:
+            cfm.expand[0].weight.zero_()
+    seen: dict[str, torch.Tensor] = {}
+    for i, (shallow, cfm) in enumerate(zip(model.shallow, model.cfm, strict=True)):
+        shallow.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(f"f{i}", out))
+        cfm.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(f"c{i}", out))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 48))
+    for i in range(3):  # full, 1/2, 1/4
+        torch.testing.assert_close(seen[f"c{i}"], seen[f"f{i}"], atol=0, rtol=0)
+
+
+def test_convlstm_initialised_like_the_official_code() -> None:
+    """ConvLSTM convs: truncated normal σ = 1e-3 (cut at 2σ), zero bias; other convs Xavier; PReLU 0."""
+    model = build_model("mspfn-lite")
+    for cell in (m for m in model.modules() if isinstance(m, ZeroStateConvLSTM)):
+        w = cell.conv.weight
+        assert w.abs().max() <= 2e-3 and 0.7e-3 < w.std() < 1e-3  # truncation at 2σ shrinks σ to ~0.88e-3
+        assert torch.all(cell.conv.bias == 0)
+    assert model.shallow[0][0].weight.std() > 0.05  # Xavier, not the tiny LSTM init
+    assert all(torch.all(m.weight == 0) for m in model.modules() if isinstance(m, torch.nn.PReLU))
