@@ -6,6 +6,7 @@ Unknown keys are errors that name the key and the file, so a typo never silently
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]*")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is safe as one file-name component (a run, dataset or derainer name becomes part of output
+    paths), else a ConfigError: letters, digits and ``. _ + - @ =``, starting with a letter or digit (no ``/``,
+    ``..``, spaces or hidden names), at most 100 characters."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or len(value) > 100:
+        raise ConfigError(f"{what} {value!r} is not a plain name: use letters, digits and . _ + - @ =, starting with a "
+                          "letter or digit (it becomes part of output paths, so no '/', '..' or spaces)")
+    return value
 
 
 def to_dict(obj: Any) -> Any:

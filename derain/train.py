@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from derain.checkpoint import load_weights, save_checkpoint, unwrap
-from derain.config import save_config
+from derain.config import check_name, save_config
 from derain.imageio import to_tensor
 from derain.losses import MSPFNLoss
 from derain.registry import build_model
@@ -173,7 +173,7 @@ class Trainer:
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
-        self.run_dir = Path(cfg.out) / cfg.name
+        self.run_dir = Path(cfg.out) / check_name(cfg.name, "run name")
         self.step = 0
         self.best_psnr: float | None = None
         self._stop_signal: int | None = None

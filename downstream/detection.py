@@ -132,6 +132,29 @@ def _missing_weights_error(path: Path) -> FileNotFoundError:
     )
 
 
+def require_safe_checkpoint(path: str | Path) -> None:
+    """Refuse a YOLO ``.pt`` that ``torch.load(weights_only=True)`` with ultralytics' allow-list of model classes
+    cannot read: a pickle that would run code is never unpickled (ultralytics' default load is unrestricted).
+
+    Raises ``ValueError`` naming the file; ``RuntimeError`` when this torch/ultralytics cannot load safely at all.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics.nn import tasks
+
+    safe = getattr(tasks, "_SafeLoad", None)
+    if safe is None or not getattr(safe, "SUPPORTED", False) or not hasattr(tasks, "torch_safe_load"):
+        raise RuntimeError(f"cannot load {path} safely: restricted (weights_only) loading of YOLO checkpoints needs "
+                           "torch >= 2.6 and an ultralytics release with ULTRALYTICS_SAFE_LOAD; upgrade them")
+    try:
+        tasks.torch_safe_load(str(path), safe_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(
+            f"refused to load {path}: it is not a plain ultralytics checkpoint that loads with "
+            f"torch.load(weights_only=True) and ultralytics' allow-list ({type(exc).__name__}: {exc}). A crafted .pt "
+            "can run code when unpickled; re-save trusted weights with ultralytics, or rebuild from a model .yaml."
+        ) from exc
+
+
 def _names_list(names: Any, nc: int) -> list[str]:
     if isinstance(names, dict):
         return [str(names.get(i, i)) for i in range(nc)]
@@ -154,6 +177,7 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
     if suffix == ".pt":
         if not path.is_file():
             raise _missing_weights_error(path)
+        require_safe_checkpoint(path)
         from ultralytics.nn.tasks import load_checkpoint
 
         net, _ = load_checkpoint(str(path), device=device)
@@ -201,8 +225,10 @@ def train_detector(
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
         raise FileNotFoundError(f"detection data yaml not found: {data_yaml} (an ultralytics data.yaml is needed)")
-    if Path(model).suffix.lower() == ".pt" and not Path(model).is_file():
-        raise _missing_weights_error(Path(model))
+    if Path(model).suffix.lower() == ".pt":
+        if not Path(model).is_file():
+            raise _missing_weights_error(Path(model))
+        require_safe_checkpoint(model)
     from ultralytics import YOLO
 
     args: dict[str, Any] = {

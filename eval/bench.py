@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from derain.checkpoint import atomic_write_text, load_derainer
-from derain.config import save_config
+from derain.config import check_name, save_config
 from derain.imageio import quantize_uint8, to_tensor, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
@@ -107,6 +107,10 @@ def validate(cfg: BenchConfig) -> None:
     for sev in cfg.severities:
         if sev not in PRESETS:
             raise ValueError(f"unknown severity {sev!r}; rain presets are {', '.join(PRESETS)}")
+    for ds in cfg.datasets:
+        check_name(ds.name, "dataset name")
+    for d in cfg.derainers:
+        check_name(d.name, "derainer name")
     names = [d.name for d in cfg.derainers]
     clash = {"clean", "rainy"} & set(names) or {n for n in names if names.count(n) > 1}
     if clash:

@@ -215,3 +215,27 @@ def test_train_detector_keeps_torch_threads(tmp_path: Path, monkeypatch: pytest.
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload: unrestricted unpickling calls ``open(marker, "w")`` (creating the marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_pt_is_refused_without_running_its_code(tmp_path: Path) -> None:
+    """ultralytics unpickles .pt files without restriction by default; ours go through weights_only first."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCodeWhenUnpickled(marker), "train_args": {}}, evil)
+    with pytest.raises(ValueError, match=r"refused to load .*evil.pt.*weights_only=True"):
+        load_detector(evil)
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: x\nval: x\nnames: [a]\n")
+    with pytest.raises(ValueError, match="refused to load"):
+        train_detector(data, model=evil, epochs=1, imgsz=32, out_dir=tmp_path / "run")
+    assert not marker.exists()

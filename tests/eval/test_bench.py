@@ -78,6 +78,21 @@ def test_bench_errors_tell_what_to_do(setup: dict, tmp_path: Path) -> None:
         run_bench(bench_config(setup, tmp_path, "severities=[drizzle]"), progress=False)
 
 
+@pytest.mark.parametrize("field", ["dataset", "derainer"])
+@pytest.mark.parametrize("bad", ["../../escaped", "a/b", ".hidden", "with space", ""])
+def test_names_that_would_escape_the_out_folder_are_refused(setup: dict, tmp_path: Path, field: str,
+                                                            bad: str) -> None:
+    """Dataset and derainer names become file-name parts (cells, samples): path syntax is refused up front."""
+    root = setup["root"]
+    extra = (f"derainers=[{{name: '{bad}', model: identity}}]" if field == "derainer" else
+             f"datasets=[{{name: '{bad}', task: segmentation, format: masks, path: {root}/scenes/seg, "
+             f"model: {root}/seg-model}}]")
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError, match=f"{field} name .* is not a plain name"):
+        run_bench(bench_config(setup, out, extra), progress=False)
+    assert not (tmp_path / "a").exists()
+
+
 def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: Path) -> None:
     import os
     import subprocess
