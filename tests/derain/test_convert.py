@@ -173,3 +173,22 @@ def test_npz_errors(tmp_path: Path) -> None:
         convert_mspfn(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="neither a variables .npz nor a TF checkpoint"):
         convert_mspfn(tmp_path / "epoch44")
+
+
+def test_converted_folder_initialises_training(tiny_tf: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """model.init=DIR with the architecture model.json names: training starts from the converted weights."""
+    from derain.checkpoint import read_state_dict
+    from derain.config import load_config
+    from derain.train import TrainConfig, train
+
+    folder = save_converted(mspfn_from_tf_variables(tiny_tf), tmp_path / "ckpt")
+    meta = json.loads((folder / "model.json").read_text())
+    opts = json.dumps(meta["config"])
+    cfg = load_config(TrainConfig, None, [
+        f"out={tmp_path}", "name=ft", "iters=1", "batch_size=1", "patch_size=16", "device=cpu", "log_every=1",
+        "train.clean=skimage", "train.limit=1", f"model.name={meta['name']}", f"model.options={opts}",
+        f"model.init={folder}", "optim.lr=1e-12", "optim.min_lr=0"])
+    train(cfg, progress=False)
+    start, after = read_state_dict(folder), read_state_dict(tmp_path / "ft" / "last")
+    for k in start:  # one step at lr 1e-12 (Adam moves each weight by at most ~lr): still the converted weights
+        torch.testing.assert_close(after[k], start[k], atol=1e-9, rtol=0, msg=k)
