@@ -361,8 +361,51 @@ def per_class_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
             for key, metric in PER_CLASS_METRICS.items() for name, value in cell["metrics"].get(key, {}).items()]
 
 
+SUMMARY_SEVERITY = "mean"  # the ``severity`` of robustness rows (averages over the run's rain severities)
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``drop_<m>`` = clean − rainy and ``recovery_<m>`` = (method − rainy) / (clean − rainy) per task metric."""
+    """Per task metric m: ``drop_<m>`` = clean − rainy and ``recovery_<m>`` = (method − rainy) / (clean − rainy) per
+    severity, then the robustness summary (:func:`robustness`) with severity ``mean``."""
+    return _drop_recovery(rows) + robustness(rows)
+
+
+def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The robustness-benchmark summary (Michaelis et al. 2019) per dataset, task metric m and method:
+
+    ``<m>_pc`` = mPC, the metric averaged over the run's rain severities (levels 1–5 give the paper's mPC);
+    ``<m>_rpc`` = rPC = mPC / P_clean; for derainers ``<m>_gap_closed`` = (mPC − mPC_rainy) / (P_clean −
+    mPC_rainy), the share of the average clean-to-rainy gap the derainer closes (1 = all, 0 = none). A method
+    missing any severity gets no row (a partial average would not compare).
+    """
+    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
+    tasks = {r["dataset"]: r["task"] for r in rows}
+    out = []
+    for ds, task in tasks.items():
+        severities = sorted({k[1] for k in value if k[0] == ds and k[2] == "rainy"})
+        methods = list(dict.fromkeys(k[2] for k in value if k[0] == ds and k[1] != "none"))
+        for metric in TASK_METRICS[task]:
+            clean = value.get((ds, "none", "clean", metric))
+            if clean is None or not severities:
+                continue
+            pcs = {}
+            for method in methods:
+                vals = [value.get((ds, sev, method, metric)) for sev in severities]
+                if all(v is not None for v in vals):
+                    pcs[method] = float(np.mean(vals))
+            base = {"dataset": ds, "task": task, "severity": SUMMARY_SEVERITY}
+            for method, pc in pcs.items():
+                out.append({**base, "method": method, "metric": f"{metric}_pc", "value": pc})
+                out.append({**base, "method": method, "metric": f"{metric}_rpc",
+                            "value": pc / clean if clean else float("nan")})
+                if method != "rainy" and "rainy" in pcs:
+                    gap = clean - pcs["rainy"]
+                    out.append({**base, "method": method, "metric": f"{metric}_gap_closed",
+                                "value": (pc - pcs["rainy"]) / gap if gap else float("nan")})
+    return out
+
+
+def _drop_recovery(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
     out = []
     for (ds, sev, method, metric), v in value.items():

@@ -24,7 +24,16 @@ from reports.markdown import render_markdown
 from reports.runs import Combined, load_runs
 from reports.stats import primary_metric, psnr_task_correlation
 from reports.summary import summary_tables
-from reports.tables import METRIC_NAMES, MIN_DROP, PROTOCOL, Table, restoration_table, task_tables, write_csv
+from reports.tables import (
+    METRIC_NAMES,
+    MIN_DROP,
+    PROTOCOL,
+    Table,
+    restoration_table,
+    robustness_table,
+    task_tables,
+    write_csv,
+)
 from reports.training import find_training_logs
 
 FORMATS = ("md", "html", "tex", "csv")
@@ -92,7 +101,8 @@ def build_report(
     if any(out.resolve() == Path(d).resolve() for d in dirs):
         raise ValueError(f"--out {out} is a run folder; write the report into a folder of its own (e.g. {out}/report)")
     summary = summary_tables(combined)
-    results = [restoration_table(combined), *task_tables(combined, min_drop)]
+    robust = robustness_table(combined)
+    results = [restoration_table(combined), *task_tables(combined, min_drop), *([robust] if robust else [])]
     files: list[Path] = []
     if "csv" in formats:
         files += [write_csv(t, out / "tables") for t in [*summary, *results]]

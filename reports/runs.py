@@ -18,6 +18,7 @@ import pandas as pd
 
 from derain.config import read_yaml
 from derain.synth import PRESETS
+from eval.bench import SUMMARY_SEVERITY
 
 RESULT_COLUMNS = ["dataset", "task", "severity", "method", "metric", "value"]
 CLASS_COLUMNS = ["dataset", "task", "severity", "method", "class", "metric", "value"]
@@ -302,8 +303,9 @@ def _aggregate(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
 
 
 def _order_severities(severities: Iterable[str]) -> list[str]:
-    """ "none" first, then the rain presets in their own order, then any other name in order of appearance."""
-    present = list(dict.fromkeys(severities))
+    """ "none" first, then the rain presets in their own order, then any other name in order of appearance; the
+    robustness summary's ``mean`` is not a severity (its rows are read with ``value(..., "mean", ...)``)."""
+    present = [s for s in dict.fromkeys(severities) if s != SUMMARY_SEVERITY]
     known = ["none", *PRESETS]
     return [s for s in known if s in present] + [s for s in present if s not in known]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from derain.checkpoint import atomic_write_text
-from eval.bench import TASK_METRICS
+from eval.bench import SUMMARY_SEVERITY, TASK_METRICS
 from reports.runs import Combined, is_finite, load_runs
 
 PROTOCOL = "Y channel, MATLAB rgb2ycbcr, no crop"
@@ -230,6 +230,49 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
             f"{NOISE_MARK} n/a: the drop at this severity is within noise (|drop| < {min_drop:g}{seeds}), so recovery "
             "would divide by almost zero; the CSV keeps the number and flags it."
         )
+    table.footnotes += seeds_note(combined)
+    return table
+
+
+def robustness_table(combined: Combined) -> Table | None:
+    """mPC, rPC and gap closed per dataset × method for every task metric (the robustness-benchmark summary);
+    None when the runs hold no summary rows."""
+    table = Table(
+        "robustness",
+        "Robustness over rain severities (mPC, rPC, gap closed)",
+        ["dataset", "method"],
+        [],
+        notes=[
+            "mPC = the metric averaged over the run's rain severities (levels 1–5: Michaelis et al. 2019); the clean "
+            "row holds P_clean. rPC = mPC / P_clean. gap closed = (mPC − mPC of rainy) / (P_clean − mPC of rainy): "
+            "the share of the average damage a derainer undoes. Bold: best per column and dataset."
+        ],
+    )
+    metrics = [m for t in TASK_METRICS if t in set(combined.datasets.values()) for m in TASK_METRICS[t]]
+    for m in metrics:
+        table.columns += [
+            Column(f"{m}_pc", "mPC", group=METRIC_LABELS[m]),
+            Column(f"{m}_rpc", "rPC", group=METRIC_LABELS[m]),
+            Column(f"{m}_gap_closed", "gap closed", group=METRIC_LABELS[m], digits=2),
+        ]
+    for ds, task in combined.datasets.items():
+        for method in combined.methods:
+            if method == "clean":
+                entries: list[Entry] = []
+                for m in metrics:
+                    own = m in TASK_METRICS[task]
+                    entries += [
+                        _value(combined, ds, "none", "clean", m) if own else Value(None),
+                        Value(1.0) if own else Value(None),
+                        Value(None),
+                    ]
+            else:
+                entries = [_value(combined, ds, SUMMARY_SEVERITY, method, c.key) for c in table.columns]
+            if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
+                table.rows.append(([ds, method], entries))
+    if not any(keys[1] != "clean" for keys, _ in table.rows):
+        return None
+    _mark_best(table, 1)
     table.footnotes += seeds_note(combined)
     return table
 

@@ -110,3 +110,20 @@ def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: P
     single = run_bench(bench_config(setup, tmp_path / "one", "severities=[heavy]", "samples=0"), progress=False)
     assert (tmp_path / "ddp/results.csv").read_text() == (single / "results.csv").read_text()
     assert (tmp_path / "ddp/per_image.csv").read_text() == (single / "per_image.csv").read_text()
+
+
+def test_robustness_summary_arithmetic() -> None:
+    """mPC, rPC and gap closed against a hand-computed example; a method missing a severity gets no summary."""
+    from eval.bench import robustness
+
+    def row(sev: str, method: str, value: float, metric: str = "miou") -> dict:
+        return {"dataset": "d", "task": "segmentation", "severity": sev, "method": method, "metric": metric,
+                "value": value}
+
+    rows = [row("none", "clean", 0.5), row("1", "rainy", 0.3), row("2", "rainy", 0.1), row("1", "x", 0.4),
+            row("2", "x", 0.3), row("1", "partial", 0.45), row("2", "psnr_only", 20.0, "psnr_y"),
+            row("none", "clean", 0.9, "pixel_acc")]
+    got = {(r["method"], r["metric"]): r["value"] for r in robustness(rows)}
+    assert all(r["severity"] == "mean" for r in robustness(rows))
+    assert got == pytest.approx({("rainy", "miou_pc"): 0.2, ("rainy", "miou_rpc"): 0.4,
+                                 ("x", "miou_pc"): 0.35, ("x", "miou_rpc"): 0.7, ("x", "miou_gap_closed"): 0.5})
