@@ -30,7 +30,7 @@ from reports.tables import (
     PROTOCOL,
     Table,
     restoration_table,
-    robustness_table,
+    robustness_tables,
     task_tables,
     write_csv,
 )
@@ -101,8 +101,7 @@ def build_report(
     if any(out.resolve() == Path(d).resolve() for d in dirs):
         raise ValueError(f"--out {out} is a run folder; write the report into a folder of its own (e.g. {out}/report)")
     summary = summary_tables(combined)
-    robust = robustness_table(combined)
-    results = [restoration_table(combined), *task_tables(combined, min_drop), *([robust] if robust else [])]
+    results = [restoration_table(combined), *task_tables(combined, min_drop), *robustness_tables(combined)]
     files: list[Path] = []
     if "csv" in formats:
         files += [write_csv(t, out / "tables") for t in [*summary, *results]]

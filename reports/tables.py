@@ -234,40 +234,36 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
     return table
 
 
-def robustness_table(combined: Combined) -> Table | None:
-    """mPC, rPC and gap closed per dataset × method for every task metric (the robustness-benchmark summary);
-    None when the runs hold no summary rows."""
+def robustness_table(combined: Combined, task: str) -> Table | None:
+    """mPC, rPC and gap closed per dataset × method for ``task``'s metrics (the robustness-benchmark summary);
+    None when the runs hold no summary rows for it."""
+    metrics = TASK_METRICS[task]
+    columns = []
+    for m in metrics:
+        columns += [
+            Column(f"{m}_pc", "mPC", group=METRIC_LABELS[m]),
+            Column(f"{m}_rpc", "rPC", group=METRIC_LABELS[m]),
+            Column(f"{m}_gap_closed", "gap closed", group=METRIC_LABELS[m], digits=2),
+        ]
     table = Table(
-        "robustness",
-        "Robustness over rain severities (mPC, rPC, gap closed)",
+        f"robustness_{task}",
+        f"{TASK_TABLES[task]}: robustness over rain severities (mPC, rPC, gap closed)",
         ["dataset", "method"],
-        [],
+        columns,
         notes=[
             "mPC = the metric averaged over the run's rain severities (levels 1–5: Michaelis et al. 2019); the clean "
             "row holds P_clean. rPC = mPC / P_clean. gap closed = (mPC − mPC of rainy) / (P_clean − mPC of rainy): "
             "the share of the average damage a derainer undoes. Bold: best per column and dataset."
         ],
     )
-    metrics = [m for t in TASK_METRICS if t in set(combined.datasets.values()) for m in TASK_METRICS[t]]
-    for m in metrics:
-        table.columns += [
-            Column(f"{m}_pc", "mPC", group=METRIC_LABELS[m]),
-            Column(f"{m}_rpc", "rPC", group=METRIC_LABELS[m]),
-            Column(f"{m}_gap_closed", "gap closed", group=METRIC_LABELS[m], digits=2),
-        ]
-    for ds, task in combined.datasets.items():
+    for ds in [d for d, t in combined.datasets.items() if t == task]:
         for method in combined.methods:
             if method == "clean":
                 entries: list[Entry] = []
                 for m in metrics:
-                    own = m in TASK_METRICS[task]
-                    entries += [
-                        _value(combined, ds, "none", "clean", m) if own else Value(None),
-                        Value(1.0) if own else Value(None),
-                        Value(None),
-                    ]
+                    entries += [_value(combined, ds, "none", "clean", m), Value(1.0), Value(None)]
             else:
-                entries = [_value(combined, ds, SUMMARY_SEVERITY, method, c.key) for c in table.columns]
+                entries = [_value(combined, ds, SUMMARY_SEVERITY, method, c.key) for c in columns]
             if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
                 table.rows.append(([ds, method], entries))
     if not any(keys[1] != "clean" for keys, _ in table.rows):
@@ -275,6 +271,13 @@ def robustness_table(combined: Combined) -> Table | None:
     _mark_best(table, 1)
     table.footnotes += seeds_note(combined)
     return table
+
+
+def robustness_tables(combined: Combined) -> list[Table]:
+    """One robustness table per task with summary rows (detection first)."""
+    tasks = set(combined.datasets.values())
+    tables = [robustness_table(combined, t) for t in TASK_METRICS if t in tasks]
+    return [t for t in tables if t is not None]
 
 
 def task_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:

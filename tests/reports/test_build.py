@@ -57,11 +57,12 @@ def test_tables_hold_the_numbers_of_results_csv(report: Path, tiny_bench_run: Pa
     det = pd.read_csv(report / "tables/detection.csv").set_index(["dataset", "severity", "method"])
     seg = pd.read_csv(report / "tables/segmentation.csv").set_index(["dataset", "severity", "method"])
     rest = pd.read_csv(report / "tables/restoration.csv").set_index(["dataset", "method"])
-    robust = pd.read_csv(report / "tables/robustness.csv").set_index(["dataset", "method"])
+    robust = {task: pd.read_csv(report / f"tables/robustness_{task}.csv").set_index(["dataset", "method"])
+              for task in ("detection", "segmentation")}
     checked = 0
     for r in results.itertuples():
         if r.severity == "mean":  # the robustness summary: mPC, rPC, gap closed
-            got = robust.loc[(r.dataset, r.method), r.metric]
+            got = robust[r.task].loc[(r.dataset, r.method), r.metric]
         elif r.metric in ("psnr_y", "ssim_y"):
             got = rest.loc[(r.dataset, r.method), f"{r.severity}/{r.metric}"]
         else:
