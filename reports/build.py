@@ -40,11 +40,11 @@ FORMATS = ("md", "html", "tex", "csv")
 TITLE = "derainbench report"
 GRIDS_TEXT = (
     "Per sample image (rows): the ground truth, then each condition exactly as the task model saw it (clean, rainy, "
-    "each derainer's output). Detection: the k highest-scoring boxes (k = ground-truth objects; boxes overlapping "
-    f"a higher-scoring one by IoU > {grids.DISPLAY_IOU:g} skipped), labelled class and score. Segmentation: the "
-    "predicted mask tinted over the image in grey (background untinted). Under each panel: PSNR-Y / SSIM-Y against "
-    "the clean image and the task score of that single image (AP@.5 or mIoU), which is noisy: the tables hold the "
-    "dataset scores."
+    "each derainer's output). Detection: the k highest-scoring boxes with confidence >= {conf:g} (k = ground-truth "
+    f"objects; boxes overlapping a higher-scoring one by IoU > {grids.DISPLAY_IOU:g} skipped), labelled class and "
+    "score. Segmentation: the predicted mask tinted over the image in grey (background untinted). Under each panel: "
+    "PSNR-Y / SSIM-Y against the clean image and the task score of that single image (AP@.5 or mIoU), which is "
+    "noisy: the tables hold the dataset scores."
 )
 
 
@@ -88,10 +88,12 @@ def build_report(
     formats: str | Sequence[str] = FORMATS,
     images: int = 3,
     min_drop: float = MIN_DROP,
+    display_conf: float = grids.DISPLAY_CONF,
 ) -> Report:
     """Load and combine the runs, then write the report files under ``out`` (see the module docstring).
 
-    ``images``: sample images per qualitative grid; ``min_drop``: smallest |clean − rainy| drop for which a
+    ``images``: sample images per qualitative grid; ``display_conf``: detections drawn in the grids from this
+    confidence up (scores keep every box); ``min_drop``: smallest |clean − rainy| drop for which a
     recovery is shown (smaller drops are within noise and their recovery prints as n/a).
     """
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
@@ -110,9 +112,9 @@ def build_report(
             atomic_write_text(out / "tables" / f"{table.name}.tex", table_latex(table))
             files.append(out / "tables" / f"{table.name}.tex")
     if "md" in formats or "html" in formats:
-        figures = make_figures(combined, out, images)
+        figures = make_figures(combined, out, images, display_conf)
         files += [out / f.path for f in figures]
-        blocks = report_blocks(combined, summary, results, figures, formats)
+        blocks = report_blocks(combined, summary, results, figures, formats, display_conf)
         if "md" in formats:
             atomic_write_text(out / "report.md", render_markdown(blocks))
             files.append(out / "report.md")
@@ -122,7 +124,9 @@ def build_report(
     return Report(out, files, combined)
 
 
-def make_figures(combined: Combined, out: Path, images: int = 3) -> list[Figure]:
+def make_figures(
+    combined: Combined, out: Path, images: int = 3, display_conf: float = grids.DISPLAY_CONF
+) -> list[Figure]:
     """Draw every figure the runs have data for into ``out/figures``; returns them with captions."""
     colors = plots.method_colors(combined.methods)
     folder = out / "figures"
@@ -156,7 +160,9 @@ def make_figures(combined: Combined, out: Path, images: int = 3) -> list[Figure]
     for ds in combined.datasets:
         for sev in combined.rain_severities():
             add(
-                grids.sample_grid(combined, ds, sev, folder / f"grid_{_slug(ds)}_{_slug(sev)}.png", images),
+                grids.sample_grid(
+                    combined, ds, sev, folder / f"grid_{_slug(ds)}_{_slug(sev)}.png", images, display_conf
+                ),
                 f"{ds}, {sev} rain.",
             )
     return made
@@ -167,7 +173,12 @@ def _slug(text: str) -> str:
 
 
 def report_blocks(
-    combined: Combined, summary: list[Table], results: list[Table], figures: list[Figure], formats: Sequence[str]
+    combined: Combined,
+    summary: list[Table],
+    results: list[Table],
+    figures: list[Figure],
+    formats: Sequence[str],
+    display_conf: float = grids.DISPLAY_CONF,
 ) -> list[Block]:
     """The report's sections in reading order."""
     runs = ", ".join(f"{r.name} ({r.path})" for r in combined.runs)
@@ -204,7 +215,7 @@ def report_blocks(
     grid_figs = [f for f in figures if f.path.name.startswith("grid_")]
     blocks.append(Heading("Qualitative examples"))
     blocks += (
-        [Paragraph(GRIDS_TEXT), *grid_figs]
+        [Paragraph(GRIDS_TEXT.format(conf=display_conf)), *grid_figs]
         if grid_figs
         else [Paragraph("The runs saved no sample images (bench config `samples: 0`).")]
     )

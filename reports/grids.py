@@ -21,6 +21,7 @@ from reports.runs import Combined, Run
 MAX_BOXES = 10
 DEFAULT_BOXES = 5  # boxes drawn per panel when the ground truth (and so its object count) is unknown
 DISPLAY_IOU = 0.5  # drawn boxes overlap each other at most this much
+DISPLAY_CONF = 0.25  # boxes below this confidence are not drawn (scoring keeps them: the COCO protocol needs them)
 BACKGROUND_NAMES = {"background", "bg", "_background_"}
 
 
@@ -125,13 +126,14 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return w * h / union if union > 0 else 0.0
 
 
-def display_boxes(pred: dict, k: int, overlap: float = DISPLAY_IOU) -> dict:
-    """Up to ``k`` boxes to draw: highest score first, skipping any that overlaps a kept one by IoU > ``overlap``
-    whatever its class (the detector keeps such duplicates of other classes; drawn, they hide each other)."""
-    scores = np.asarray(pred.get("scores", []), dtype=float)
+def display_boxes(pred: dict, k: int, overlap: float = DISPLAY_IOU, conf: float = DISPLAY_CONF) -> dict:
+    """Up to ``k`` boxes to draw: highest score first, none below ``conf``, skipping any that overlaps a kept one
+    by IoU > ``overlap`` whatever its class (the detector keeps such duplicates of other classes; drawn, they hide
+    each other). Boxes without scores (ground truth) are all candidates."""
+    scores = np.asarray(pred.get("scores", [1.0] * len(pred["boxes"])), dtype=float)
     kept: list[int] = []
     for i in np.argsort(-scores, kind="stable"):
-        if len(kept) == k:
+        if len(kept) == k or scores[i] < conf:
             break
         if all(_iou(pred["boxes"][i], pred["boxes"][j]) <= overlap for j in kept):
             kept.append(int(i))
@@ -143,9 +145,10 @@ def display_boxes(pred: dict, k: int, overlap: float = DISPLAY_IOU) -> dict:
 
 
 def grid_panels(
-    combined: Combined, dataset: str, severity: str, images: int = 3
+    combined: Combined, dataset: str, severity: str, images: int = 3, conf: float = DISPLAY_CONF
 ) -> tuple[list[str], list[list[Panel]]]:
-    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity."""
+    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity;
+    detections are drawn from confidence ``conf`` up."""
     methods = ["clean", *[m for m in combined.methods_of(dataset, severity) if m != "clean"]]
     folders: dict[str, tuple[Run, str, Path]] = {}
     for method in methods:
@@ -177,7 +180,7 @@ def grid_panels(
             task = image_task_score(boxes, mask, truth_boxes, truth_mask, names)
             sev = "none" if method == "clean" else severity
             scores = _image_scores(run, dataset, sev, name, stem)
-            shown = display_boxes(boxes, max(n_boxes, 1)) if boxes is not None else None
+            shown = display_boxes(boxes, max(n_boxes, 1), conf=conf) if boxes is not None else None
             row.append(Panel(method, read_image(folder / f"{stem}.png"), shown, mask, _caption(scores, task)))
         rows.append(row)
     return stems, rows
@@ -244,9 +247,11 @@ def _mask_overlay(image: np.ndarray, mask: np.ndarray, names: list[str], alpha: 
     return out
 
 
-def sample_grid(combined: Combined, dataset: str, severity: str, path: Path, images: int = 3) -> Path | None:
+def sample_grid(
+    combined: Combined, dataset: str, severity: str, path: Path, images: int = 3, conf: float = DISPLAY_CONF
+) -> Path | None:
     """Draw and save the grid of one dataset and severity; None when the runs saved no samples for it."""
-    stems, rows = grid_panels(combined, dataset, severity, images)
+    stems, rows = grid_panels(combined, dataset, severity, images, conf)
     if not rows:
         return None
     src = _source(combined, "clean")

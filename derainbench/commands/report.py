@@ -49,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", type=int, default=3, help="sample images per qualitative grid (default: 3)")
     p.add_argument(
+        "--display-conf",
+        type=float,
+        default=0.25,
+        metavar="C",
+        help="draw detections from this confidence up in the image grids (default: 0.25; scores use every box)",
+    )
+    p.add_argument(
         "--min-drop",
         type=float,
         default=None,
@@ -65,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
     min_drop = MIN_DROP if args.min_drop is None else args.min_drop
     if args.images < 0 or min_drop < 0:
         raise ValueError("--images and --min-drop must not be negative")
-    report = build_report(args.runs, out=args.out, formats=args.format, images=args.images, min_drop=min_drop)
+    if not 0 <= args.display_conf <= 1:
+        raise ValueError(f"--display-conf must be in [0, 1], got {args.display_conf}")
+    report = build_report(
+        args.runs,
+        out=args.out,
+        formats=args.format,
+        images=args.images,
+        min_drop=min_drop,
+        display_conf=args.display_conf,
+    )
     if not args.quiet:
         print(main_table_text(report.combined, min_drop=min_drop))
         print()

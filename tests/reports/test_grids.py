@@ -49,3 +49,14 @@ def test_display_boxes_skip_duplicates_of_any_class() -> None:
     shown = display_boxes(pred, k=5)
     assert shown["classes"] == [3, 2] and shown["scores"] == [0.95, 0.5]
     assert display_boxes(pred, k=1)["classes"] == [3]
+
+
+def test_display_boxes_hide_low_confidence() -> None:
+    """Grids draw detections from the display confidence up (default 0.25); scoring is not affected."""
+    pred = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], "scores": [0.9, 0.24, 0.03],
+            "classes": [0, 1, 2]}
+    assert display_boxes(pred, k=5)["classes"] == [0]
+    assert display_boxes(pred, k=5, conf=0.0)["classes"] == [0, 1, 2]
+    assert display_boxes(pred, k=5, conf=0.95)["classes"] == []
+    truth = {"boxes": [[0, 0, 10, 10]], "classes": [4]}  # no scores: always drawn
+    assert display_boxes(truth, k=5)["classes"] == [4]
