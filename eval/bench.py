@@ -16,6 +16,8 @@ import json
 import math
 import platform
 import time
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ class BenchConfig:
     samples: int = 3  # images saved per condition (for reports)
     conf: float = 0.001  # detector confidence threshold (COCO protocol: keep low)
     iou: float = 0.7  # detector NMS IoU
+    bootstrap: int = 1000  # paired-bootstrap resamples over images for 95 % intervals (0 = none)
 
 
 @dataclass(frozen=True)
@@ -253,22 +256,33 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
+    image_stats: Any = None  # what the bootstrap resamples (see eval.bootstrap)
     if detection:
         evaluator = DetectionEvaluator(dataset.names)
         for i, _, pred, label in items:
             evaluator.update([pred], [label], [i])
-        metrics = evaluator.compute()
+        metrics = evaluator.compute(image_stats=cfg.bootstrap > 0)
+        image_stats = metrics.pop("image_stats", None)
         coco_rows = predictions_to_coco([p for _, _, p, _ in items], [i for i, _, _, _ in items])
         atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(coco_rows))
     else:
+        from downstream.segmentation import confusion_counts
+        from eval.bootstrap import segmentation_image_stats
+
         matrix = ConfusionMatrix(len(dataset.names))
+        image_stats = []
         for _, _, pred, label in items:
-            matrix.update(pred[None], torch.from_numpy(label)[None])
+            counts = confusion_counts(pred[None], torch.from_numpy(label)[None], len(dataset.names))
+            matrix.matrix += counts
+            image_stats.append(segmentation_image_stats(counts.numpy()))
         metrics = matrix.as_dict(dataset.names)
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
-    return {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
-            "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
+              "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    if cfg.bootstrap > 0:
+        result["image_stats"] = image_stats
+    return result
 
 
 def _gather(items: list, dist: DistInfo) -> list:
@@ -326,15 +340,22 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high"]
+
+
 def write_results(out: Path, cfg: BenchConfig) -> None:
-    """Rebuild results.csv, per_image.csv, per_class.csv, summary.csv and timings.json from the finished cells."""
+    """Rebuild results.csv, per_image.csv, per_class.csv, summary.csv, differences.csv and timings.json from the
+    finished cells; with ``cfg.bootstrap`` every task metric, drop, gain and robustness row gets its 95 % paired
+    bootstrap interval (``ci_low``, ``ci_high``)."""
     rows, image_rows, class_rows, timings = [], [], [], {}
+    cells: dict[tuple[str, str, str], dict[str, Any]] = {}
     for spec in cfg.datasets:
         for cell, _ in conditions(cfg, spec.name):
             path = out / "cells" / f"{cell.key}.json"
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
+            cells[(cell.dataset, cell.severity, cell.method)] = data
             base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method}
             values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
             rows += [{**base, "metric": k, "value": v} for k, v in values.items()]
@@ -342,8 +363,15 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
             class_rows += per_class_rows(data)
             timings[cell.key] = round(data["seconds"], 3)
     summary = summarize(rows)
-    _write_csv(out / "results.csv", rows + summary, ["dataset", "task", "severity", "method", "metric", "value"])
-    _write_csv(out / "summary.csv", summary, ["dataset", "task", "severity", "method", "metric", "value"])
+    samples = bootstrap_samples(cells, cfg) if cfg.bootstrap > 0 else {}
+    summary += gain_rows(rows)
+    differences = difference_rows(rows + summary, [d.name for d in cfg.derainers])
+    for row in rows + summary + differences:
+        row["ci_low"], row["ci_high"] = _interval_of(row, samples)
+    _write_csv(out / "results.csv", rows + summary, RESULT_FIELDS)
+    _write_csv(out / "summary.csv", summary, RESULT_FIELDS)
+    _write_csv(out / "differences.csv", differences,
+               ["dataset", "task", "severity", "method", "versus", "metric", "value", "ci_low", "ci_high"])
     _write_csv(out / "per_image.csv", image_rows,
                ["dataset", "task", "severity", "method", "image", "psnr_y", "ssim_y"])
     _write_csv(out / "per_class.csv", class_rows, ["dataset", "task", "severity", "method", "class", "metric", "value"])
@@ -362,6 +390,110 @@ def per_class_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 SUMMARY_SEVERITY = "mean"  # the ``severity`` of robustness rows (averages over the run's rain severities)
+
+
+def gain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``gain_<m>`` = derained − rainy per severity and task metric (the difference a recovery divides)."""
+    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
+    out = []
+    for r in rows:
+        if r["severity"] == "none" or r["method"] == "rainy" or r["metric"] not in TASK_METRICS[r["task"]]:
+            continue
+        rainy = value.get((r["dataset"], r["severity"], "rainy", r["metric"]))
+        if rainy is not None:
+            out.append({**r, "metric": f"gain_{r['metric']}", "value": r["value"] - rainy})
+    return out
+
+
+def difference_rows(rows: list[dict[str, Any]], derainers: Sequence[str]) -> list[dict[str, Any]]:
+    """``method − versus`` for every pair of derainers (config order), per severity and for the robustness mPC
+    (severity ``mean``), for each task metric; ``differences.csv``."""
+    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r for r in rows}
+    out = []
+    for (ds, sev, method, metric), r in value.items():
+        base_metric = metric.removesuffix("_pc")
+        if method not in derainers or base_metric not in TASK_METRICS[r["task"]]:
+            continue
+        if (sev == SUMMARY_SEVERITY) != metric.endswith("_pc"):
+            continue
+        for other in derainers[derainers.index(method) + 1:]:
+            o = value.get((ds, sev, other, metric))
+            if o is not None:
+                out.append({"dataset": ds, "task": r["task"], "severity": sev, "method": method, "versus": other,
+                            "metric": metric, "value": r["value"] - o["value"]})
+    return out
+
+
+def bootstrap_samples(cells: dict[tuple[str, str, str], dict[str, Any]],
+                      cfg: BenchConfig) -> dict[tuple[str, str, str, str], np.ndarray]:
+    """Per (dataset, severity, method, metric): the metric on ``cfg.bootstrap`` resamples of the images, the same
+    resamples for every cell of a dataset (paired); PSNR/SSIM too (means of per-image values)."""
+    from eval.bootstrap import METRIC_FNS, resample_weights
+
+    out: dict[tuple[str, str, str, str], np.ndarray] = {}
+    for ds in dict.fromkeys(k[0] for k in cells):
+        mine = {k: v for k, v in cells.items() if k[0] == ds and "image_stats" in v}
+        sizes = {len(v["per_image"]) for v in mine.values()}
+        if len(sizes) != 1:
+            continue  # cells scored on different image sets (e.g. a changed limit): no paired interval
+        n = sizes.pop()
+        weights = resample_weights(n, cfg.bootstrap, seed=[cfg.seed, zlib.crc32(ds.encode())])
+        for (_, sev, method), data in mine.items():
+            for metric, samples in METRIC_FNS[data["task"]](data["image_stats"], weights).items():
+                out[(ds, sev, method, metric)] = samples
+            for metric in ("psnr_y", "ssim_y"):
+                if data["per_image"] and metric in data["per_image"][0]:
+                    per = np.asarray([r[metric] for r in data["per_image"]], dtype=np.float64)
+                    out[(ds, sev, method, metric)] = weights @ per / n
+    return out
+
+
+def _interval_of(row: dict[str, Any], samples: dict[tuple[str, str, str, str], np.ndarray]) -> tuple[Any, Any]:
+    """The 95 % paired-bootstrap interval of a results row ("", "" where none applies)."""
+    from eval.bootstrap import interval
+
+    s = _row_samples(row, samples)
+    if s is None:
+        return "", ""
+    lo, hi = interval(s)
+    return (lo, hi) if math.isfinite(lo) else ("", "")
+
+
+def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], np.ndarray]) -> np.ndarray | None:
+    ds, sev, method, metric = row["dataset"], row["severity"], row["method"], row["metric"]
+
+    def get(s: str, m: str, k: str) -> np.ndarray | None:
+        return samples.get((ds, s, m, k))
+
+    def pc(m: str, k: str) -> np.ndarray | None:
+        per = [get(s, m, k) for s in {key[1] for key in samples if key[0] == ds and key[1] != "none"}]
+        return np.mean(per, axis=0) if per and all(p is not None for p in per) else None
+
+    if "versus" in row:  # differences.csv
+        k = metric.removesuffix("_pc")
+        a, b = (pc(method, k), pc(row["versus"], k)) if sev == SUMMARY_SEVERITY else (get(sev, method, k),
+                                                                                     get(sev, row["versus"], k))
+        return None if a is None or b is None else a - b
+    if sev == SUMMARY_SEVERITY:
+        base, _, kind = metric.rpartition("_")
+        if kind == "closed":
+            base, kind = metric.removesuffix("_gap_closed"), "gap_closed"
+        m_pc, clean = pc(method, base), get("none", "clean", base)
+        if m_pc is None or clean is None:
+            return None
+        if kind == "pc":
+            return m_pc
+        if kind == "rpc":
+            return m_pc / clean
+        r_pc = pc("rainy", base)
+        return None if r_pc is None else (m_pc - r_pc) / (clean - r_pc)
+    if metric.startswith("drop_"):
+        a, b = get("none", "clean", metric[5:]), get(sev, "rainy", metric[5:])
+        return None if a is None or b is None else a - b
+    if metric.startswith("gain_"):
+        a, b = get(sev, method, metric[5:]), get(sev, "rainy", metric[5:])
+        return None if a is None or b is None else a - b
+    return get(sev, method, metric)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -80,23 +80,31 @@ def _class_ap(precision: np.ndarray, k: int, iou_index: int | None = None) -> fl
     return float(p.mean()) if p.size else math.nan
 
 
-def coco_map(gt: dict, results: list[dict], max_dets: int = 100) -> dict[str, Any]:
+def coco_map(gt: dict, results: list[dict], max_dets: int = 100, image_stats: bool = False) -> dict[str, Any]:
     """Score COCO result rows against a COCO GT dict with pycocotools' bbox protocol.
 
     Returns ``{"map": mAP@[.5:.95], "map50": mAP@.5, "per_class": {name: AP@[.5:.95]},
     "per_class50": {name: AP@.5}}``. No results → 0.0 (NaN for categories without GT objects);
     pycocotools' printing is suppressed. ``max_dets`` is the per-image detection cap (COCO uses 100).
+    ``image_stats`` adds ``"image_stats"``: the per-image statistics the bootstrap resamples
+    (:func:`eval.bootstrap.detection_image_stats`, images in the order of ``gt["images"]``).
     """
     from pycocotools.cocoeval import COCOeval
 
+    from eval.bootstrap import detection_image_stats
+
     categories = sorted(gt.get("categories", []), key=lambda c: int(c["id"]))
     names = [str(c.get("name", c["id"])) for c in categories]
+    image_ids = [int(im["id"]) for im in gt.get("images", [])]
     coco_gt = _coco_from_dict(gt)
     has_gt = {int(c["id"]): len(coco_gt.getAnnIds(catIds=[int(c["id"])])) > 0 for c in categories}
     if not results:
         zero = {n: (0.0 if has_gt[int(c["id"])] else math.nan) for n, c in zip(names, categories, strict=True)}
         overall = 0.0 if any(has_gt.values()) else math.nan
-        return {"map": overall, "map50": overall, "per_class": zero, "per_class50": dict(zero)}
+        out = {"map": overall, "map50": overall, "per_class": zero, "per_class50": dict(zero)}
+        if image_stats:
+            out["image_stats"] = _no_detection_stats(gt, image_ids, categories)
+        return out
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -112,7 +120,23 @@ def coco_map(gt: dict, results: list[dict], max_dets: int = 100) -> dict[str, An
     def stat(v: float) -> float:
         return math.nan if v < 0 else float(v)
 
-    return {"map": stat(ev.stats[0]), "map50": stat(ev.stats[1]), "per_class": per_class, "per_class50": per_class50}
+    out = {"map": stat(ev.stats[0]), "map50": stat(ev.stats[1]), "per_class": per_class, "per_class50": per_class50}
+    if image_stats:
+        out["image_stats"] = detection_image_stats(ev, image_ids, max_det=max_dets)
+    return out
+
+
+def _no_detection_stats(gt: dict, image_ids: list[int], categories: list[dict]) -> dict[str, Any]:
+    """Bootstrap statistics of a run without any detection: only the ground-truth counts matter."""
+    index = {i: n for n, i in enumerate(image_ids)}
+    cats = []
+    for c in categories:
+        npos = [0] * len(image_ids)
+        for a in gt.get("annotations", []):
+            if int(a["category_id"]) == int(c["id"]) and not a.get("iscrowd", 0):
+                npos[index[int(a["image_id"])]] += 1
+        cats.append({"scores": [], "images": [], "tp": [], "ignore": [], "npos": npos})
+    return {"categories": cats, "iou_thresholds": np.linspace(0.5, 0.95, 10).tolist(), "images": len(image_ids)}
 
 
 class DetectionEvaluator:
@@ -173,6 +197,6 @@ class DetectionEvaluator:
             "categories": [{"id": k, "name": n} for k, n in enumerate(self.names)],
         }
 
-    def compute(self) -> dict[str, Any]:
-        """Score everything accumulated (see :func:`coco_map`)."""
-        return coco_map(self.gt_dict(), self._results, max_dets=self.max_dets)
+    def compute(self, image_stats: bool = False) -> dict[str, Any]:
+        """Score everything accumulated (see :func:`coco_map`; ``image_stats`` for the bootstrap)."""
+        return coco_map(self.gt_dict(), self._results, max_dets=self.max_dets, image_stats=image_stats)

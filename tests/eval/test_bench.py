@@ -23,7 +23,16 @@ def bench_config(setup: dict, out: Path, *extra: str) -> BenchConfig:
 def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tiny_bench_run: Path) -> None:
     out = tiny_bench_run
     res = pd.read_csv(out / "results.csv")
-    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value"}
+    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high"}
+    # 95 % paired-bootstrap intervals: around each task metric, drop and gain; none for recoveries
+    for r in res[res.metric.isin(["map", "miou", "drop_miou", "gain_miou", "psnr_y"])].itertuples():
+        assert r.ci_low <= r.value + 1e-9 and r.value <= r.ci_high + 1e-9, r
+    assert res[res.metric.str.startswith("recovery_")].ci_low.isna().all()
+    identity = res[(res.method == "identity") & (res.metric == "gain_miou")]
+    assert (identity.value == 0).all() and (identity.ci_low == 0).all() and (identity.ci_high == 0).all()
+    diffs = pd.read_csv(out / "differences.csv")
+    assert set(zip(diffs.method, diffs.versus, strict=True)) == {("identity", "lite")}
+    assert {"light", "heavy", "mean"} == set(diffs.severity)
     det = res[(res.dataset == "det") & (res.metric == "map50")]
     assert set(zip(det.severity, det.method, strict=True)) == {
         ("none", "clean"), ("light", "rainy"), ("light", "identity"), ("light", "lite"),
