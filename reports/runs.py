@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from derain.config import read_yaml
@@ -154,6 +155,15 @@ class Combined:
         """The largest number of seeds behind one value (1: no aggregation happened)."""
         return int(self.results["n"].max()) if not self.results.empty else 0
 
+    def interval(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float] | None:
+        """The 95 % paired-bootstrap interval of one value (single-seed runs with intervals), else None."""
+        r = self.results
+        hit = r[(r.dataset == dataset) & (r.severity == severity) & (r.method == method) & (r.metric == metric)]
+        if hit.empty or "ci_low" not in hit:
+            return None
+        lo, hi = float(hit.iloc[0]["ci_low"]), float(hit.iloc[0]["ci_high"])
+        return (lo, hi) if is_finite(lo) and is_finite(hi) else None
+
     def value(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float, int] | None:
         """``(mean, std, n)`` of one cell's metric, or None when no run has it."""
         r = self.results
@@ -290,15 +300,24 @@ def _aggregate(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
     One value per seed: a run repeated with the same seed adds nothing, and the clean images do not depend on
     the seed at all, so clean rows count once.
     """
-    columns = [*keys, "metric", "mean", "std", "n"]
+    columns = [*keys, "metric", "mean", "std", "n", "ci_low", "ci_high"]
     filled = [t for t in tables if not t.empty]
     if not filled:
         return pd.DataFrame(columns=columns)
     rows = pd.concat(filled, ignore_index=True)
     rows.loc[rows.severity == "none", "seed"] = 0
     rows = rows.drop_duplicates([*keys, "metric", "seed"], keep="first")
-    grouped = rows.groupby([*keys, "metric"], sort=False, dropna=False)["value"]
-    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    for col in ("ci_low", "ci_high"):  # runs made before the bootstrap have no intervals
+        rows[col] = pd.to_numeric(rows[col], errors="coerce") if col in rows else np.nan
+    grouped = rows.groupby([*keys, "metric"], sort=False, dropna=False)
+    out = grouped.agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        n=("value", "count"),
+        ci_low=("ci_low", "first"),
+        ci_high=("ci_high", "first"),
+    ).reset_index()
+    out.loc[out["n"] > 1, ["ci_low", "ci_high"]] = np.nan  # one seed's interval does not describe a mean over seeds
     return out[columns]
 
 

@@ -42,6 +42,7 @@ METRIC_NAMES = {
 }
 TASK_TABLES = {"detection": "Detection", "segmentation": "Segmentation"}
 NOISE_MARK = "†"
+CI_MARK = "°"  # a difference whose 95 % paired-bootstrap interval contains 0
 MIN_DROP = 0.01  # |clean − rainy| below this (metric units, 0–1 scale) makes a recovery meaningless
 
 
@@ -66,15 +67,17 @@ class Value:
     n: int = 1
     mark: str = ""
     best: bool = False
+    noise: bool = False  # a difference whose 95 % interval contains 0: printed with CI_MARK
 
     def text(self, digits: int, pm: str = "±") -> str:
-        """The number as printed: ``0.103``, ``0.103 ± 0.004``, ``n/a†`` or ``–`` when missing."""
+        """The number as printed: ``0.103``, ``0.103 ± 0.004``, ``0.004°``, ``n/a†`` or ``–`` when missing."""
         if self.mark:
             return f"n/a{self.mark}"
         if not is_finite(self.mean):
             return "–"
         s = _fixed(self.mean, digits)
-        return f"{s} {pm} {_fixed(self.std, digits)}" if self.n > 1 and is_finite(self.std) else s
+        s = f"{s} {pm} {_fixed(self.std, digits)}" if self.n > 1 and is_finite(self.std) else s
+        return s + (CI_MARK if self.noise else "")
 
 
 Entry = Value | str
@@ -124,17 +127,43 @@ class Table:
 
 
 def drop_within_noise(combined: Combined, dataset: str, severity: str, metric: str, min_drop: float = MIN_DROP) -> bool:
-    """True when the clean − rainy drop is too small to divide by: |drop| < ``min_drop`` or < 2 × its std over seeds."""
+    """True when the clean − rainy drop is too small to divide by: its 95 % paired-bootstrap interval contains 0
+    (runs with intervals), else |drop| < ``min_drop`` or < 2 × its std over seeds."""
     drop = combined.value(dataset, severity, "rainy", f"drop_{metric}")
     if drop is None or not is_finite(drop[0]):
         return True
+    ci = combined.interval(dataset, severity, "rainy", f"drop_{metric}")
+    if ci is not None:
+        return not (ci[0] > 0 or ci[1] < 0)
     mean, std, n = drop
     return abs(mean) < min_drop or (n > 1 and is_finite(std) and abs(mean) < 2 * std)
 
 
 def _value(combined: Combined, dataset: str, severity: str, method: str, metric: str) -> Value:
+    """One table number; drops and recoveries carry CI_MARK when the interval of the difference behind them (the
+    drop; the gain derained − rainy) contains 0."""
     hit = combined.value(dataset, severity, method, metric)
-    return Value(None) if hit is None else Value(hit[0], hit[1], hit[2])
+    if hit is None:
+        return Value(None)
+    value = Value(hit[0], hit[1], hit[2])
+    kind, _, base = metric.partition("_")
+    behind = {"drop": f"drop_{base}", "recovery": f"gain_{base}"}.get(kind)
+    if behind and base:
+        ci = combined.interval(dataset, severity, method, behind)
+        value.noise = ci is not None and not (ci[0] > 0 or ci[1] < 0)
+    return value
+
+
+def ci_note(table: Table, short: bool = False) -> list[str]:
+    """The footnote for CI_MARK, when the table printed one (``short``: fits a 100-column terminal)."""
+    if not any(isinstance(e, Value) and e.noise and not e.mark for _, entries in table.rows for e in entries):
+        return []
+    if short:
+        return [f"{CI_MARK} within noise: the 95 % bootstrap interval of the difference contains 0"]
+    return [
+        f"{CI_MARK} within noise: the 95 % paired-bootstrap interval over images of this difference (the drop, "
+        "or derained − rainy behind a recovery) contains 0."
+    ]
 
 
 def _mark_best(table: Table, block_of: int) -> None:
@@ -227,10 +256,11 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
     if noisy:
         seeds = ", or < 2 × its std over seeds" if combined.max_n > 1 else ""
         table.footnotes.append(
-            f"{NOISE_MARK} n/a: the drop at this severity is within noise (|drop| < {min_drop:g}{seeds}), so recovery "
-            "would divide by almost zero; the CSV keeps the number and flags it."
+            f"{NOISE_MARK} n/a: the drop at this severity is within noise (its 95 % bootstrap interval contains 0; "
+            f"runs without intervals: |drop| < {min_drop:g}{seeds}), so recovery would divide by almost zero; the CSV "
+            "keeps the number and flags it."
         )
-    table.footnotes += seeds_note(combined)
+    table.footnotes += ci_note(table) + seeds_note(combined)
     return table
 
 
@@ -367,8 +397,11 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
                     rec.mark, noisy = NOISE_MARK, True
                 table.rows.append(([sev, method], entries))
         if noisy:
-            table.footnotes.append(f"{NOISE_MARK} drop within noise (|drop| < {min_drop:g}): recovery not meaningful")
-        table.footnotes += seeds_note(combined)
+            table.footnotes.append(
+                f"{NOISE_MARK} drop within noise (95 % interval contains 0, or |drop| < {min_drop:g} "
+                "without intervals): recovery not meaningful"
+            )
+        table.footnotes += ci_note(table, short=True) + seeds_note(combined)
         tables.append(table)
     return tables
 
