@@ -13,16 +13,24 @@ derainer's output go through the task model. Detection is scored with the COCO p
 mAP@[.5:.95], mAP@.5), segmentation with mIoU over the dataset's summed confusion matrix (255 ignored);
 PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop) of rainy/derained images against the clean ones.
 
-Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value; includes
-drop_<m> = clean - rainy and recovery_<m> = (derained - rainy) / (clean - rainy)), summary.csv,
-per_image.csv, per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with
-the ground truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
+Severities: the ladder 1-5 (severities=[1,2,3,4,5], the robustness-benchmark convention; 2 = light,
+5 = heavy) or the named presets light, medium, heavy.
+
+Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high;
+includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
+severity "mean" the robustness summary <m>_pc = mPC (the metric averaged over the run's severities),
+<m>_rpc = mPC / clean, <m>_gap_closed = share of the average clean-to-rainy gap a derainer closes;
+ci_low/ci_high = 95 % paired-bootstrap interval over images, `bootstrap` resamples, seeded by the run seed),
+differences.csv (derainer A - B per severity and for mPC, with intervals), summary.csv, per_image.csv,
+per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with the ground
+truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
 (one JSON per finished (dataset, severity, method); a rerun skips them unless --force, so a crash loses at
 most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
 
 Examples:
   derainbench bench --config configs/bench_demo.yaml
   derainbench bench --config configs/bench_demo.yaml severities=[heavy] out=runs/bench/heavy-only
+  derainbench bench --config configs/bench_demo.yaml "severities=[1,2,3,4,5]" bootstrap=2000
 """
 
 
