@@ -6,8 +6,9 @@ Stages (each skipped when ``OUT/.stages/<name>.json`` says it finished, unless `
     rain      their val split rained at each severity        OUT/data/rainy/<severity>/  (+ .rain.json)
     models    detector, segmenter, mspfn-lite, prenet         shipped weights (derainbench/assets/demo) or
                                                               trained into OUT/models/ (``retrain``)
-    joint     mspfn-lite fine-tuned with the detection loss   OUT/joint/mspfn-lite+det/
-    bench     clean | rainy | identity | prenet | mspfn-lite | mspfn-lite+det, both tasks and severities
+    joint     mspfn-lite fine-tuned with the detection loss   OUT/joint/mspfn-lite+det/, and its control with
+              the restoration loss only (same steps)      OUT/joint/mspfn-lite+restore/
+    bench     clean | rainy | identity | prenet | mspfn-lite | mspfn-lite+det | mspfn-lite+restore, both tasks
                                                               OUT/bench/ (results.csv, per-cell resume)
     report    tables, figures, image grids                    OUT/report/report.{md,html}
 
@@ -148,7 +149,8 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
     scenes = stage("scenes", lambda: _scenes(cfg, progress))
     stage("rain", lambda: _rain(cfg, scenes))
     models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log))
-    models["mspfn-lite+det"] = stage("joint", lambda: _joint(cfg, scenes, models, force, progress))
+    tuned = stage("joint", lambda: _joint_runs(cfg, scenes, models, force, progress), valid=_is_joint_result)
+    models.update(tuned)
     bench_dir = stage("bench", lambda: _bench(cfg, scenes, models, force, progress))
     report = stage("report", lambda: _report(cfg, bench_dir))
     from reports.tables import main_table_text
@@ -163,13 +165,17 @@ class _Stages:
     def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
         self.out, self.force, self.log = out, force, log
 
-    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+    def __call__(self, name: str, fn: Callable[[], Any], valid: Callable[[Any], bool] | None = None) -> Any:
+        """Run ``fn`` unless a marker holds its result (and ``valid`` accepts it: markers of older versions)."""
         from derain.checkpoint import atomic_write_text
 
         marker = self.out / ".stages" / f"{name}.json"
         if marker.is_file() and not self.force:
-            self.log(f"[demo] {name}: done earlier, reused (--force redoes it)")
-            return json.loads(marker.read_text())["result"]
+            result = json.loads(marker.read_text())["result"]
+            if valid is None or valid(result):
+                self.log(f"[demo] {name}: done earlier, reused (--force redoes it)")
+                return result
+            self.log(f"[demo] {name}: marker from an older demo version, redoing it")
         self.log(f"[demo] {name} ...")
         t = time.perf_counter()
         result = fn()
@@ -270,19 +276,35 @@ def _train_derainer(cfg: DemoConfig, r: DerainerRecipe, name: str, scenes: dict[
     return str(root / name)
 
 
-def _joint(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool, progress: bool) -> str:
+JOINT_RUNS = {"mspfn-lite+det": "det", "mspfn-lite+restore": "restore"}  # name -> which loss
+
+
+def _is_joint_result(result: Any) -> bool:
+    return isinstance(result, dict) and set(result) == set(JOINT_RUNS)
+
+
+def _joint_runs(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool,
+                progress: bool) -> dict[str, str]:
+    """``mspfn-lite+det`` (restoration + det_weight × detection loss) and its control ``mspfn-lite+restore``
+    (the same steps, data and seed with the task weight 0), so the table shows what the task loss adds."""
+    return {name: _joint(cfg, scenes, models, force, progress, name, cfg.joint.det_weight if kind == "det" else 0.0)
+            for name, kind in JOINT_RUNS.items()}
+
+
+def _joint(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool, progress: bool,
+           name: str, det_weight: float) -> str:
     from derain.train import ModelConfig, OptimConfig
     from downstream.joint import JointConfig, JointDataConfig, JointTrainer, JointWeights
 
     r = cfg.joint
     jcfg = JointConfig(
-        name="mspfn-lite+det", out=str(Path(cfg.out) / "joint"), seed=cfg.seed, iters=r.iters, batch_size=r.batch,
+        name=name, out=str(Path(cfg.out) / "joint"), seed=cfg.seed, iters=r.iters, batch_size=r.batch,
         crop=r.crop, device=cfg.device, log_every=10, val_every=max(r.iters, 1), save_every=max(r.iters // 3, 1),
         val_limit=16, derainer=ModelConfig(name=cfg.mspfn.model, options=dict(cfg.mspfn.options),
                                            init=models["mspfn-lite"]),
         task="detection", data=JointDataConfig(format="yolo", path=scenes["det_yaml"]),
         task_model=models["detector"], presets=list(cfg.severities),
-        weights=JointWeights(restore=1.0, det=r.det_weight), optim=OptimConfig(lr=r.lr, decay_steps=10**6),
+        weights=JointWeights(restore=1.0, det=det_weight), optim=OptimConfig(lr=r.lr, decay_steps=10**6),
     )
     run_dir = Path(jcfg.out) / jcfg.name
     result = JointTrainer(jcfg, resume=_resumable(run_dir, force), progress=progress).run()
@@ -304,7 +326,7 @@ def _bench(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], forc
                         model=models["segmenter"]),
         ],
         derainers=[DerainerSpec(name="identity", model="identity")]
-        + [DerainerSpec(name=n, model=models[n]) for n in ("prenet", "mspfn-lite", "mspfn-lite+det")],
+        + [DerainerSpec(name=n, model=models[n]) for n in ("prenet", "mspfn-lite", *JOINT_RUNS)],
     )
     return str(run_bench(bcfg, force=force, progress=progress))
 

@@ -148,6 +148,8 @@ def _value(combined: Combined, dataset: str, severity: str, method: str, metric:
     value = Value(hit[0], hit[1], hit[2])
     kind, _, base = metric.partition("_")
     behind = {"drop": f"drop_{base}", "recovery": f"gain_{base}"}.get(kind)
+    if metric.endswith("_gap_closed"):  # robustness: the share of the gap closed is itself a difference
+        behind = metric
     if behind and base:
         ci = combined.interval(dataset, severity, method, behind)
         value.noise = ci is not None and not (ci[0] > 0 or ci[1] < 0)
@@ -406,8 +408,46 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     return tables
 
 
+def main_robustness_tables(combined: Combined) -> list[Table]:
+    """Per dataset with robustness rows: mPC, rPC and gap closed of the headline metric, and mean PSNR-Y."""
+    tables = []
+    for ds, task in combined.datasets.items():
+        m = TASK_METRICS[task][0]
+        label = METRIC_LABELS[m]
+        columns = [
+            Column(f"{m}_pc", f"mPC {label}"),
+            Column(f"{m}_rpc", "rPC"),
+            Column(f"{m}_gap_closed", "gap closed", digits=2),
+        ]
+        table = Table(
+            f"main_robustness_{ds}",
+            f"{ds}: over all {len(combined.rain_severities())} rain severities",
+            ["method"],
+            columns,
+        )
+        for method in combined.methods:
+            if method == "clean":
+                entries: list[Entry] = [_value(combined, ds, "none", "clean", m), Value(1.0), Value(None)]
+            else:
+                entries = [_value(combined, ds, SUMMARY_SEVERITY, method, c.key) for c in columns]
+            if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
+                table.rows.append(([method], entries))
+        if any(keys[0] != "clean" for keys, _ in table.rows):
+            table.footnotes = ci_note(table, short=True)
+            tables.append(table)
+    return tables
+
+
 def main_table_text(run_dirs: str | Path | Iterable[str | Path] | Combined, min_drop: float = MIN_DROP) -> str:
     """The main result per dataset / severity / method as plain text for a terminal (fits 100 columns): task metrics,
-    PSNR-Y, and drop / recovery of the headline metric. Takes run folders or already combined runs."""
+    PSNR-Y, and drop / recovery of the headline metric, then the robustness summary (mPC, rPC, gap closed). Takes
+    run folders or already combined runs."""
     combined = run_dirs if isinstance(run_dirs, Combined) else load_runs(run_dirs)
-    return "\n\n".join(table_text(t) for t in main_tables(combined, min_drop))
+    robust = {t.name.removeprefix("main_robustness_"): t for t in main_robustness_tables(combined)}
+    parts = []
+    for table in main_tables(combined, min_drop):
+        parts.append(table_text(table))
+        extra = robust.get(table.name.removeprefix("main_"))
+        if extra is not None:
+            parts.append(table_text(extra))
+    return "\n\n".join(parts)

@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from derainbench.cli import main
 from derainbench.demo import ASSETS, MANIFEST, DemoConfig, demo_config, shipped_models
 
-METHODS = {"clean", "rainy", "identity", "prenet", "mspfn-lite", "mspfn-lite+det"}
+METHODS = {"clean", "rainy", "identity", "prenet", "mspfn-lite", "mspfn-lite+det", "mspfn-lite+restore"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,11 @@ def test_demo_runs_every_stage(demo_dir: Path, capsys: pytest.CaptureFixture[str
     assert set(manifest["models"]) == {"detector", "segmenter", "mspfn-lite", "prenet"}
     summary = json.loads((demo_dir / "joint/mspfn-lite+det/summary.json").read_text())
     assert summary["task"] == "detection" and summary["steps"] == 2
+    det_cfg, ctrl_cfg = (yaml.safe_load((demo_dir / f"joint/{n}/config.yaml").read_text())
+                         for n in ("mspfn-lite+det", "mspfn-lite+restore"))
+    assert det_cfg["weights"]["det"] > 0 and ctrl_cfg["weights"]["det"] == 0  # the control: restoration only
+    assert {k: v for k, v in det_cfg.items() if k not in ("name", "weights")} == {
+        k: v for k, v in ctrl_cfg.items() if k not in ("name", "weights")}  # same steps, data, seed
 
     rows = read_rows(demo_dir / "bench/results.csv")
     assert {r["method"] for r in rows} == METHODS
