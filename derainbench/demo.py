@@ -160,10 +160,12 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
 
 
 class _Stages:
-    """Runs named stages once: ``OUT/.stages/<name>.json`` holds a finished stage's result and time."""
+    """Runs named stages once: ``OUT/.stages/<name>.json`` holds a finished stage's result and time. Once a stage
+    runs, every later one runs too (its inputs may have changed); their own resume logic skips what still holds."""
 
     def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
         self.out, self.force, self.log = out, force, log
+        self.ran = False
 
     def __call__(self, name: str, fn: Callable[[], Any], valid: Callable[[Any], bool] | None = None) -> Any:
         """Run ``fn`` unless a marker holds its result (and ``valid`` accepts it: markers of older versions)."""
@@ -172,10 +174,14 @@ class _Stages:
         marker = self.out / ".stages" / f"{name}.json"
         if marker.is_file() and not self.force:
             result = json.loads(marker.read_text())["result"]
-            if valid is None or valid(result):
+            if self.ran:
+                self.log(f"[demo] {name}: an earlier stage was redone, so this one is too")
+            elif valid is None or valid(result):
                 self.log(f"[demo] {name}: done earlier, reused (--force redoes it)")
                 return result
-            self.log(f"[demo] {name}: marker from an older demo version, redoing it")
+            else:
+                self.log(f"[demo] {name}: marker from an older demo version, redoing it")
+        self.ran = True
         self.log(f"[demo] {name} ...")
         t = time.perf_counter()
         result = fn()

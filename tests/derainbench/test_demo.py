@@ -70,6 +70,21 @@ def test_rerun_reuses_stages_and_prints_the_table(demo_dir: Path, capsys: pytest
     assert (demo_dir / "bench/results.csv").read_text() == before
 
 
+def test_a_redone_stage_redoes_the_later_ones(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A joint marker of an older demo version (one tuned model instead of two) is redone, then bench and report."""
+    marker = demo_dir / ".stages/joint.json"
+    saved = marker.read_text()
+    marker.write_text(json.dumps({"result": "old/joint/path", "seconds": 1}))
+    try:
+        assert main(["demo", "--fast", "--out", str(demo_dir), "--device", "cpu", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("done earlier") == 3  # scenes, rain, models
+        assert "joint: marker from an older demo version" in out
+        assert "bench: an earlier stage was redone" in out and "report: an earlier stage was redone" in out
+    finally:
+        marker.write_text(saved)
+
+
 def test_force_redoes_everything_identically(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (demo_dir / "bench/results.csv").read_text()
     cells = demo_dir / "bench/cells"
