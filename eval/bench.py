@@ -33,10 +33,19 @@ from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models
 from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
-from derain.synth import image_seed, synthesize
+from derain.synth import PRESETS, image_seed, synthesize
 from downstream.datasets import load_task_dataset
 
 TASK_METRICS = {"detection": ("map", "map50"), "segmentation": ("miou", "pixel_acc")}
+
+
+@dataclass
+class RainSource:
+    """Rainy copies of a dataset's images made elsewhere (another synthesizer, a script, the MSPFN authors'
+    COCO350/BDD350 samples): ``path/<image path relative to the dataset's image folder>``, any image extension."""
+
+    name: str  # its rows carry this in the ``severity`` column
+    path: str
 
 
 @dataclass
@@ -51,6 +60,10 @@ class DatasetSpec:
     split: str = "val"
     imgsz: int | None = None  # detector inference size (default: the image's long side)
     limit: int | None = None  # score at most this many images
+    rainy: list[RainSource] = field(default_factory=list)  # pre-rained folders, scored beside the presets
+    # The labelled images are themselves rainy (real rain, no clean twin): they are scored as severity NAME (rainy
+    # and each derainer); no clean row, no synthetic severities, no PSNR/SSIM (nothing to compare with).
+    real_rain: str | None = None
 
 
 @dataclass
@@ -92,18 +105,56 @@ class Cell:
 
 
 def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec | None]]:
-    """Clean first, then per severity the rainy images and each derainer's output."""
-    cells: list[tuple[Cell, DerainerSpec | None]] = [(Cell(dataset, "none", "clean"), None)]
-    for sev in cfg.severities:
+    """Clean first, then per severity (synthetic presets, then the dataset's rain sources) the rainy images and each
+    derainer's output; a real-rain dataset has only its own rainy images and their derained versions."""
+    spec = next(d for d in cfg.datasets if d.name == dataset)
+    if spec.real_rain:
+        cells: list[tuple[Cell, DerainerSpec | None]] = []
+        severities = [spec.real_rain]
+    else:
+        cells = [(Cell(dataset, "none", "clean"), None)]
+        severities = [*cfg.severities, *(src.name for src in spec.rainy)]
+    for sev in severities:
         cells.append((Cell(dataset, sev, "rainy"), None))
         cells += [(Cell(dataset, sev, d.name), d) for d in cfg.derainers]
     return cells
 
 
+def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
+    """The rainy file of each of the first ``n`` labelled images, matched by path relative to the dataset's image
+    folder (same stem, any image extension); a DatasetError lists every labelled image without one."""
+    from derain.imageio import is_image_file
+    from downstream.datasets import DatasetError
+
+    root = Path(source.path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"rain source {source.name!r}: folder not found: {root}")
+    files: dict[str, list[Path]] = {}
+    for f in root.rglob("*"):
+        if f.is_file() and is_image_file(f):
+            files.setdefault(f.relative_to(root).with_suffix("").as_posix(), []).append(f)
+    out, missing, ambiguous = [], [], []
+    for i in range(n):
+        rel = Path(dataset.image_path(i)).relative_to(dataset.images_dir).with_suffix("").as_posix()
+        hits = files.get(rel, [])
+        if len(hits) == 1:
+            out.append(hits[0])
+        else:
+            (missing if not hits else ambiguous).append(rel)
+    if missing or ambiguous:
+        parts = [f"rain source {source.name!r} ({root}) does not match the labelled images of {dataset.images_dir}:"]
+        if missing:
+            parts.append(f"{len(missing)} without a rainy file (same relative path, any image extension): "
+                         + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        if ambiguous:
+            parts.append(f"{len(ambiguous)} with several rainy files of other extensions: " + ", ".join(ambiguous[:10]))
+        raise DatasetError(" ".join(parts))
+    return out
+
+
 def validate(cfg: BenchConfig) -> None:
     """Fail early, with what to do, on configs that cannot run."""
     from derain.checkpoint import is_checkpoint
-    from derain.synth import PRESETS
 
     if not cfg.datasets:
         raise ValueError("bench config has no datasets")
@@ -112,6 +163,17 @@ def validate(cfg: BenchConfig) -> None:
             raise ValueError(f"unknown severity {sev!r}; rain presets are {', '.join(PRESETS)}")
     for ds in cfg.datasets:
         check_name(ds.name, "dataset name")
+        sources = [src.name for src in ds.rainy] + ([ds.real_rain] if ds.real_rain else [])
+        for src in sources:
+            check_name(src, f"dataset {ds.name!r}: rain source name")
+        taken = {"none", SUMMARY_SEVERITY, *PRESETS}
+        clash = sorted({s for s in sources if s in taken or sources.count(s) > 1})
+        if clash:
+            raise ValueError(f"dataset {ds.name!r}: rain source names must be unique and differ from the presets and "
+                             f"'none'/'mean': {clash}")
+        if ds.real_rain and ds.rainy:
+            raise ValueError(f"dataset {ds.name!r}: a real-rain dataset (real_rain) has no clean images to pair with "
+                             "pre-rained copies (rainy)")
     for d in cfg.derainers:
         check_name(d.name, "derainer name")
     names = [d.name for d in cfg.derainers]
@@ -161,11 +223,12 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
             n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
             if n == 0:
                 raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
+            sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
             task_model = _load_task_model(spec, dataset, device)
             for cell, dspec in todo:
                 derainer = _load_derainer(dspec, device) if dspec else None
                 result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, dspec, device, out,
-                                   progress and dist.is_main, dist)
+                                   progress and dist.is_main, dist, sources.get(cell.severity))
                 if dist.is_main:
                     atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
         if dist.is_main:
@@ -222,8 +285,11 @@ def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.nd
 
 def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
               derainer: torch.nn.Module | None, dspec: DerainerSpec | None, device: torch.device, out: Path,
-              progress: bool, dist: DistInfo) -> dict[str, Any]:
-    """Score one (dataset, severity, method) on this rank's share of the images; rank 0 gets the totals."""
+              progress: bool, dist: DistInfo, rainy_files: list[Path] | None = None) -> dict[str, Any]:
+    """Score one (dataset, severity, method) on this rank's share of the images; rank 0 gets the totals.
+
+    The input is the clean image (severity none, or a real-rain dataset's own image), the file of a rain source
+    (``rainy_files``), or rain synthesized with the preset."""
     from eval.detection import DetectionEvaluator, predictions_to_coco
     from eval.segmentation import ConfusionMatrix
 
@@ -236,11 +302,16 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         image, label = dataset[i]
         name = Path(dataset.image_path(i)).name
         clean = to_tensor(image).unsqueeze(0)
-        x = clean if cell.severity == "none" else to_tensor(rainy_image(image, cell.severity, cfg.seed, name))[None]
+        if cell.severity == "none" or spec.real_rain:
+            x = clean
+        elif rainy_files is not None:
+            x = _read_source_image(rainy_files[i], dataset.image_path(i), image.shape)
+        else:
+            x = to_tensor(rainy_image(image, cell.severity, cfg.seed, name))[None]
         if derainer is not None:
             x = derain_tensor(derainer, x.to(device), tile=dspec.tile, overlap=dspec.overlap).cpu()
         row: dict[str, Any] = {"image": name}
-        if cell.severity != "none":
+        if cell.severity != "none" and not spec.real_rain:  # no clean twin, no PSNR/SSIM
             scores = compute_metrics(x, clean)
             row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
         if detection:
@@ -283,6 +354,17 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     if cfg.bootstrap > 0:
         result["image_stats"] = image_stats
     return result
+
+
+def _read_source_image(path: Path, clean_path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """A rain source's image as ``1×3×H×W``; its size must be the labelled image's."""
+    from derain.imageio import read_image
+
+    rainy = read_image(path)
+    if rainy.shape != tuple(shape):
+        raise ValueError(f"rainy image {path} is {rainy.shape[1]}×{rainy.shape[0]} but its labelled image {clean_path} "
+                         f"is {shape[1]}×{shape[0]} (W×H): rain sources must keep the image size")
+    return to_tensor(rainy)[None]
 
 
 def _gather(items: list, dist: DistInfo) -> list:
@@ -466,7 +548,7 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], n
         return samples.get((ds, s, m, k))
 
     def pc(m: str, k: str) -> np.ndarray | None:
-        per = [get(s, m, k) for s in {key[1] for key in samples if key[0] == ds and key[1] != "none"}]
+        per = [get(s, m, k) for s in {key[1] for key in samples if key[0] == ds and key[1] in PRESETS}]
         return np.mean(per, axis=0) if per and all(p is not None for p in per) else None
 
     if "versus" in row:  # differences.csv
@@ -513,8 +595,8 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
     tasks = {r["dataset"]: r["task"] for r in rows}
     out = []
-    for ds, task in tasks.items():
-        severities = sorted({k[1] for k in value if k[0] == ds and k[2] == "rainy"})
+    for ds, task in tasks.items():  # synthetic severities only: rain sources are not a severity ladder
+        severities = sorted({k[1] for k in value if k[0] == ds and k[2] == "rainy" and k[1] in PRESETS})
         methods = list(dict.fromkeys(k[2] for k in value if k[0] == ds and k[1] != "none"))
         for metric in TASK_METRICS[task]:
             clean = value.get((ds, "none", "clean", metric))

@@ -221,7 +221,22 @@ def restoration_table(combined: Combined) -> Table:
                 table.rows.append(([ds, method], entries))
     _mark_best(table, 1)
     table.footnotes = seeds_note(combined)
+    unpaired = real_rain_datasets(combined)
+    if unpaired:
+        table.footnotes.append(
+            f"No PSNR/SSIM for {', '.join(unpaired)}: real rain without clean images, so there is nothing to compare "
+            "the outputs with (their task scores are in the task tables)."
+        )
     return table
+
+
+def real_rain_datasets(combined: Combined) -> list[str]:
+    """Datasets without a clean row (labelled real rain): no PSNR/SSIM, drop or recovery exist for them."""
+    return [
+        ds
+        for ds, task in combined.datasets.items()
+        if combined.value(ds, "none", "clean", TASK_METRICS[task][0]) is None
+    ]
 
 
 def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Table:
@@ -398,6 +413,8 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
                 ):
                     rec.mark, noisy = NOISE_MARK, True
                 table.rows.append(([sev, method], entries))
+        if ds in real_rain_datasets(combined):
+            table.footnotes.append("real rain without clean images: no PSNR-Y, drop or recovery")
         if noisy:
             table.footnotes.append(
                 f"{NOISE_MARK} drop within noise (95 % interval contains 0, or |drop| < {min_drop:g} "

@@ -136,3 +136,43 @@ def test_robustness_summary_arithmetic() -> None:
     assert all(r["severity"] == "mean" for r in robustness(rows))
     assert got == pytest.approx({("rainy", "miou_pc"): 0.2, ("rainy", "miou_rpc"): 0.4,
                                  ("x", "miou_pc"): 0.35, ("x", "miou_rpc"): 0.7, ("x", "miou_gap_closed"): 0.5})
+
+
+def test_pre_rained_folder_source_equals_the_preset_it_was_made_with(setup: dict, tmp_path: Path) -> None:
+    """A folder written by `derainbench synth` with the run seed, given as a rain source, scores exactly like the
+    in-memory preset; a labelled image without a rainy file is an error that names it."""
+    from derain.synth import synthesize_folder
+    from downstream.datasets import DatasetError
+
+    root = setup["root"]
+    synthesize_folder(root / "scenes/seg/val/images", tmp_path / "ext", preset="heavy", seed=0, progress=False)
+    seg = (f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+           f"model: {root}/seg-model, rainy: [{{name: ext, path: {tmp_path / 'ext'}}}]}}]")
+    run = run_bench(bench_config(setup, tmp_path / "run", seg, "severities=[heavy]", "samples=0"), progress=False)
+    res = pd.read_csv(run / "results.csv").set_index(["severity", "method", "metric"]).value
+    assert {s for s, _, _ in res.index} == {"none", "heavy", "ext", "mean"}
+    for method in ("rainy", "identity", "lite"):
+        for metric in ("miou", "pixel_acc", "psnr_y", "ssim_y"):
+            assert res[("ext", method, metric)] == pytest.approx(res[("heavy", method, metric)], abs=1e-12)
+    assert res[("mean", "rainy", "miou_pc")] == pytest.approx(res[("heavy", "rainy", "miou")])  # sources not in mPC
+    victim = sorted((tmp_path / "ext").glob("*.png"))[1]
+    victim.unlink()
+    with pytest.raises(DatasetError, match=rf"rain source 'ext'.*1 without a rainy file.*{victim.stem}"):
+        run_bench(bench_config(setup, tmp_path / "run2", seg, "severities=[heavy]", "samples=0"), progress=False)
+
+
+def test_real_rain_dataset_has_no_clean_rows_and_no_psnr(setup: dict, tmp_path: Path) -> None:
+    root = setup["root"]
+    seg = (f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+           f"model: {root}/seg-model, real_rain: real}}]")
+    run = run_bench(bench_config(setup, tmp_path / "run", seg, "samples=1"), progress=False)
+    res = pd.read_csv(run / "results.csv")
+    assert set(res.severity) == {"real"} and "clean" not in set(res.method)
+    assert set(res.method) == {"rainy", "identity", "lite"}
+    assert not {"psnr_y", "ssim_y"} & set(res.metric)  # absent, not zero
+    assert {"miou", "pixel_acc", "gain_miou"} <= set(res.metric) and not res.metric.str.startswith("drop_").any()
+    gain = res[(res.method == "identity") & (res.metric == "gain_miou")].iloc[0]
+    assert gain.value == 0 and gain.ci_low == 0 and gain.ci_high == 0
+    with pytest.raises(ValueError, match="rain source names must be unique and differ from the presets"):
+        run_bench(bench_config(setup, tmp_path / "x", seg.replace("real_rain: real", "real_rain: heavy")),
+                  progress=False)

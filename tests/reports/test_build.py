@@ -125,3 +125,16 @@ def test_cli_help_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["report", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err
     assert "results.csv not found" in err and "derainbench bench" in err
+
+
+def test_report_of_a_real_rain_dataset_says_why_psnr_is_absent(tiny_bench: dict, tmp_path: Path) -> None:
+    from eval.bench import run_bench
+
+    root = tiny_bench["root"]
+    cfg = tiny_bench["config"](tmp_path / "run", f"datasets=[{{name: seg, task: segmentation, format: masks, "
+                               f"path: {root}/scenes/seg, model: {root}/seg-model, real_rain: real}}]", "samples=1")
+    run = run_bench(cfg, progress=False)
+    report = build_report(run, tmp_path / "report", formats="md,csv")
+    md = (report.out / "report.md").read_text()
+    assert "No PSNR/SSIM for seg: real rain without clean images" in md
+    assert "real rain without clean images: no PSNR-Y, drop or recovery" in main_table_text(run)
