@@ -45,20 +45,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from derain.config import load_config
     from eval.bench import BenchConfig, run_bench
+    from reports.tables import main_table_text
 
     cfg = load_config(BenchConfig, args.config, args.overrides)
     out = run_bench(cfg, force=args.force, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
-    table = pd.read_csv(out / "results.csv")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        for name, rows in table.groupby("dataset", sort=False):
-            wide = rows.pivot_table(index=["severity", "method"], columns="metric", values="value", sort=False)
-            print(f"\n{name} ({rows.task.iloc[0]}; PSNR/SSIM on Y, MATLAB rgb2ycbcr, no crop)")
-            print(wide.dropna(axis=1, how="all").round(4).to_string())
-    print(f"\nresults: {out / 'results.csv'}")
+    print(main_table_text(out))  # the report's main table: task metrics, PSNR-Y, drop, recovery, robustness
+    print(f"\nresults: {out / 'results.csv'} (every metric with its interval); tables and figures: "
+          f"derainbench report {out}")
     return 0
