@@ -12,6 +12,8 @@ are rebuilt from the cells; ``environment.json`` records the device and package 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import platform
@@ -120,6 +122,62 @@ def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec 
     return cells
 
 
+def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: DerainerSpec | None,
+                     hashes: dict[str, str]) -> str:
+    """A digest of everything that determines a cell's numbers: the dataset spec and its task model's weights,
+    the rain (preset parameters and seed, or the source folder), the derainer spec and its weights' content, the
+    detector thresholds and whether intervals are kept. A finished cell whose digest differs is recomputed, so a
+    config edited between runs never leaves stale numbers behind (``hashes`` caches file digests)."""
+    from dataclasses import asdict
+
+    rain: Any = None
+    if cell.severity in PRESETS and not spec.real_rain:
+        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed}
+    elif cell.severity != "none":
+        rain = next((asdict(src) for src in spec.rainy if src.name == cell.severity), spec.real_rain)
+    parts = {
+        "dataset": {**asdict(spec), "rainy": [asdict(r) for r in spec.rainy]},
+        "task_model": _content_digest(spec.model, hashes),
+        "rain": rain,
+        "derainer": None if dspec is None else {**asdict(dspec), "content": _content_digest(
+            dspec.weights or dspec.model, hashes)},
+        "detector": [cfg.conf, cfg.iou] if spec.task == "detection" else None,
+        "intervals": cfg.bootstrap > 0,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _content_digest(path: Any, hashes: dict[str, str]) -> str | None:
+    """sha256 of a weights file, or of the files of a checkpoint folder; None for names (registered models,
+    model .yaml configs)."""
+    p = Path(str(path))
+    key = str(p.resolve()) if p.exists() else str(path)
+    if key in hashes:
+        return hashes[key]
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    else:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(p if p.is_dir() else p.parent).as_posix().encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    hashes[key] = h.hexdigest()
+    return hashes[key]
+
+
+def _stale(path: Path, fingerprint: str) -> bool:
+    """True when a finished cell file was computed from other inputs (or before fingerprints existed)."""
+    try:
+        return json.loads(path.read_text()).get("fingerprint") != fingerprint
+    except (OSError, json.JSONDecodeError):
+        return True
+
+
 def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
     """The rainy file of each of the first ``n`` labelled images, matched by path relative to the dataset's image
     folder (same stem, any image extension); a DatasetError lists every labelled image without one."""
@@ -213,9 +271,19 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
         device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
         if dist.is_main:
             atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
+        hashes: dict[str, str] = {}
         for spec in cfg.datasets:
-            todo = [(c, d) for c, d in conditions(cfg, spec.name)
-                    if force or not (out / "cells" / f"{c.key}.json").is_file()]
+            todo, stale = [], []
+            for c, d in conditions(cfg, spec.name):
+                path, fp = out / "cells" / f"{c.key}.json", cell_fingerprint(cfg, spec, c, d, hashes)
+                if force or not path.is_file():
+                    todo.append((c, d, fp))
+                elif _stale(path, fp):
+                    todo.append((c, d, fp))
+                    stale.append(c.key)
+            if stale and dist.is_main:
+                print(f"bench: recomputing {len(stale)} finished cell(s) whose inputs changed since they were scored "
+                      f"(config, weights or rain): {', '.join(stale[:6])}{' ...' if len(stale) > 6 else ''}")
             barrier(dist)  # every rank has decided what to do before rank 0 writes the next cell
             if not todo:
                 continue
@@ -225,11 +293,12 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
                 raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
             sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
             task_model = _load_task_model(spec, dataset, device)
-            for cell, dspec in todo:
+            for cell, dspec, fingerprint in todo:
                 derainer = _load_derainer(dspec, device) if dspec else None
                 result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, dspec, device, out,
                                    progress and dist.is_main, dist, sources.get(cell.severity))
                 if dist.is_main:
+                    result["fingerprint"] = fingerprint
                     atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
         if dist.is_main:
             write_results(out, cfg)
@@ -639,9 +708,9 @@ def _drop_recovery(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    """Write ``rows`` as CSV atomically; the temp name is unique per process, so two runs never collide."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

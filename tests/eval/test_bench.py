@@ -176,3 +176,41 @@ def test_real_rain_dataset_has_no_clean_rows_and_no_psnr(setup: dict, tmp_path: 
     with pytest.raises(ValueError, match="rain source names must be unique and differ from the presets"):
         run_bench(bench_config(setup, tmp_path / "x", seg.replace("real_rain: real", "real_rain: heavy")),
                   progress=False)
+
+
+def test_cells_of_a_changed_config_are_recomputed(setup: dict, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A derainer renamed to another model, or its weights retrained in place, never leaves stale numbers."""
+    import torch
+
+    from derain import build_model
+    from derain.checkpoint import save_checkpoint
+
+    seg = (f"datasets=[{{name: seg, task: segmentation, format: masks, path: {setup['root']}/scenes/seg, "
+           f"model: {setup['root']}/seg-model}}]")
+    out = tmp_path / "run"
+
+    def run(model: Path) -> dict[str, int]:
+        run_bench(bench_config(setup, out, seg, "severities=[heavy]", "samples=0", "bootstrap=0",
+                               f"derainers=[{{name: lite, model: {model}}}]"), progress=False)
+        return {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+
+    def checkpoint(folder: Path, seed: int) -> Path:
+        torch.manual_seed(seed)
+        model = build_model("mspfn-lite", units=1)
+        with torch.no_grad():
+            for prm in model.parameters():
+                prm.add_(0.05 * torch.randn_like(prm))
+        return save_checkpoint(folder, model, name="mspfn-lite", config={"units": 1})
+
+    first = run(checkpoint(tmp_path / "a", 0))
+    lite = pd.read_csv(out / "results.csv").set_index(["method", "metric"]).value[("lite", "psnr_y")]
+    assert run(tmp_path / "a") == first and "recomputing" not in capsys.readouterr().out  # nothing changed
+    second = run(checkpoint(tmp_path / "b", 1))  # same name, another model
+    assert "recomputing 1 finished cell" in capsys.readouterr().out
+    changed = {k for k in first if first[k] != second[k]}
+    assert changed == {"seg__heavy__lite.json"}
+    assert pd.read_csv(out / "results.csv").set_index(["method", "metric"]).value[("lite", "psnr_y")] != lite
+    checkpoint(tmp_path / "b", 2)  # retrained in place: same path, other weights
+    third = run(tmp_path / "b")
+    assert {k for k in second if second[k] != third[k]} == {"seg__heavy__lite.json"}
