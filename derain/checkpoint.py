@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,43 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+@contextmanager
+def replace_dir(folder: str | Path) -> Iterator[Path]:
+    """Write a whole folder at once: yields a temp folder beside ``folder``; when the block finishes it takes
+    ``folder``'s place (the old one is kept as ``.<name>.old`` until the new one is in place), so a crash leaves
+    either the old folder or the new one, never a mix of both. :func:`recover_dir` undoes a crash between the
+    two renames."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(folder: str | Path) -> bool:
+    """After a crash inside :func:`replace_dir`'s swap: put ``.<name>.old`` back when ``folder`` is missing.
+    Returns True when it did."""
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.is_dir():
+        old.replace(folder)
+        return True
+    return False
 
 
 def unwrap(model: nn.Module) -> nn.Module:

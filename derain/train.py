@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +25,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from derain.checkpoint import load_weights, save_checkpoint, unwrap
-from derain.config import check_name, save_config
+from derain.checkpoint import (
+    CheckpointError,
+    load_weights,
+    read_meta,
+    recover_dir,
+    replace_dir,
+    save_checkpoint,
+    unwrap,
+)
+from derain.config import ConfigError, check_name, save_config
 from derain.imageio import to_tensor
 from derain.losses import MSPFNLoss
 from derain.registry import build_model
@@ -181,8 +190,22 @@ class Trainer:
         self.log_extra: dict[str, float] = {}  # their values at the latest step
 
     # -- setup --------------------------------------------------------------------------------------
+    def _check(self) -> None:
+        """Counts that must be positive, and a fresh run that would overwrite another's checkpoints."""
+        cfg = self.cfg
+        for key in ("iters", "batch_size", "log_every", "val_every", "save_every", "patch_size"):
+            value = getattr(cfg, key, None)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be a positive number, got {value}")
+        kept = [d.name for d in (self.run_dir / "last", self.run_dir / "best") if d.exists()]
+        if not self.resume and kept:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run ({', '.join(kept)}/); continue it with --resume, or choose "
+                "another name=... (or delete the folder) to start afresh: a new run would overwrite its checkpoints")
+
     def _build(self) -> None:
         cfg = self.cfg
+        self._check()
         if cfg.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} ranks")
         torch.manual_seed(cfg.seed)
@@ -241,6 +264,8 @@ class Trainer:
 
     def _load_state(self) -> None:
         last = self.run_dir / "last"
+        if recover_dir(last):
+            warnings.warn(f"{last} was missing after an interrupted save; resuming from the previous one", stacklevel=2)
         state_file = last / "state.pt"
         if not state_file.is_file():
             raise FileNotFoundError(
@@ -248,6 +273,12 @@ class Trainer:
             )
         load_weights(self.model, last)
         state = torch.load(state_file, map_location="cpu", weights_only=True)
+        saved = read_meta(last).get("step")
+        if saved is not None and int(saved) != int(state["step"]):
+            raise CheckpointError(
+                f"--resume: {last} is inconsistent (weights of step {saved}, optimizer state of step {state['step']}); "
+                "it was written by an older version interrupted mid-save. Start a new run from its weights with "
+                f"model.init={last}, or resume from an earlier copy")
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -260,23 +291,24 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _save(self, which: str) -> Path:
+        """Write ``last/`` (weights + training state) or ``best/`` as one unit: a kill or a full disk leaves the
+        previous complete folder, never weights and state of different steps."""
         folder = self.run_dir / which
         extra = {"best_psnr_y": self.best_psnr, "train_config": self.cfg.name}
-        save_checkpoint(folder, self.model, name=self.cfg.model.name, config=self.cfg.model.options,
-                        step=self.step, extra=extra)
-        if which == "last":
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "step": self.step,
-                "best_psnr": self.best_psnr,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                **self._extra_state(),
-            }
-            tmp = folder / f".state.pt.tmp{os.getpid()}"
-            torch.save(state, tmp)
-            tmp.replace(folder / "state.pt")
+        with replace_dir(folder) as tmp:
+            save_checkpoint(tmp, self.model, name=self.cfg.model.name, config=self.cfg.model.options,
+                            step=self.step, extra=extra)
+            if which == "last":
+                state = {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "step": self.step,
+                    "best_psnr": self.best_psnr,
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                    **self._extra_state(),
+                }
+                torch.save(state, tmp / "state.pt")
         return folder
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -371,10 +403,17 @@ class Trainer:
         """Check ``loss`` is finite on every rank, back-propagate it and step (AMP scaler, optional clipping)."""
         mean_loss = all_reduce_mean(loss.detach(), self.dist)
         if not torch.isfinite(mean_loss):
+            last = self.run_dir / "last"
+            if (last / "state.pt").is_file():
+                step = read_meta(last).get("step")
+                kept = (f"{last} holds step {step}, saved while the loss was still finite (with a diverging lr its "
+                        "weights may already be poor: compare best/ or the log). Lower optim.lr, set optim.grad_clip, "
+                        "or check the training images, then continue with --resume, or start again")
+            else:
+                kept = (f"no checkpoint was saved yet (save_every={self.cfg.save_every}), so there is nothing to "
+                        "resume: lower optim.lr, set optim.grad_clip, or check the training images, and start again")
             raise NonFiniteLossError(
-                f"non-finite loss ({mean_loss.item()}) at step {self.step + 1}; weights were not updated and "
-                f"the last good checkpoint is kept at {self.run_dir / 'last'}. Lower optim.lr, set "
-                "optim.grad_clip, or check the training images, then continue with --resume."
+                f"non-finite loss ({mean_loss.item()}) at step {self.step + 1}; weights were not updated. {kept}."
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -433,11 +472,16 @@ class _Logger:
         if self.path.is_file() and resume_step > 0:  # keep history up to the resumed step only
             with open(self.path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        self.fh = open(self.path, "w", newline="")  # noqa: SIM115 - closed in close()
+        # The kept history is written to a temp file and renamed into place, then appended to: a kill at any
+        # moment leaves either the old log or the new one, never an empty file.
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="") as fh:
+            head = csv.DictWriter(fh, fieldnames=self.fields, restval="", extrasaction="ignore")
+            head.writeheader()
+            head.writerows(rows)
+        tmp.replace(self.path)
+        self.fh = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.DictWriter(self.fh, fieldnames=self.fields, restval="")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.fh.flush()
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -637,7 +637,10 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], n
         if kind == "rpc":
             return m_pc / clean
         r_pc = pc("rainy", base)
-        return None if r_pc is None else (m_pc - r_pc) / (clean - r_pc)
+        if r_pc is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (m_pc - r_pc) / (clean - r_pc)
     if metric.startswith("drop_"):
         a, b = get("none", "clean", metric[5:]), get(sev, "rainy", metric[5:])
         return None if a is None or b is None else a - b

@@ -99,11 +99,61 @@ class NaNAfter(nn.Module):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, clean_dir: Path) -> None:
     add_model("test-nan-after", NaNAfter, override=True)
     cfg = config(tmp_path, clean_dir, "model.name=test-nan-after", "model.options={}", "iters=5")
-    with pytest.raises(NonFiniteLossError, match="step 3"):
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*run/last holds step 2, saved while the loss was still"):
         train(cfg, progress=False)
     state = torch.load(tmp_path / "run/last/state.pt", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run/last").values())
+    cfg = config(tmp_path / "b", clean_dir, "model.name=test-nan-after", "model.options={}", "iters=5",
+                 "save_every=100")  # nothing saved before the NaN: the message must not point to a last/
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved yet .* nothing to resume"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "b/run/last").exists()
+
+
+def test_fresh_run_never_overwrites_a_finished_one(tmp_path: Path, clean_dir: Path) -> None:
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"already holds a run \(last, best/\); continue it with --resume"):
+        train(config(tmp_path, clean_dir, "iters=2", "seed=5"), progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("bad", ["iters=-5", "log_every=0", "save_every=0", "val_every=0", "batch_size=0"])
+def test_counts_must_be_positive(tmp_path: Path, clean_dir: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match=f"{bad.split('=')[0]} must be a positive number"):
+        train(config(tmp_path, clean_dir, bad), progress=False)
+
+
+def test_resume_keeps_the_log_and_refuses_a_mixed_checkpoint(tmp_path: Path, clean_dir: Path) -> None:
+    import csv
+    import json
+
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    log = tmp_path / "run/log.csv"
+    first = log.read_text()
+    train(config(tmp_path, clean_dir, "iters=4"), resume=True, progress=False)
+    assert log.read_text().startswith(first)  # history kept, new rows appended
+    assert [int(r["step"]) for r in csv.DictReader(log.open()) if r["loss"]] == [1, 2, 3, 4]
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # no temp files left behind
+    meta = tmp_path / "run/last/model.json"  # weights of another step than the optimizer state (an old crash)
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "step": 3}))
+    with pytest.raises(ValueError, match=r"is inconsistent \(weights of step 3, optimizer state of step 4\)"):
+        train(config(tmp_path, clean_dir, "iters=6"), resume=True, progress=False)
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
+    from derain.checkpoint import recover_dir, replace_dir
+
+    target = tmp_path / "last"
+    with replace_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), replace_dir(target) as tmp:  # a failure while writing: old folder intact
+        (tmp / "a").write_text("2")
+        raise RuntimeError("disk full")
+    assert (target / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    target.replace(tmp_path / ".last.old")  # a kill between the two renames
+    assert recover_dir(target) and (target / "a").read_text() == "1"
 
 
 def test_unknown_config_key_is_named(tmp_path: Path, clean_dir: Path) -> None:
