@@ -122,7 +122,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     folder = _checkpoint_folder(Path(path))
     if folder is None:
         raise CheckpointError(f"not a derainbench checkpoint (no {META_FILE} + {WEIGHTS_FILE}): {path}")
-    return json.loads((folder / META_FILE).read_text())
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{folder / META_FILE}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise CheckpointError(f"{folder / META_FILE}: must be a JSON object with the architecture's \"name\" "
+                              "(and its \"config\"), as derainbench writes it")
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError(f"{folder / META_FILE}: \"config\" must be an object of model options")
+    return meta
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -138,7 +147,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"weights file not found: {path} (supply a local .safetensors/.pth file)")
     if path.suffix == ".safetensors":
-        state: Any = load_file(str(path))
+        try:
+            state: Any = load_file(str(path))
+        except Exception as exc:  # SafetensorError, or OSError for a truncated header
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}); it is truncated or damaged: "
+                                  "restore it or re-save the weights") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -258,7 +258,8 @@ def _report(problems: list[str], skip_bad: bool, what: str) -> None:
     more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
     if not skip_bad:
         raise PairError(f"{len(problems)} bad pair(s) while {what}:\n  {listed}{more}\n"
-                        "(pass skip_bad=True to skip them)")
+                        "(to skip them and go on: skip_bad: true in a config, --skip-bad on the command line, "
+                        "skip_bad=True in Python)")
     warnings.warn(f"skipped {len(problems)} bad pair(s) while {what}:\n  {listed}{more}", stacklevel=3)
 
 

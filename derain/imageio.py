@@ -34,6 +34,11 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
+MAX_PIXELS_ENV = "DERAINBENCH_MAX_PIXELS"  # raises PIL's decompression-bomb limit (178,956,970 pixels)
+if os.environ.get(MAX_PIXELS_ENV, "").strip().isdigit():
+    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read ``path`` as ``H×W×3`` float32 RGB in [0, 1].
 
@@ -49,6 +54,11 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return _to_rgb_float(im, path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{path}: {exc}. If you trust this file, allow more pixels with the environment variable "
+            f"{MAX_PIXELS_ENV}=<pixels> (and use --tile for very large images)"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageReadError):
             raise

@@ -260,7 +260,12 @@ def derain_paths(
                 amp=amp, channels_last=channels_last,
             ).cpu()
         except RuntimeError as exc:
-            raise RuntimeError(f"deraining {names} failed: {exc}") from exc
+            hint = ""
+            if "memory" in str(exc).lower() and tile is None:
+                hint = " -- out of memory: derain in tiles (--tile 512), so memory depends on the tile, not the image"
+            elif "memory" in str(exc).lower():
+                hint = f" -- out of memory: use a smaller --tile than {tile} or --batch-size 1"
+            raise RuntimeError(f"deraining {names} failed: {exc}{hint}") from exc
         for (src, dst, _), img in zip(group, out, strict=True):
             try:
                 write_image(dst, img)

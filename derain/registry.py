@@ -53,10 +53,41 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     _ensure_builtin()
     if name not in _MODELS:
         raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
-    model = _MODELS[name](**overrides)
+    factory = _MODELS[name]
+    try:
+        model = factory(**overrides)
+    except TypeError as exc:
+        valid = _options(factory)
+        unknown = sorted(set(overrides) - set(valid)) if valid else []
+        if unknown:
+            raise ValueError(f"derainer {name!r}: unknown option {unknown[0]!r} (its options: "
+                             f"{', '.join(valid)})") from exc
+        raise
     model.derain_name = name  # type: ignore[attr-defined]
     model.derain_config = dict(overrides)  # type: ignore[attr-defined]
     return model
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options the registered derainer ``name`` accepts (for checking configs before any work)."""
+    _ensure_builtin()
+    if name not in _MODELS:
+        raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return _options(_MODELS[name])
+
+
+def _options(factory: Callable[..., nn.Module]) -> list[str]:
+    """The keyword options a factory accepts (a ``**overrides`` factory: those of the class it builds)."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    named = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        built = inspect.signature(factory).return_annotation
+        target = factory.__globals__.get(built) if isinstance(built, str) and hasattr(factory, "__globals__") else built
+        if inspect.isclass(target):
+            named += [k for k in inspect.signature(target).parameters if k not in ("self", "args", "kwargs")]
+    return named
 
 
 def _ensure_builtin() -> None:

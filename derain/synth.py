@@ -398,7 +398,12 @@ def synthesize_file(
     src, dst = Path(src), Path(dst)
     if not is_image_file(dst):
         raise ValueError(f"output {dst} needs an image extension (e.g. .png)")
-    rainy, info = synthesize(read_image(src), preset, seed, **overrides)
+    try:
+        rainy, info = synthesize(read_image(src), preset, seed, **overrides)
+    except ValueError as exc:
+        if str(src) in str(exc):
+            raise
+        raise ValueError(f"{src}: {exc}") from exc
     info["source"] = src.name
     write_image(dst, rainy)
     atomic_write_text(sidecar_path(dst), json.dumps(info, indent=1) + "\n")

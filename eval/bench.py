@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, load_derainer
+from derain.checkpoint import atomic_write_text, load_derainer, read_meta
 from derain.config import check_name, save_config
 from derain.imageio import quantize_uint8, to_tensor, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
-from derain.registry import list_models
+from derain.registry import list_models, model_options
 from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from derain.synth import PRESETS, image_seed, synthesize
 from downstream.datasets import load_task_dataset
@@ -242,9 +242,19 @@ def validate(cfg: BenchConfig) -> None:
         if d.model not in list_models() and not is_checkpoint(d.model):
             raise ValueError(f"derainer {d.name!r}: unknown model {d.model!r}; registered derainers are "
                              f"{', '.join(list_models())}, or give a checkpoint folder")
+        arch = d.model if d.model in list_models() else read_meta(d.model)["name"]
+        valid = model_options(arch)
+        unknown = sorted(set(d.options) - set(valid))
+        if unknown and valid:
+            raise ValueError(f"derainer {d.name!r}: unknown option {unknown[0]!r} for {arch} (its options: "
+                             f"{', '.join(valid)})")
         if d.weights and not Path(d.weights).exists():
             raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
     for ds in cfg.datasets:
+        if ds.imgsz is not None and ds.imgsz < 1:
+            raise ValueError(f"dataset {ds.name!r}: imgsz must be a positive number of pixels, got {ds.imgsz}")
+        if ds.limit is not None and ds.limit < 1:
+            raise ValueError(f"dataset {ds.name!r}: limit must be >= 1, got {ds.limit}")
         if ds.task not in TASK_METRICS:
             raise ValueError(f"dataset {ds.name!r}: task must be one of {list(TASK_METRICS)}, got {ds.task!r}")
         if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):

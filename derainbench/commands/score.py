@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", type=Path, help="folder of predicted (derained) images")
     p.add_argument("--gt", type=Path, help="folder of ground-truth clean images")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unmatched, unreadable or size-mismatched pairs (counted in a warning) instead of failing")
     p.add_argument("--pairs", type=Path, metavar="ROOT",
                    help="score the rainy inputs of a paired root (rain/+norain/, input/+target/, rainy/+gt/)")
     p.add_argument("--out", type=Path, metavar="FILE.csv", help="write per-image scores (plus a mean row)")
@@ -90,10 +92,10 @@ def _pairs(args: argparse.Namespace) -> list:
     if args.pairs is not None:
         if args.pred is not None or args.gt is not None:
             raise ValueError("use either --pairs ROOT or --pred DIR --gt DIR, not both")
-        return find_pairs(args.pairs)
+        return find_pairs(args.pairs, skip_bad=args.skip_bad)
     if args.pred is None or args.gt is None:
         raise ValueError("need --pred DIR and --gt DIR (or --pairs ROOT)")
-    return pairs_from_dirs(args.pred, args.gt, sides=("pred", "gt"))
+    return pairs_from_dirs(args.pred, args.gt, sides=("pred", "gt"), skip_bad=args.skip_bad)
 
 
 def format_table(rows: list[dict], means: dict[str, float], crop_border: int = 0) -> str:

@@ -83,3 +83,30 @@ def test_mspfn_checkpoint_of_the_old_wiring_warns(tmp_path: Path) -> None:
     (folder / "model.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="revision 1, this is revision 2: before derainbench 0.2.0"):
         load_derainer(folder)
+
+
+def test_damaged_checkpoint_files_get_one_line_errors(tmp_path: Path) -> None:
+    import json
+
+    folder = save_checkpoint(tmp_path / "ck", build_model("mspfn-lite", units=1), name="mspfn-lite",
+                             config={"units": 1})
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    with pytest.raises(CheckpointError, match="not a readable .safetensors file .* truncated or damaged"):
+        load_derainer(folder)
+    (folder / "model.safetensors").write_bytes(weights)
+    for bad, why in (([1, 2], "must be a JSON object"), ({"config": {}}, "must be a JSON object"),
+                     ({"name": "mspfn-lite", "config": [1]}, "config\" must be an object")):
+        (folder / "model.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=why):
+            load_derainer(folder)
+    (folder / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_derainer(folder)
+
+
+def test_unknown_model_option_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"derainer 'mspfn-lite': unknown option 'chanels' \(its options: channels"):
+        build_model("mspfn-lite", chanels=3)
+    with pytest.raises(ValueError, match=r"unknown option 'stage' \(its options: stages"):
+        build_model("prenet", stage=3)

@@ -124,3 +124,13 @@ def test_write_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
     np.testing.assert_allclose(read_image(tmp_path / "o16.png"), arr, atol=0.5 / 65535 + 1e-7)
     t = read_tensor(tmp_path / "o16.png")
     assert t.shape == (3, 5, 6) and t.dtype == torch.float32
+
+
+def test_decompression_bomb_limit_names_the_file_and_the_way_out(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    write_image(tmp_path / "big.png", np.zeros((30, 30, 3), np.float32))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 900 px > 2 × 100: PIL refuses it as a bomb
+    with pytest.raises(ImageReadError, match=r"big.png: .*DERAINBENCH_MAX_PIXELS=<pixels>"):
+        read_image(tmp_path / "big.png")

@@ -358,3 +358,11 @@ def test_severity_ladder_is_monotone_and_contains_light_and_heavy() -> None:
     for level, preset in (("2", "light"), ("5", "heavy")):
         np.testing.assert_array_equal(synthesize(img, level, seed=3)[0], synthesize(img, preset, seed=3)[0])
         assert PRESETS[level].name == level
+
+
+def test_too_small_image_error_names_the_file(tmp_path: Path) -> None:
+    from derain.synth import synthesize_file
+
+    write_image(tmp_path / "tiny.png", np.zeros((4, 5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"tiny.png: image too small for rain synthesis"):
+        synthesize_file(tmp_path / "tiny.png", tmp_path / "out.png")

@@ -87,3 +87,17 @@ def test_models_lists_parameter_counts(capsys: pytest.CaptureFixture[str]) -> No
     assert sorted(rows) == list_models()
     assert rows["prenet"].strip() == "168,963"
     assert rows["identity"].strip() == "0"
+
+
+def test_out_of_memory_suggests_tiling(rainy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import derain.inference
+
+    def no_memory(*_args, **_kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9663676416 bytes")
+
+    monkeypatch.setattr(derain.inference, "derain_tensor", no_memory)
+    code = main(["derain", "--model", "identity", "--input", str(rainy_dir / "1.png"), "--output",
+                 str(tmp_path / "out"), "--no-progress"])
+    assert code == 1
+    assert "out of memory: derain in tiles (--tile 512)" in capsys.readouterr().err

@@ -106,7 +106,10 @@ def test_missing_and_mismatched_files_are_named(folders, capsys) -> None:
     save_png(pred / "img2.png", np.zeros((10, 10, 3), np.uint8))
     assert main(["score", "--pred", str(pred), "--gt", str(gt), "--json"]) == 1
     err = capsys.readouterr().err
-    assert "size mismatch" in err and "img2.png" in err
+    assert "size mismatch" in err and "img2.png" in err and "--skip-bad on the command line" in err
+    with pytest.warns(UserWarning, match="skipped 1 bad pair"):  # the flag the hint names exists
+        assert main(["score", "--pred", str(pred), "--gt", str(gt), "--json", "--skip-bad"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
     assert main(["score", "--pred", str(pred)]) == 1
     assert "--gt" in capsys.readouterr().err
     assert main(["score", "--pairs", str(pred), "--pred", str(pred)]) == 1

@@ -214,3 +214,15 @@ def test_cells_of_a_changed_config_are_recomputed(setup: dict, tmp_path: Path,
     checkpoint(tmp_path / "b", 2)  # retrained in place: same path, other weights
     third = run(tmp_path / "b")
     assert {k for k in second if second[k] != third[k]} == {"seg__heavy__lite.json"}
+
+
+def test_bad_options_and_sizes_fail_before_any_cell(setup: dict, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"derainer 'lite': unknown option 'chanels' for mspfn-lite"):
+        run_bench(bench_config(setup, out, f"derainers=[{{name: lite, model: {setup['root']}/lite, "
+                                           "options: {chanels: 8}}]"), progress=False)
+    with pytest.raises(ValueError, match="imgsz must be a positive number of pixels, got -64"):
+        run_bench(bench_config(setup, out, f"datasets=[{{name: d, task: detection, format: yolo, "
+                                           f"path: {setup['root']}/scenes/det/data.yaml, model: yolo11n.yaml, "
+                                           "imgsz: -64}]"), progress=False)
+    assert not out.exists()
