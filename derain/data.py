@@ -19,9 +19,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
-from derain.imageio import ImageReadError, list_images, read_image, to_tensor
+from derain.imageio import ImageReadError, image_size, list_images, read_image, to_tensor
 
 __all__ = [
     "LAYOUTS",
@@ -237,8 +236,8 @@ def _keyed(files: list[Path], problems: list[str]) -> dict[str, Path]:
 def _header_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` from the header; unreadable files raise PairError naming the file."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        h, w = image_size(path)  # EXIF orientation applied, as read_image does
+        return w, h
     except (OSError, SyntaxError, ValueError) as exc:
         raise PairError(f"{path}: unreadable image ({exc})") from exc
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -39,8 +39,20 @@ if os.environ.get(MAX_PIXELS_ENV, "").strip().isdigit():
     Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
 
 
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90° (width and height trade places)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(h, w)`` of the image as :func:`read_image` returns it, from the header only (EXIF orientation applied)."""
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (int(w), int(h)) if orientation in _SWAPS_SIDES else (int(h), int(w))
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read ``path`` as ``H×W×3`` float32 RGB in [0, 1].
+    """Read ``path`` as ``H×W×3`` float32 RGB in [0, 1], upright (an EXIF orientation tag is applied, as image
+    viewers and label tools do; written outputs carry no tag, so every tool reads them the same way).
 
     16-bit files keep their precision; grayscale is replicated to 3 channels; palette images are expanded;
     an alpha channel that is not fully opaque is dropped with a warning.
@@ -53,7 +65,7 @@ def read_image(path: str | Path) -> np.ndarray:
             return _read_png16_colour(path)
         with Image.open(path) as im:
             im.load()
-            return _to_rgb_float(im, path)
+            return _to_rgb_float(ImageOps.exif_transpose(im), path)  # upright, as viewers show it
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
             f"{path}: {exc}. If you trust this file, allow more pixels with the environment variable "

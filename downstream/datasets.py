@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from derain.config import ConfigError, read_yaml
-from derain.imageio import is_image_file, read_image
+from derain.imageio import image_size, is_image_file, read_image
 
 IGNORE_INDEX = 255
 BOX_TOLERANCE = 1e-3  # normalised (YOLO) / relative-to-size (COCO) slack for boxes poking out of the image
@@ -51,11 +51,9 @@ class DatasetError(ValueError):
 def read_image_size(path: Path) -> tuple[int, int]:
     """``(h, w)`` of an image from its header only; unreadable files are a :class:`DatasetError`."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        return image_size(path)  # EXIF orientation applied: labels describe the upright image
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot read image header of {path}: {exc}") from exc
-    return int(h), int(w)
 
 
 def _check_box(box: Sequence[float], h: int, w: int, where: str) -> np.ndarray:

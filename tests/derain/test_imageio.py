@@ -134,3 +134,26 @@ def test_decompression_bomb_limit_names_the_file_and_the_way_out(tmp_path: Path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 900 px > 2 × 100: PIL refuses it as a bomb
     with pytest.raises(ImageReadError, match=r"big.png: .*DERAINBENCH_MAX_PIXELS=<pixels>"):
         read_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize(("orientation", "turn"), [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, turn: int) -> None:
+    """A photo tagged 'rotate 90° to display' (6) is read upright, as viewers and label tools show it; its header
+    size agrees; the written copy is upright without a tag, so every tool reads it the same way."""
+    from PIL import Image
+
+    from derain.imageio import image_size
+
+    raw = np.zeros((6, 10, 3), np.uint8)
+    raw[0, :3] = 255  # a mark in the top-left corner, to see where it goes
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(raw).save(tmp_path / "tagged.png", exif=exif)
+    upright = np.rot90(raw, turn)
+    got = read_image(tmp_path / "tagged.png")
+    np.testing.assert_array_equal((got * 255).round().astype(np.uint8), upright)
+    assert image_size(tmp_path / "tagged.png") == upright.shape[:2]
+    write_image(tmp_path / "copy.png", got)
+    with Image.open(tmp_path / "copy.png") as im:
+        assert im.getexif().get(0x0112, 1) == 1
+    np.testing.assert_array_equal((read_image(tmp_path / "copy.png") * 255).round().astype(np.uint8), upright)

@@ -236,3 +236,15 @@ def test_camvid_masks(shared_data: Path) -> None:
     image, mask = ds[0]
     assert image.shape == (360, 480, 3) and mask.shape == (360, 480)
     assert set(np.unique(mask).tolist()) <= set(range(11)) | {255}
+
+
+def test_header_size_follows_exif_orientation(tmp_path: Path) -> None:
+    """Labels describe the upright image: the size a dataset checks them against is the upright one."""
+    from PIL import Image
+
+    from downstream.datasets import read_image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° to display
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "t.png", exif=exif)
+    assert read_image_size(tmp_path / "t.png") == (10, 6)
