@@ -26,6 +26,32 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file below ``root``, sorted, following symlinked folders; a symlink that leads back into a folder
+    already being walked (a loop) is skipped with a warning naming it, never silently."""
+    root = Path(root)
+    out: list[Path] = []
+
+    def visit(folder: Path, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            warnings.warn(f"cannot list {folder}: {exc}; its files are not used", stacklevel=3)
+            return
+        for entry in entries:
+            if entry.is_dir():
+                real = os.path.realpath(entry)
+                if real in ancestors:
+                    warnings.warn(f"skipped {entry}: a symlink loop (it leads back to {real})", stacklevel=3)
+                    continue
+                visit(entry, ancestors | {real})
+            elif entry.is_file():
+                out.append(entry)
+
+    visit(root, frozenset({os.path.realpath(root)}))
+    return sorted(out)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name; a missing folder is an error naming it."""
     folder = Path(folder)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from derain.checkpoint import atomic_write_text
 from derain.config import ConfigError, from_dict, to_dict
-from derain.imageio import is_image_file, read_image, write_image
+from derain.imageio import is_image_file, read_image, walk_files, write_image
 
 BLEND_MODES = ("screen", "add")
 SIDECAR_SUFFIX = ".rain.json"
@@ -422,8 +422,8 @@ def find_images(src_dir: str | Path, exclude: str | Path | None = None) -> list[
         raise FileNotFoundError(f"source folder not found: {root}")
     skip = Path(exclude).resolve() if exclude is not None else None
     found = []
-    for path in sorted(root.rglob("*")):
-        if not (path.is_file() and is_image_file(path)):
+    for path in walk_files(root):
+        if not is_image_file(path):
             continue
         if skip is not None and path.resolve().is_relative_to(skip):
             continue
@@ -471,8 +471,8 @@ LABEL_DIRS = {"masks", "labels"}  # images in these folders are annotations: cop
 def _other_files(src_root: Path, dst_root: Path) -> list[Path]:
     """Non-image files under ``src_root`` (relative), skipping anything inside ``dst_root``."""
     skip = dst_root.resolve()
-    return sorted(p.relative_to(src_root) for p in src_root.rglob("*")
-                  if p.is_file() and not is_image_file(p) and not p.resolve().is_relative_to(skip))
+    return sorted(p.relative_to(src_root) for p in walk_files(src_root)
+                  if not is_image_file(p) and not p.resolve().is_relative_to(skip))
 
 
 def _copy_unchanged(src_root: Path, dst_root: Path, files: list[Path]) -> None:

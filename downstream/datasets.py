@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from derain.config import ConfigError, read_yaml
-from derain.imageio import image_size, is_image_file, read_image
+from derain.imageio import image_size, is_image_file, read_image, walk_files
 
 IGNORE_INDEX = 255
 BOX_TOLERANCE = 1e-3  # normalised (YOLO) / relative-to-size (COCO) slack for boxes poking out of the image
@@ -183,7 +183,7 @@ def _yolo_image_files(entry: Any, root: Path, yaml_path: Path, split: str) -> li
         p = Path(str(item))
         p = p if p.is_absolute() else root / p
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            files += [q for q in walk_files(p) if is_image_file(q)]
         elif p.is_file() and p.suffix == ".txt":
             lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
             files += [(Path(ln) if Path(ln).is_absolute() else p.parent / ln) for ln in lines]

@@ -181,15 +181,15 @@ def _stale(path: Path, fingerprint: str) -> bool:
 def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
     """The rainy file of each of the first ``n`` labelled images, matched by path relative to the dataset's image
     folder (same stem, any image extension); a DatasetError lists every labelled image without one."""
-    from derain.imageio import is_image_file
+    from derain.imageio import is_image_file, walk_files
     from downstream.datasets import DatasetError
 
     root = Path(source.path)
     if not root.is_dir():
         raise FileNotFoundError(f"rain source {source.name!r}: folder not found: {root}")
     files: dict[str, list[Path]] = {}
-    for f in root.rglob("*"):
-        if f.is_file() and is_image_file(f):
+    for f in walk_files(root):
+        if is_image_file(f):
             files.setdefault(f.relative_to(root).with_suffix("").as_posix(), []).append(f)
     out, missing, ambiguous = [], [], []
     for i in range(n):

@@ -157,3 +157,19 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, turn: int
     with Image.open(tmp_path / "copy.png") as im:
         assert im.getexif().get(0x0112, 1) == 1
     np.testing.assert_array_equal((read_image(tmp_path / "copy.png") * 255).round().astype(np.uint8), upright)
+
+
+def test_walk_follows_symlinked_folders_and_names_loops(tmp_path: Path) -> None:
+    from derain.imageio import walk_files
+    from derain.synth import find_images
+
+    root, other = tmp_path / "root", tmp_path / "other"
+    write_image(root / "a" / "1.png", np.zeros((8, 8, 3), np.float32))
+    write_image(other / "2.png", np.zeros((8, 8, 3), np.float32))
+    (root / "linked").symlink_to(other, target_is_directory=True)  # a symlinked folder: followed
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # leads back up: skipped, said
+    with pytest.warns(UserWarning, match=r"skipped .*a/loop: a symlink loop"):
+        files = walk_files(root)
+    assert [f.relative_to(root).as_posix() for f in files] == ["a/1.png", "linked/2.png"]
+    with pytest.warns(UserWarning, match="symlink loop"):
+        assert [p.as_posix() for p in find_images(root)] == ["a/1.png", "linked/2.png"]
