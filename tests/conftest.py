@@ -23,6 +23,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def free_port() -> str:
+    """A TCP port nobody listens on now, for torchrun's rendezvous (fixed ports collide when two suites run)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

@@ -187,11 +187,11 @@ def test_sigterm_saves_and_resume_continues(tmp_path: Path, clean_dir: Path) -> 
     assert torch.load(tmp_path / "run/last/state.pt", weights_only=True)["step"] == step + 2
 
 
-def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path, clean_dir: Path) -> None:
+def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path, clean_dir: Path, free_port: str) -> None:
     common = [f"train.clean={clean_dir}", "iters=2", "batch_size=4", "patch_size=24", "device=cpu",
               "log_every=1", "save_every=1", "name=run", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port,
            "-m", "derainbench", "train", "--no-progress", f"out={tmp_path / 'ddp'}", *common]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

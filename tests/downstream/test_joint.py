@@ -189,12 +189,12 @@ def test_mixed_sizes_need_crop(scenes: Path, tmp_path: Path) -> None:
     assert JointTrainer(cfg, progress=False).run().step == 2
 
 
-def test_ddp_two_cpu_processes_match_one_process(scenes: Path, tmp_path: Path) -> None:
+def test_ddp_two_cpu_processes_match_one_process(scenes: Path, tmp_path: Path, free_port: str) -> None:
     args = [*TINY, "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}",
             f"task_model={scenes / 'segmenter'}", "device=cpu", "iters=2", "batch_size=4", "val_limit=1",
             "weights.seg=0.5", "val_every=1000", "save_every=1", "optim.lr=1e-3", "name=run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port,
            "-m", "derainbench", "joint", "--no-progress", f"out={tmp_path / 'ddp'}", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

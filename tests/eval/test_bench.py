@@ -102,7 +102,7 @@ def test_names_that_would_escape_the_out_folder_are_refused(setup: dict, tmp_pat
     assert not (tmp_path / "a").exists()
 
 
-def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: Path) -> None:
+def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: Path, free_port: str) -> None:
     import os
     import subprocess
     import sys
@@ -111,7 +111,7 @@ def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: P
 
     cfg = bench_config(setup, tmp_path / "ddp", "severities=[heavy]", "samples=0")
     save_config(cfg, tmp_path / "bench.yaml")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port,
            "-m", "derainbench", "bench", "--no-progress", "--config", str(tmp_path / "bench.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1"})
