@@ -356,6 +356,12 @@ def _load_json(path: Path) -> dict[str, Any]:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetError(f"{path}: COCO JSON needs lists {missing}")
+    for section, keys in (("categories", ("id", "name")), ("images", ("id", "file_name"))):
+        for k, entry in enumerate(data[section]):
+            lacking = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+            if lacking:
+                raise DatasetError(f"{path}: {section}[{k}] lacks {', '.join(repr(x) for x in lacking)} "
+                                   f"(every COCO {section[:-1]} needs {', '.join(keys)})")
     return data
 
 

@@ -151,6 +151,21 @@ def test_coco_missing_image_and_size_mismatch(tmp_path: Path) -> None:
         CocoDetectionDataset(tmp_path / "img", tmp_path / "nope.json")
 
 
+@pytest.mark.parametrize(("section", "drop", "message"), [
+    ("categories", "name", r"categories\[0\] lacks 'name'"),
+    ("categories", "id", r"categories\[0\] lacks 'id'"),
+    ("images", "file_name", r"images\[0\] lacks 'file_name' \(every COCO image needs id, file_name\)"),
+    ("images", "id", r"images\[0\] lacks 'id'"),
+])
+def test_coco_missing_keys_are_named(tmp_path: Path, section: str, drop: str, message: str) -> None:
+    path = _coco(tmp_path, [])
+    data = json.loads(path.read_text())
+    del data[section][0][drop]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        CocoDetectionDataset(tmp_path / "img", path)
+
+
 def _masks(tmp_path: Path, mask: np.ndarray | None = None, mode: str = "L") -> tuple[Path, Path]:
     _png(tmp_path / "images" / "x.png")
     (tmp_path / "masks").mkdir(exist_ok=True)
