@@ -101,10 +101,11 @@ def find_pairs(root: str | Path, skip_bad: bool = False, validate: bool = True) 
     if not root.is_dir():
         raise FileNotFoundError(f"paired data folder not found: {root}")
     found = [(r, c) for r, c in (*LAYOUTS, *MANY_TO_ONE_LAYOUTS) if (root / r).is_dir() and (root / c).is_dir()]
-    flat = _flat_counts(root)
-    if not found and flat[0] and flat[1]:
-        return pairs_flat(root, skip_bad=skip_bad, validate=validate)
     if not found:
+        rainy_files, clean_files, others = _split_flat(list_images(root))
+        if rainy_files and clean_files:
+            return pairs_flat(root, skip_bad=skip_bad, validate=validate)
+        flat = (len(rainy_files), len(clean_files), len(others))
         raise PairError(f"{root}: no known paired layout; {_describe_folder(root, flat)}. Looked for "
                         + ", ".join(f"{r}/ + {c}/" for r, c in (*LAYOUTS, *MANY_TO_ONE_LAYOUTS))
                         + f", or {_FLAT_RAINY}N + {_FLAT_CLEAN}N images side by side (pass the two folders "
@@ -135,10 +136,7 @@ def pairs_from_dirs(
 def pairs_flat(root: str | Path, skip_bad: bool = False, validate: bool = True) -> list[Pair]:
     """Pairs of ``rain-N.*`` and ``norain-N.*`` images in one folder (PReNet's layout); other images in the
     folder are errors (``skip_bad`` skips them with a warning)."""
-    files = list_images(root)
-    rainy = [f for f in files if f.stem.startswith(_FLAT_RAINY)]
-    clean = [f for f in files if f.stem.startswith(_FLAT_CLEAN)]
-    others = [f for f in files if f not in rainy and f not in clean]
+    rainy, clean, others = _split_flat(list_images(root))
     problems = [f"{f}: neither {_FLAT_RAINY}* nor {_FLAT_CLEAN}* in a flat paired folder" for f in others]
     _report(problems, skip_bad, f"reading the flat paired folder {root}")
     return _pair_files(rainy, clean, skip_bad, validate, ("rainy", "clean"), False, where=(str(root), str(root)))
@@ -182,12 +180,12 @@ def _pair_files(rainy_files: list[Path], clean_files: list[Path], skip_bad: bool
     return pairs
 
 
-def _flat_counts(root: Path) -> tuple[int, int, int]:
-    """``(rain-* images, norain-* images, other images)`` directly in ``root``."""
-    files = list_images(root)
-    rainy = sum(f.stem.startswith(_FLAT_RAINY) for f in files)
-    clean = sum(f.stem.startswith(_FLAT_CLEAN) for f in files)
-    return rainy, clean, len(files) - rainy - clean
+def _split_flat(files: list[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(rain-* images, norain-* images, other images)`` of one folder's listing."""
+    rainy, clean, others = [], [], []
+    for f in files:
+        (rainy if f.stem.startswith(_FLAT_RAINY) else clean if f.stem.startswith(_FLAT_CLEAN) else others).append(f)
+    return rainy, clean, others
 
 
 def _describe_folder(root: Path, flat: tuple[int, int, int]) -> str:

@@ -5,6 +5,8 @@ Every registered model maps ``B×3×H×W`` float RGB in [0, 1] to the same shape
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -77,16 +79,17 @@ def model_options(name: str) -> list[str]:
 
 
 def _options(factory: Callable[..., nn.Module]) -> list[str]:
-    """The keyword options a factory accepts (a ``**overrides`` factory: those of the class it builds)."""
-    import inspect
-
+    """The keyword options a factory accepts (a ``**overrides`` factory: those of the class it returns)."""
     params = inspect.signature(factory).parameters
     named = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        built = inspect.signature(factory).return_annotation
-        target = factory.__globals__.get(built) if isinstance(built, str) and hasattr(factory, "__globals__") else built
-        if inspect.isclass(target):
-            named += [k for k in inspect.signature(target).parameters if k not in ("self", "args", "kwargs")]
+        try:
+            built = typing.get_type_hints(factory).get("return")
+        except (NameError, TypeError):  # an annotation that does not resolve: only the named options are known
+            built = None
+        if inspect.isclass(built):
+            named += [k for k, p in inspect.signature(built).parameters.items() if p.kind not in (p.VAR_POSITIONAL,
+                                                                                               p.VAR_KEYWORD)]
     return named
 
 

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from derain.checkpoint import (
     CheckpointError,
+    atomic_write_text,
+    is_checkpoint,
     load_weights,
     read_meta,
     recover_dir,
@@ -364,10 +366,7 @@ class Trainer:
     def _score_tests(self) -> dict[str, dict[str, Any]]:
         """Score every test set once with best/ (or the final weights when there was no validation);
         writes ``test.json`` and prints one line per set."""
-        from derain.checkpoint import atomic_write_text
-
-        best = self.run_dir / "best"
-        which = "best" if self.val_src is not None and (best / "model.safetensors").is_file() else "last"
+        which = "best" if self.val_src is not None and is_checkpoint(self.run_dir / "best") else "last"
         model = build_model(self.cfg.model.name, **self.cfg.model.options)
         load_weights(model, self.run_dir / which)
         model.to(self.device)

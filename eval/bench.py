@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from derain.checkpoint import atomic_write_text, load_derainer, read_meta
 from derain.config import check_name, save_config
-from derain.imageio import quantize_uint8, to_tensor, write_image
+from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models, model_options
@@ -136,7 +136,7 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
     elif cell.severity != "none":
         rain = next((asdict(src) for src in spec.rainy if src.name == cell.severity), spec.real_rain)
     parts = {
-        "dataset": {**asdict(spec), "rainy": [asdict(r) for r in spec.rainy]},
+        "dataset": asdict(spec),  # asdict recurses into the rain sources
         "task_model": _content_digest(spec.model, hashes),
         "rain": rain,
         "derainer": None if dspec is None else {**asdict(dspec), "content": _content_digest(
@@ -181,7 +181,6 @@ def _stale(path: Path, fingerprint: str) -> bool:
 def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
     """The rainy file of each of the first ``n`` labelled images, matched by path relative to the dataset's image
     folder (same stem, any image extension); a DatasetError lists every labelled image without one."""
-    from derain.imageio import is_image_file, walk_files
     from downstream.datasets import DatasetError
 
     root = Path(source.path)
@@ -437,8 +436,6 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
 
 def _read_source_image(path: Path, clean_path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     """A rain source's image as ``1×3×H×W``; its size must be the labelled image's."""
-    from derain.imageio import read_image
-
     rainy = read_image(path)
     if rainy.shape != tuple(shape):
         raise ValueError(f"rainy image {path} is {rainy.shape[1]}×{rainy.shape[0]} but its labelled image {clean_path} "

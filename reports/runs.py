@@ -155,23 +155,24 @@ class Combined:
         """The largest number of seeds behind one value (1: no aggregation happened)."""
         return int(self.results["n"].max()) if not self.results.empty else 0
 
-    def interval(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float] | None:
-        """The 95 % paired-bootstrap interval of one value (single-seed runs with intervals), else None."""
+    def _row(self, dataset: str, severity: str, method: str, metric: str) -> pd.Series | None:
+        """The aggregated row of one cell's metric, or None when no run has it."""
         r = self.results
         hit = r[(r.dataset == dataset) & (r.severity == severity) & (r.method == method) & (r.metric == metric)]
-        if hit.empty or "ci_low" not in hit:
+        return None if hit.empty else hit.iloc[0]
+
+    def interval(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float] | None:
+        """The 95 % paired-bootstrap interval of one value (single-seed runs with intervals), else None."""
+        row = self._row(dataset, severity, method, metric)
+        if row is None or "ci_low" not in row:
             return None
-        lo, hi = float(hit.iloc[0]["ci_low"]), float(hit.iloc[0]["ci_high"])
+        lo, hi = float(row["ci_low"]), float(row["ci_high"])
         return (lo, hi) if is_finite(lo) and is_finite(hi) else None
 
     def value(self, dataset: str, severity: str, method: str, metric: str) -> tuple[float, float, int] | None:
         """``(mean, std, n)`` of one cell's metric, or None when no run has it."""
-        r = self.results
-        hit = r[(r.dataset == dataset) & (r.severity == severity) & (r.method == method) & (r.metric == metric)]
-        if hit.empty:
-            return None
-        row = hit.iloc[0]
-        return float(row["mean"]), float(row["std"]), int(row["n"])
+        row = self._row(dataset, severity, method, metric)
+        return None if row is None else (float(row["mean"]), float(row["std"]), int(row["n"]))
 
     def methods_of(self, dataset: str, severity: str) -> list[str]:
         """The methods with results for ``dataset`` at ``severity``, in report order."""
