@@ -7,6 +7,7 @@ Arrays are ``H×W×3`` float32 in [0, 1]; tensors are ``3×H×W`` / ``B×3×H×W
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -65,12 +66,20 @@ if os.environ.get(MAX_PIXELS_ENV, "").strip().isdigit():
     Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """PIL's own ``Image.open``. Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that, on a file PIL
+    cannot identify, tries to pip-install a HEIF plugin (a network access, and an ImportError offline) instead of
+    raising ``UnidentifiedImageError``; every image this project reads goes through here instead."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open)(path)
+
+
 _SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90° (width and height trade places)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(h, w)`` of the image as :func:`read_image` returns it, from the header only (EXIF orientation applied)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
     return (int(w), int(h)) if orientation in _SWAPS_SIDES else (int(h), int(w))
@@ -89,7 +98,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         if _is_16bit_colour_png(path):
             return _read_png16_colour(path)
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             return _to_rgb_float(ImageOps.exif_transpose(im), path)  # upright, as viewers show it
     except Image.DecompressionBombError as exc:

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # = downstream.detection.offline_ultralytics, without importing it
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     # ultralytics unpickles .pt files without restriction unless this is set before it is imported; every YOLO
     # checkpoint is also checked by downstream.detection.require_safe_checkpoint before it is loaded.
     os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from derain.config import ConfigError, read_yaml
-from derain.imageio import image_size, is_image_file, read_image, walk_files
+from derain.imageio import image_size, is_image_file, open_image, read_image, walk_files
 
 IGNORE_INDEX = 255
 BOX_TOLERANCE = 1e-3  # normalised (YOLO) / relative-to-size (COCO) slack for boxes poking out of the image
@@ -420,7 +420,7 @@ def read_classes(classes: Sequence[str] | str | Path) -> list[str]:
 def read_mask(path: Path) -> np.ndarray:
     """A single-channel PNG of class ids → ``H×W`` int64 (palette images give their indices)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in MASK_MODES:
                 raise DatasetError(f"{path}: mask must be single-channel (class ids), got mode {im.mode!r}")
             return np.asarray(im).astype(np.int64)

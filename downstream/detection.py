@@ -6,7 +6,7 @@ Images are ``B×3×H×W`` float RGB tensors in [0, 1]. Predictions come back per
 Nothing here downloads: ``.pt`` files must exist locally (ultralytics would otherwise fetch official
 names such as ``yolo11n.pt``), ``.yaml`` models are built fresh, and training runs with
 ``plots=False`` (no font download) and ``amp=False`` on CPU (the AMP check downloads a model).
-Set ``YOLO_OFFLINE=1`` in the environment as well (it skips ultralytics' online checks).
+Every entry point calls :func:`offline_ultralytics` before ultralytics is imported.
 """
 
 from __future__ import annotations
@@ -132,13 +132,20 @@ def _missing_weights_error(path: Path) -> FileNotFoundError:
     )
 
 
+def offline_ultralytics() -> None:
+    """Tell ultralytics (before it is imported) to skip its online checks and never pip-install a missing package
+    at run time (``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=false``); a value the user set is kept."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+
 def require_safe_checkpoint(path: str | Path) -> None:
     """Refuse a YOLO ``.pt`` that ``torch.load(weights_only=True)`` with ultralytics' allow-list of model classes
     cannot read: a pickle that would run code is never unpickled (ultralytics' default load is unrestricted).
 
     Raises ``ValueError`` naming the file; ``RuntimeError`` when this torch/ultralytics cannot load safely at all.
     """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    offline_ultralytics()
     from ultralytics.nn import tasks
 
     safe = getattr(tasks, "_SafeLoad", None)
@@ -170,7 +177,7 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
     ``nc`` overrides their class count. ``nc`` with a ``.pt`` must match the checkpoint's count.
     Raises ``FileNotFoundError`` for a missing ``.pt`` without trying to download it.
     """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    offline_ultralytics()
     path = Path(model)
     device = torch.device(device)
     suffix = path.suffix.lower()
@@ -221,7 +228,7 @@ def train_detector(
     Runs go to ``out_dir/train`` (overwritten). Defaults: ``plots=False``, ``workers=0``, ``amp=False`` on
     CPU (ultralytics' AMP check would download a model), ``val=True``; ``overrides`` go to ``YOLO.train``.
     """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    offline_ultralytics()
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
         raise FileNotFoundError(f"detection data yaml not found: {data_yaml} (an ultralytics data.yaml is needed)")

@@ -93,6 +93,11 @@ class BenchConfig:
     conf: float = 0.001  # detector confidence threshold (COCO protocol: keep low)
     iou: float = 0.7  # detector NMS IoU
     bootstrap: int = 1000  # paired-bootstrap resamples over images for 95 % intervals (0 = none)
+    # How cells run; none of these changes a number (beyond float rounding), so they are not in cell fingerprints.
+    cache: bool = True  # derained images computed once per (input, derainer), kept under <out>/cache
+    batch: int | None = None  # images per derainer / task-model call (None: 1 on CPU, where it is fastest; 8 on GPU)
+    channels_last: bool | None = None  # NHWC derainer inputs (None: on for CPU, where it measured faster)
+    workers: int | None = None  # DataLoader workers reading images and synthesizing rain (None: half the cores, 1-4)
 
 
 @dataclass(frozen=True)
@@ -139,11 +144,20 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
         "dataset": asdict(spec),  # asdict recurses into the rain sources
         "task_model": _content_digest(spec.model, hashes),
         "rain": rain,
-        "derainer": None if dspec is None else {**asdict(dspec), "content": _content_digest(
-            dspec.weights or dspec.model, hashes)},
+        "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes)],
         "detector": [cfg.conf, cfg.iou] if spec.task == "detection" else None,
         "intervals": cfg.bootstrap > 0,
     }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str]) -> str:
+    """A digest of what determines a derainer's output (architecture or checkpoint, weights' content, options,
+    tiling; not its name), and that outputs are scored on the 8-bit grid: the derain cache's folder name."""
+    from dataclasses import asdict
+
+    parts = {k: v for k, v in asdict(dspec).items() if k != "name"}
+    parts.update(content=_content_digest(dspec.weights or dspec.model, hashes), output="uint8")
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -249,6 +263,10 @@ def validate(cfg: BenchConfig) -> None:
                              f"{', '.join(valid)})")
         if d.weights and not Path(d.weights).exists():
             raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
+    if cfg.batch is not None and cfg.batch < 1:
+        raise ValueError(f"batch must be >= 1 (images per model call), got {cfg.batch}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 = read images in the main process), got {cfg.workers}")
     for ds in cfg.datasets:
         if ds.imgsz is not None and ds.imgsz < 1:
             raise ValueError(f"dataset {ds.name!r}: imgsz must be a positive number of pixels, got {ds.imgsz}")
@@ -280,7 +298,9 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
         device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
         if dist.is_main:
             atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
-        hashes: dict[str, str] = {}
+        rt = Runtime.of(cfg, device, out)
+        hashes = rt.hashes
+        derainers: dict[str, torch.nn.Module] = {}  # loaded once, shared by every dataset
         for spec in cfg.datasets:
             todo, stale = [], []
             for c, d in conditions(cfg, spec.name):
@@ -303,9 +323,10 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
             sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
             task_model = _load_task_model(spec, dataset, device)
             for cell, dspec, fingerprint in todo:
-                derainer = _load_derainer(dspec, device) if dspec else None
-                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainer, dspec, device, out,
-                                   progress and dist.is_main, dist, sources.get(cell.severity))
+                if dspec is not None and dspec.name not in derainers:
+                    derainers[dspec.name] = _load_derainer(dspec, device)
+                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
+                                   out, progress and dist.is_main, dist, sources.get(cell.severity))
                 if dist.is_main:
                     result["fingerprint"] = fingerprint
                     atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
@@ -361,47 +382,144 @@ def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.nd
     return quantize_uint8(rainy).astype(np.float32) / 255.0
 
 
+class CellInputs(torch.utils.data.Dataset):
+    """The images one cell scores, prepared in DataLoader workers while the models run: item ``k`` is
+    ``(index, file name, clean H×W×3 float32, label, input 3×H×W float32 in [0, 1], input digest or None)``.
+
+    The input is the clean image (severity none, or a real-rain dataset's own image), the file of a rain source
+    (``rainy_files``), or rain synthesized with the preset and ``seed`` and quantized to 8 bits."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int], severity: str, seed: int, clean: bool,
+                 rainy_files: list[Path] | None, digest: bool) -> None:
+        self.dataset, self.indices, self.severity, self.seed = dataset, list(indices), severity, seed
+        self.clean, self.rainy_files, self.digest = clean, rainy_files, digest
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, str, np.ndarray, Any, torch.Tensor, str | None]:
+        from eval.derain_cache import input_digest
+
+        i = self.indices[k]
+        image, label = self.dataset[i]
+        name = Path(self.dataset.image_path(i)).name
+        if self.clean:
+            x = to_tensor(image)
+        elif self.rainy_files is not None:
+            x = _read_source_image(self.rainy_files[i], self.dataset.image_path(i), image.shape)[0]
+        else:
+            x = to_tensor(rainy_image(image, self.severity, self.seed, name))
+        return i, name, image, label, x, input_digest(x) if self.digest else None
+
+
+def _as_is(item: Any) -> Any:
+    """DataLoader collate for single items: keep numpy labels as they are (no tensor conversion)."""
+    return item
+
+
+@dataclass
+class Runtime:
+    """How cells run (not what they compute): device, derainer batch, memory layout, loader workers, cache."""
+
+    device: torch.device
+    batch: int
+    channels_last: bool
+    workers: int
+    cache_root: Path | None
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
+        cpu = device.type == "cpu"
+        return cls(device=device, batch=cfg.batch or (1 if cpu else 8),
+                   channels_last=cpu if cfg.channels_last is None else cfg.channels_last,
+                   workers=default_workers() if cfg.workers is None else cfg.workers,
+                   cache_root=out / "cache" if cfg.cache else None)
+
+
+def default_workers() -> int:
+    """DataLoader workers for image reading and rain synthesis: half the CPU cores, 1 to 4."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _batches(loader: Any, size: int) -> Any:
+    """Consecutive items of equal image size, ``size`` at a time (a size change flushes the batch)."""
+    batch: list[Any] = []
+    for item in loader:
+        if batch and (len(batch) == size or batch[0][4].shape != item[4].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, xs: list[torch.Tensor], keys: list[str | None],
+                  cache: Any, rt: Runtime) -> list[torch.Tensor]:
+    """Derained, 8-bit-quantized versions of ``xs`` (``3×H×W`` each): cached ones read, the rest computed in one
+    batch and stored."""
+    from eval.derain_cache import quantize
+
+    out: list[torch.Tensor | None] = [cache.get(k) if k is not None else None for k in keys]
+    todo = [j for j, y in enumerate(out) if y is None]
+    if todo:
+        y = derain_tensor(derainer, torch.stack([xs[j] for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
+                          batch_size=rt.batch, channels_last=rt.channels_last)
+        for j, img in zip(todo, quantize(y.cpu()), strict=True):
+            out[j] = img
+            if keys[j] is not None:
+                cache.put(keys[j], img)
+    return [y for y in out if y is not None]
+
+
 def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
-              derainer: torch.nn.Module | None, dspec: DerainerSpec | None, device: torch.device, out: Path,
+              derainer: torch.nn.Module | None, dspec: DerainerSpec | None, rt: Runtime, out: Path,
               progress: bool, dist: DistInfo, rainy_files: list[Path] | None = None) -> dict[str, Any]:
     """Score one (dataset, severity, method) on this rank's share of the images; rank 0 gets the totals.
 
-    The input is the clean image (severity none, or a real-rain dataset's own image), the file of a rain source
-    (``rainy_files``), or rain synthesized with the preset."""
+    Images are read (and rain synthesized) by DataLoader workers while the models run; derainer outputs come from
+    the run's derain cache when another cell (another task, another dataset with the same pixels) already made
+    them, and are scored as 8-bit images either way."""
+    from eval.derain_cache import DerainCache
     from eval.detection import DetectionEvaluator, predictions_to_coco
     from eval.segmentation import ConfusionMatrix
 
     t0 = time.perf_counter()
     detection = spec.task == "detection"
+    clean_input = cell.severity == "none" or bool(spec.real_rain)
+    cache = DerainCache(rt.cache_root, derainer_digest(dspec, rt.hashes)) if dspec else DerainCache(None, "")
+    inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed, clean_input,
+                        rainy_files, digest=derainer is not None and rt.cache_root is not None)
+    loader = torch.utils.data.DataLoader(inputs, batch_size=None, collate_fn=_as_is, num_workers=rt.workers,
+                                         prefetch_factor=4 if rt.workers else None)
     items: list[tuple[int, dict[str, Any], Any, Any]] = []  # (index, per-image row, prediction, label)
-    bar = tqdm(range(dist.rank, n, dist.world_size), desc=f"{cell.dataset} {cell.severity} {cell.method}",
-               disable=not progress, leave=False)
-    for i in bar:
-        image, label = dataset[i]
-        name = Path(dataset.image_path(i)).name
-        clean = to_tensor(image).unsqueeze(0)
-        if cell.severity == "none" or spec.real_rain:
-            x = clean
-        elif rainy_files is not None:
-            x = _read_source_image(rainy_files[i], dataset.image_path(i), image.shape)
-        else:
-            x = to_tensor(rainy_image(image, cell.severity, cfg.seed, name))[None]
+    bar = tqdm(total=len(inputs), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress,
+               leave=False)
+    for batch in _batches(loader, rt.batch):
+        xs = [b[4] for b in batch]
         if derainer is not None:
-            x = derain_tensor(derainer, x.to(device), tile=dspec.tile, overlap=dspec.overlap).cpu()
-        row: dict[str, Any] = {"image": name}
-        if cell.severity != "none" and not spec.real_rain:  # no clean twin, no PSNR/SSIM
-            scores = compute_metrics(x, clean)
-            row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
+            xs = _derain_batch(derainer, dspec, xs, [b[5] for b in batch], cache, rt)
+        x = torch.stack(xs).to(rt.device)
         if detection:
-            pred = {k: v.cpu() for k, v in task_model.predict(x.to(device), imgsz=spec.imgsz, conf=cfg.conf,
-                                                                iou=cfg.iou)[0].items()}
+            preds: list[Any] = [{k: v.cpu() for k, v in p.items()} for p in task_model.predict(
+                x, imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)]
         else:
-            pred = task_model.predict(x.to(device))[0].cpu()
-        items.append((i, row, pred, label))
-        if i < cfg.samples:
-            _save_sample(out, cell, name, x[0], pred)
-            _save_truth(out, cell.dataset, name, label)
+            preds = list(task_model.predict(x).cpu())
+        for (i, name, image, label, _, _), y, pred in zip(batch, xs, preds, strict=True):
+            row: dict[str, Any] = {"image": name}
+            if not clean_input:  # no clean twin for real rain; the clean cell scores itself
+                scores = compute_metrics(y[None], to_tensor(image)[None])
+                row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
+            items.append((i, row, pred, label))
+            if i < cfg.samples:
+                _save_sample(out, cell, name, y, pred)
+                _save_truth(out, cell.dataset, name, label)
+        bar.update(len(batch))
+    bar.close()
     items = _gather(items, dist)
+    hits = _gather([cache.hits], dist)
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
@@ -429,6 +547,8 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
     result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
               "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    if derainer is not None:
+        result["derain_cache_hits"] = int(sum(hits))
     if cfg.bootstrap > 0:
         result["image_stats"] = image_stats
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 HELP = """\
 Train the task model the benchmark scores with, so users without pretrained weights can make their own.
@@ -64,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.task == "detection":
         from downstream.detection import train_detector
-
-        os.environ.setdefault("YOLO_OFFLINE", "1")
         extra = parse_overrides(args.yolo)
         best = train_detector(args.data, model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                               out_dir=args.out, device="cpu" if device.type == "cpu" else str(device.index or 0),

@@ -116,6 +116,20 @@ def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "junk.png")
 
 
+def test_unreadable_files_stay_an_image_error_after_ultralytics_patches_pil(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """ultralytics' PIL.Image.open wrapper would try to pip-install a HEIF plugin on an unknown file (and raise
+    ImportError offline); our reads bypass it."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+    from PIL import Image
+
+    assert Image.open.__module__ == "ultralytics.utils.patches"
+    (tmp_path / "junk.png").write_bytes(b"this is not an image")
+    with pytest.raises(ImageReadError, match="junk.png"):
+        read_image(tmp_path / "junk.png")
+
+
 def test_write_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
     arr = rng.random((5, 6, 3)).astype(np.float32)
     write_image(tmp_path / "o8.png", arr)
