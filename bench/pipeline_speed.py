@@ -1,100 +1,160 @@
-"""Benchmark pipeline speed: in-memory (derain -> detector -> metrics) vs the naive disk route, one run.
+"""Whole-benchmark speed: `derainbench bench` vs the naive route, side by side in one run.
 
-Ours: each rainy image is derained and the tensor goes straight into the detector; predictions accumulate
-in the COCO evaluator. Naive: derained images are written as PNGs (with the labels copied beside them in
-an ultralytics layout), then ultralytics' own validator runs over that folder. Both start from the same
-in-memory rainy images and the same models; rain synthesis is outside both timings.
+Both routes score the same thing: every dataset of a bench config (detection and segmentation on the same
+scenes), clean images, and per rain severity the rainy images and each derainer's output, with PSNR/SSIM.
 
-    python bench/pipeline_speed.py --scenes data/scenes --detector runs/det/train/weights/best.pt \
-        --derainer identity runs/train/mspfn-lite-demo/best [--severity heavy] [--imgsz 192]
+- ours: ``run_bench`` on a fresh output folder (derain cache shared by the tasks, DataLoader-prefetched inputs,
+  channels_last on CPU, batched calls where they pay), intervals off (the naive route has none);
+- naive: what one does without it: per dataset and severity write the rainy images as PNGs (``synth``), derain
+  the folder with ``derain_paths`` defaults into another PNG folder, score PSNR/SSIM with ``derainbench score``,
+  then validate from disk: ultralytics' own validator for detection (labels copied beside the images), and the
+  segmenter over a masks folder for segmentation. Every dataset derains its own copy.
+
+    python bench/pipeline_speed.py                                   # the demo's data and models
+    python bench/pipeline_speed.py --config runs/demo/bench/config.yaml --derainer mspfn-lite --repeats 1
+
+Prints both wall times, the ratio, and each route's headline metrics (they must agree up to the 8-bit rounding
+of derained images and the two detection evaluators' small differences).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from derain.checkpoint import load_derainer
-from derain.imageio import to_tensor, write_image
-from derain.inference import derain_tensor
-from downstream.datasets import YoloDetectionDataset, yolo_label_path
-from downstream.detection import load_detector
-from eval.bench import rainy_image
-from eval.detection import DetectionEvaluator
+from derain.config import load_config
+from derain.imageio import write_image
+from derain.inference import derain_paths
+from downstream.datasets import load_task_dataset, yolo_label_path
+from eval.bench import BenchConfig, DatasetSpec, rainy_image, run_bench
 
 
-def ours(dataset, rainy, derainer, detector, imgsz) -> tuple[float, float]:
-    """Seconds and mAP50 of the in-memory pipeline."""
-    t = time.perf_counter()
-    ev = DetectionEvaluator(dataset.names)
-    for i, x in enumerate(rainy):
-        y = derain_tensor(derainer, x)
-        ev.update(detector.predict(y, imgsz=imgsz), [dataset.target(i)], [i])
-    map50 = ev.compute()["map50"]
-    return time.perf_counter() - t, map50
-
-
-def naive(dataset, rainy, derainer, detector_path, imgsz, workdir: Path) -> tuple[float, float]:
-    """Seconds and mAP50 of writing derained PNGs and running ultralytics' validator on the folder."""
-    from ultralytics import YOLO
+def ours(cfg: BenchConfig, out: Path) -> tuple[float, dict[str, float]]:
+    """Seconds of a whole ``run_bench`` and its headline metrics per (dataset, severity, method)."""
+    import pandas as pd
 
     t = time.perf_counter()
-    images, labels = workdir / "images" / "val", workdir / "labels" / "val"
-    labels.mkdir(parents=True, exist_ok=True)
-    for i, x in enumerate(rainy):
-        src = Path(dataset.image_path(i))
-        write_image(images / f"{src.stem}.png", derain_tensor(derainer, x)[0])
-        if yolo_label_path(src).is_file():
-            shutil.copy(yolo_label_path(src), labels / f"{src.stem}.txt")
-    data = workdir / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(workdir), "train": "images/val", "val": "images/val",
-                                    "names": dict(enumerate(dataset.names))}))
-    metrics = YOLO(str(detector_path)).val(data=str(data), imgsz=imgsz, batch=1, conf=0.001, iou=0.7, plots=False,
-                                           device="cpu", workers=0, verbose=False, project=str(workdir / "val"))
-    return time.perf_counter() - t, float(metrics.box.map50)
+    run_bench(cfg, progress=False)
+    seconds = time.perf_counter() - t
+    res = pd.read_csv(out / "results.csv")
+    keep = res[res.metric.isin(["map50", "miou", "psnr_y"]) & (res.severity != "mean")]
+    return seconds, {f"{r.dataset}/{r.severity}/{r.method}/{r.metric}": r.value for r in keep.itertuples()}
+
+
+def naive(cfg: BenchConfig, work: Path) -> tuple[float, dict[str, float]]:
+    """Seconds and headline metrics of the disk route (see the module docstring)."""
+    from derainbench.cli import main as cli
+
+    t = time.perf_counter()
+    metrics: dict[str, float] = {}
+    derainers = {d.name: load_derainer(d.model, d.weights, **d.options) for d in cfg.derainers}
+    for spec in cfg.datasets:
+        dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
+        n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
+        metric = "map50" if spec.task == "detection" else "miou"
+        clean = work / spec.name / "none" / "clean"  # <method>/images: each route's images in a YOLO layout
+        (clean / "images").mkdir(parents=True)
+        for i in range(n):  # the clean images as a folder of their own (a user's val split)
+            shutil.copy(dataset.image_path(i), clean / "images" / Path(dataset.image_path(i)).name)
+        metrics[f"{spec.name}/none/clean/{metric}"] = validate(spec, dataset, clean, n, work)
+        for sev in cfg.severities:
+            rainy = work / spec.name / sev / "rainy"
+            for i in range(n):
+                name = Path(dataset.image_path(i)).name
+                write_image(rainy / "images" / f"{Path(name).stem}.png",
+                            rainy_image(dataset[i][0], sev, cfg.seed, name))
+            folders = {"rainy": rainy}
+            for name, model in derainers.items():
+                folders[name] = work / spec.name / sev / name
+                derain_paths(model, rainy / "images", folders[name] / "images", device=cfg.device, progress=False)
+            for method, folder in folders.items():
+                metrics[f"{spec.name}/{sev}/{method}/{metric}"] = validate(spec, dataset, folder, n, work)
+                with contextlib.redirect_stdout(io.StringIO()) as buf:
+                    cli(["score", "--pred", str(folder / "images"), "--gt", str(clean / "images"), "--json",
+                         "--no-progress"])
+                metrics[f"{spec.name}/{sev}/{method}/psnr_y"] = json.loads(buf.getvalue())["psnr_y"]
+    return time.perf_counter() - t, metrics
+
+
+def validate(spec: DatasetSpec, dataset: Any, folder: Path, n: int, work: Path) -> float:
+    """mAP50 (ultralytics' validator over ``folder/images`` + labels copied to ``folder/labels``) or mIoU (the
+    segmenter over a masks-layout folder linking ``folder/images`` and the dataset's masks)."""
+    if spec.task == "detection":
+        from ultralytics import YOLO
+
+        root = folder
+        (root / "labels").mkdir(exist_ok=True)
+        for i in range(n):
+            src = Path(dataset.image_path(i))
+            if yolo_label_path(src).is_file():
+                shutil.copy(yolo_label_path(src), root / "labels" / f"{src.stem}.txt")
+        data = root / "data.yaml"
+        data.write_text(yaml.safe_dump({"path": str(root.resolve()), "train": "images", "val": "images",
+                                        "names": dict(enumerate(dataset.names))}))
+        with contextlib.redirect_stdout(io.StringIO()):
+            m = YOLO(str(spec.model)).val(data=str(data), imgsz=spec.imgsz, batch=1, conf=0.001, iou=0.7,
+                                          plots=False, device="cpu", workers=0, verbose=False,
+                                          project=str(work / "val"))
+        return float(m.box.map50)
+    from downstream.segmentation import evaluate_miou, load_segmenter
+
+    root = folder.parent / f"{folder.name}-seg"
+    (root / spec.split).mkdir(parents=True, exist_ok=True)
+    src_root = Path(spec.path)
+    shutil.copy(src_root / "classes.txt", root / "classes.txt")
+    for sub, target in (("images", folder / "images"), ("masks", src_root / spec.split / "masks")):
+        if not (root / spec.split / sub).exists():
+            (root / spec.split / sub).symlink_to(Path(target).resolve())
+    return evaluate_miou(load_segmenter(spec.model), load_task_dataset("segmentation", "masks", root, spec.split), n)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", default="data/scenes", help="output of `derainbench scenes`")
-    ap.add_argument("--detector", required=True, help="a trained YOLO .pt")
-    ap.add_argument("--derainer", nargs="+", default=["identity"], help="registered names or checkpoint folders")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per route; the fastest counts")
-    ap.add_argument("--severity", default="heavy")
-    ap.add_argument("--imgsz", type=int, default=192)
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--config", default="runs/demo/bench/config.yaml",
+                    help="a bench config (default: the one `derainbench demo --out runs/demo` wrote)")
+    ap.add_argument("--derainer", nargs="+", default=["mspfn-lite"], help="derainers of the config to keep")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating runs per route; the fastest counts")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. severities=[heavy])")
     args = ap.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    dataset = YoloDetectionDataset(Path(args.scenes) / "det" / "data.yaml", "val")
-    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    rainy = [to_tensor(rainy_image(dataset[i][0], args.severity, 0, Path(dataset.image_path(i)).name))[None]
-             for i in range(n)]
-    detector = load_detector(args.detector)
-    detector.model.fuse(verbose=False)  # Conv+BN folded, as ultralytics' validator does
-    print(f"{n} images, {args.severity} rain, detector {args.detector}, imgsz {args.imgsz}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats}")
-    for name in args.derainer:
-        derainer = load_derainer(name)
-        with torch.inference_mode():
-            derain_tensor(derainer, rainy[0])  # warm-up (one-time allocations) outside both timings
-        t_ours, t_naive = float("inf"), float("inf")
-        for _ in range(args.repeats):  # alternate so both routes see the same machine state
-            t, map_ours = ours(dataset, rainy, derainer, detector, args.imgsz)
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    base = load_config(BenchConfig, args.config, args.overrides)
+    base.derainers = [d for d in base.derainers if d.name in args.derainer]
+    if not base.derainers:
+        raise SystemExit(f"none of {args.derainer} is a derainer of {args.config}")
+    base.device, base.bootstrap, base.samples = "cpu", 0, 0
+    n_cells = sum(1 + len(base.severities) * (1 + len(base.derainers)) for _ in base.datasets)
+    print(f"{args.config}: datasets {[d.name for d in base.datasets]}, severities {base.severities}, "
+          f"derainers {[d.name for d in base.derainers]} ({n_cells} cells); {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores, best of {args.repeats}")
+    t_ours = t_naive = float("inf")
+    for _ in range(args.repeats):  # alternate so both routes see the same machine state
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(BenchConfig, None, [])
+            cfg.__dict__.update({**base.__dict__, "out": str(Path(tmp) / "ours")})
+            t, m_ours = ours(cfg, Path(cfg.out))
             t_ours = min(t_ours, t)
-            with tempfile.TemporaryDirectory() as tmp:
-                t, map_naive = naive(dataset, rainy, derainer, args.detector, args.imgsz, Path(tmp))
+        with tempfile.TemporaryDirectory() as tmp:
+            t, m_naive = naive(base, Path(tmp))
             t_naive = min(t_naive, t)
-        print(f"\nderainer {name}")
-        print(f"  in-memory pipeline : {t_ours:7.2f} s  {n / t_ours:6.2f} img/s  mAP50 {map_ours:.4f}")
-        print(f"  naive (PNG + val)  : {t_naive:7.2f} s  {n / t_naive:6.2f} img/s  mAP50 {map_naive:.4f}")
-        print(f"  speed-up: {t_naive / t_ours:.2f}x")
+    print(f"\n{'cell / metric':<40} {'ours':>8} {'naive':>8}")
+    for key, v in m_naive.items():
+        print(f"{key:<40} {m_ours.get(key, float('nan')):8.4f} {v:8.4f}")
+    print(f"\nours  (derainbench bench)         : {t_ours:7.1f} s")
+    print(f"naive (PNGs + derain + score + val): {t_naive:7.1f} s")
+    print(f"speed-up: {t_naive / t_ours:.2f}x")
 
 
 if __name__ == "__main__":

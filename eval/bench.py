@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -382,34 +382,59 @@ def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.nd
     return quantize_uint8(rainy).astype(np.float32) / 255.0
 
 
+class CellItem(NamedTuple):
+    """One image of a cell, as the DataLoader hands it over."""
+
+    index: int
+    name: str  # file name (rain seeds and sample files use it)
+    image: np.ndarray  # the clean (or real-rain) image, H×W×3 float32 in [0, 1]
+    label: Any
+    x: torch.Tensor | None  # the task model's (or derainer's) input, 3×H×W; None when ``derained`` was cached
+    key: str | None  # the input's cache key (None: caching off)
+    derained: torch.Tensor | None  # the cached derainer output, 3×H×W on the 8-bit grid
+
+
 class CellInputs(torch.utils.data.Dataset):
-    """The images one cell scores, prepared in DataLoader workers while the models run: item ``k`` is
-    ``(index, file name, clean H×W×3 float32, label, input 3×H×W float32 in [0, 1], input digest or None)``.
+    """The images one cell scores, prepared in DataLoader workers while the models run.
 
     The input is the clean image (severity none, or a real-rain dataset's own image), the file of a rain source
-    (``rainy_files``), or rain synthesized with the preset and ``seed`` and quantized to 8 bits."""
+    (``rainy_files``), or rain synthesized with the preset and ``seed`` and quantized to 8 bits. With a cache
+    (``cache_root``), synthesized rain is read from it when another cell made it, and for a derainer cell
+    (``derainer``: its digest) so is the derained image, in which case the rain is not even made."""
 
     def __init__(self, dataset: Any, indices: Sequence[int], severity: str, seed: int, clean: bool,
-                 rainy_files: list[Path] | None, digest: bool) -> None:
+                 rainy_files: list[Path] | None, cache_root: Path | None, derainer: str | None) -> None:
         self.dataset, self.indices, self.severity, self.seed = dataset, list(indices), severity, seed
-        self.clean, self.rainy_files, self.digest = clean, rainy_files, digest
+        self.clean, self.rainy_files, self.cache_root, self.derainer = clean, rainy_files, cache_root, derainer
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, str, np.ndarray, Any, torch.Tensor, str | None]:
-        from eval.derain_cache import input_digest
+    def __getitem__(self, k: int) -> CellItem:
+        from eval.image_cache import ImageCache, input_digest, rain_key
 
         i = self.indices[k]
         image, label = self.dataset[i]
         name = Path(self.dataset.image_path(i)).name
+        caching = self.cache_root is not None
+        x: torch.Tensor | None = None
         if self.clean:
             x = to_tensor(image)
         elif self.rainy_files is not None:
             x = _read_source_image(self.rainy_files[i], self.dataset.image_path(i), image.shape)[0]
-        else:
-            x = to_tensor(rainy_image(image, self.severity, self.seed, name))
-        return i, name, image, label, x, input_digest(x) if self.digest else None
+        key = None if not caching else input_digest(x) if x is not None else rain_key(
+            image, self.severity, self.seed, name)
+        derained = None
+        if key is not None and self.derainer is not None:
+            derained = ImageCache(self.cache_root, f"derained/{self.derainer}").get(key)
+        if x is None and derained is None:
+            rain = ImageCache(self.cache_root, "rainy")
+            x = rain.get(key) if key is not None else None
+            if x is None:
+                x = to_tensor(rainy_image(image, self.severity, self.seed, name))
+                if key is not None:
+                    rain.put(key, x)
+        return CellItem(i, name, image, label, x, key, derained)
 
 
 def _as_is(item: Any) -> Any:
@@ -438,17 +463,20 @@ class Runtime:
 
 
 def default_workers() -> int:
-    """DataLoader workers for image reading and rain synthesis: half the CPU cores, 1 to 4."""
+    """DataLoader workers for image reading and rain synthesis: half the CPU cores, at most 4; none on a machine of
+    two cores or fewer, where a worker only takes a core from the models (measured: 34 s vs 28 s for the demo
+    bench on 2 cores)."""
     import os
 
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def _batches(loader: Any, size: int) -> Any:
     """Consecutive items of equal image size, ``size`` at a time (a size change flushes the batch)."""
-    batch: list[Any] = []
+    batch: list[CellItem] = []
     for item in loader:
-        if batch and (len(batch) == size or batch[0][4].shape != item[4].shape):
+        if batch and (len(batch) == size or batch[0].image.shape != item.image.shape):
             yield batch
             batch = []
         batch.append(item)
@@ -456,22 +484,22 @@ def _batches(loader: Any, size: int) -> Any:
         yield batch
 
 
-def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, xs: list[torch.Tensor], keys: list[str | None],
-                  cache: Any, rt: Runtime) -> list[torch.Tensor]:
-    """Derained, 8-bit-quantized versions of ``xs`` (``3×H×W`` each): cached ones read, the rest computed in one
-    batch and stored."""
-    from eval.derain_cache import quantize
+def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, batch: list[CellItem], cache: Any,
+                  rt: Runtime) -> list[torch.Tensor]:
+    """Derained, 8-bit-quantized versions of the batch's inputs: cached ones as read, the rest computed in one
+    call and stored."""
+    from eval.image_cache import quantize
 
-    out: list[torch.Tensor | None] = [cache.get(k) if k is not None else None for k in keys]
+    out = [b.derained for b in batch]
     todo = [j for j, y in enumerate(out) if y is None]
     if todo:
-        y = derain_tensor(derainer, torch.stack([xs[j] for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
+        y = derain_tensor(derainer, torch.stack([batch[j].x for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
                           batch_size=rt.batch, channels_last=rt.channels_last)
         for j, img in zip(todo, quantize(y.cpu()), strict=True):
             out[j] = img
-            if keys[j] is not None:
-                cache.put(keys[j], img)
-    return [y for y in out if y is not None]
+            if batch[j].key is not None:
+                cache.put(batch[j].key, img)
+    return out
 
 
 def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
@@ -482,32 +510,36 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     Images are read (and rain synthesized) by DataLoader workers while the models run; derainer outputs come from
     the run's derain cache when another cell (another task, another dataset with the same pixels) already made
     them, and are scored as 8-bit images either way."""
-    from eval.derain_cache import DerainCache
     from eval.detection import DetectionEvaluator, predictions_to_coco
+    from eval.image_cache import ImageCache
     from eval.segmentation import ConfusionMatrix
 
     t0 = time.perf_counter()
     detection = spec.task == "detection"
     clean_input = cell.severity == "none" or bool(spec.real_rain)
-    cache = DerainCache(rt.cache_root, derainer_digest(dspec, rt.hashes)) if dspec else DerainCache(None, "")
+    digest = derainer_digest(dspec, rt.hashes) if dspec is not None else None
+    cache = ImageCache(rt.cache_root if digest else None, f"derained/{digest}")
     inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed, clean_input,
-                        rainy_files, digest=derainer is not None and rt.cache_root is not None)
+                        rainy_files, rt.cache_root, digest)
     loader = torch.utils.data.DataLoader(inputs, batch_size=None, collate_fn=_as_is, num_workers=rt.workers,
                                          prefetch_factor=4 if rt.workers else None)
     items: list[tuple[int, dict[str, Any], Any, Any]] = []  # (index, per-image row, prediction, label)
     bar = tqdm(total=len(inputs), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress,
                leave=False)
+    hits = 0
     for batch in _batches(loader, rt.batch):
-        xs = [b[4] for b in batch]
         if derainer is not None:
-            xs = _derain_batch(derainer, dspec, xs, [b[5] for b in batch], cache, rt)
+            hits += sum(b.derained is not None for b in batch)
+            xs = _derain_batch(derainer, dspec, batch, cache, rt)
+        else:
+            xs = [b.x for b in batch]
         x = torch.stack(xs).to(rt.device)
         if detection:
             preds: list[Any] = [{k: v.cpu() for k, v in p.items()} for p in task_model.predict(
                 x, imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)]
         else:
             preds = list(task_model.predict(x).cpu())
-        for (i, name, image, label, _, _), y, pred in zip(batch, xs, preds, strict=True):
+        for (i, name, image, label, *_), y, pred in zip(batch, xs, preds, strict=True):
             row: dict[str, Any] = {"image": name}
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
                 scores = compute_metrics(y[None], to_tensor(image)[None])
@@ -519,7 +551,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         bar.update(len(batch))
     bar.close()
     items = _gather(items, dist)
-    hits = _gather([cache.hits], dist)
+    all_hits = _gather([hits], dist)
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
@@ -548,7 +580,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
               "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
     if derainer is not None:
-        result["derain_cache_hits"] = int(sum(hits))
+        result["derain_cache_hits"] = int(sum(all_hits))
     if cfg.bootstrap > 0:
         result["image_stats"] = image_stats
     return result

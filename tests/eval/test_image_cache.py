@@ -1,16 +1,17 @@
-"""The benchmark's derain cache: one derained image per (input, derainer), shared by tasks, never stale."""
+"""The benchmark's image cache: one rainy and one derained image per input, shared by cells and tasks, never stale."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from eval.bench import DerainerSpec, derainer_digest, run_bench
-from eval.derain_cache import DerainCache, input_digest, quantize
+from eval.image_cache import ImageCache, input_digest, quantize, rain_key
 
 
 def cell(out: Path, key: str) -> dict:
@@ -30,6 +31,17 @@ def test_a_second_task_reuses_the_derained_images(tiny_bench: dict, tmp_path: Pa
     assert cell(out, "det__heavy__lite")["derain_cache_hits"] == 0
     assert cell(out, "seg__heavy__lite")["derain_cache_hits"] == n
     assert len(cached_files(out)) == n
+    assert len(list((out / "cache" / "rainy").rglob("*.png"))) == n  # rain made once for 2 tasks × 2 cells
+
+
+def test_rain_key_follows_the_recipe() -> None:
+    clean = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    base = rain_key(clean, "heavy", 0, "a.png")
+    other = clean.copy()
+    other[0, 0, 0] += 1e-3
+    assert rain_key(clean.copy(), "heavy", 0, "a.png") == base
+    assert len({base, rain_key(other, "heavy", 0, "a.png"), rain_key(clean, "light", 0, "a.png"),
+                rain_key(clean, "heavy", 1, "a.png"), rain_key(clean, "heavy", 0, "b.png")}) == 5
 
 
 def test_cached_batched_prefetched_results_equal_the_plain_route(tiny_bench: dict, tmp_path: Path) -> None:
@@ -82,7 +94,7 @@ def test_derainer_digest_follows_what_changes_the_output(tiny_bench: dict) -> No
 
 
 def test_an_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
-    cache = DerainCache(tmp_path, "d")
+    cache = ImageCache(tmp_path, "d")
     image = quantize(torch.rand(3, 8, 8))
     key = input_digest(torch.rand(3, 8, 8))
     assert cache.get(key) is None
@@ -92,7 +104,7 @@ def test_an_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="unreadable entry .* recomputing"):
         assert cache.get(key) is None
     assert (cache.hits, cache.misses) == (1, 2)
-    assert DerainCache(None, "d").get(key) is None  # caching off
+    assert ImageCache(None, "d").get(key) is None  # caching off
 
 
 def test_input_digest_sees_every_pixel_and_the_shape() -> None:
@@ -102,7 +114,7 @@ def test_input_digest_sees_every_pixel_and_the_shape() -> None:
     assert input_digest(x) == input_digest(x.clone()) == input_digest(x.numpy())
     assert input_digest(y) != input_digest(x)
     assert input_digest(x.reshape(3, 6, 4)) != input_digest(x)
-    q = quantize(torch.tensor([-0.1, 0.5 / 255, 1.5 / 255, 0.999, 2.0]))
+    q = quantize(torch.tensor([-0.1, 0.4 / 255, 1.6 / 255, 0.999, 2.0]))
     assert torch.allclose(q * 255, torch.tensor([0.0, 0.0, 2.0, 255.0, 255.0]))
 
 
