@@ -92,7 +92,8 @@ class BenchConfig:
     samples: int = 3  # images saved per condition (for reports)
     conf: float = 0.001  # detector confidence threshold (COCO protocol: keep low)
     iou: float = 0.7  # detector NMS IoU
-    bootstrap: int = 1000  # paired-bootstrap resamples over images for 95 % intervals (0 = none)
+    bootstrap: int = 1000  # paired-bootstrap resamples over images (and rain seeds) for 95 % intervals (0 = none)
+    rain_seeds: int = 1  # synthetic rain made with seeds seed, seed+1, ...: values are means, with their std
     # How cells run; none of these changes a number (beyond float rounding), so they are not in cell fingerprints.
     cache: bool = True  # derained images computed once per (input, derainer), kept under <out>/cache
     batch: int | None = None  # images per derainer / task-model call (None: 1 on CPU, where it is fastest; 8 on GPU)
@@ -105,10 +106,11 @@ class Cell:
     dataset: str
     severity: str  # "none" for clean
     method: str  # clean | rainy | a derainer name
+    rep: int = 0  # rain replicate: synthetic rain made with seed ``cfg.seed + rep``
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}__{self.severity}__{self.method}"
+        return f"{self.dataset}__{self.severity}__{self.method}" + (f"__r{self.rep}" if self.rep else "")
 
 
 def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec | None]]:
@@ -122,8 +124,9 @@ def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec 
         cells = [(Cell(dataset, "none", "clean"), None)]
         severities = [*cfg.severities, *(src.name for src in spec.rainy)]
     for sev in severities:
-        cells.append((Cell(dataset, sev, "rainy"), None))
-        cells += [(Cell(dataset, sev, d.name), d) for d in cfg.derainers]
+        for rep in range(cfg.rain_seeds if sev in PRESETS else 1):  # only synthetic rain has a seed
+            cells.append((Cell(dataset, sev, "rainy", rep), None))
+            cells += [(Cell(dataset, sev, d.name, rep), d) for d in cfg.derainers]
     return cells
 
 
@@ -137,7 +140,7 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
 
     rain: Any = None
     if cell.severity in PRESETS and not spec.real_rain:
-        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed}
+        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed + cell.rep}
     elif cell.severity != "none":
         rain = next((asdict(src) for src in spec.rainy if src.name == cell.severity), spec.real_rain)
     parts = {
@@ -263,6 +266,9 @@ def validate(cfg: BenchConfig) -> None:
                              f"{', '.join(valid)})")
         if d.weights and not Path(d.weights).exists():
             raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
+    if cfg.rain_seeds < 1:
+        raise ValueError(f"rain_seeds must be >= 1 (the number of rain seeds per synthetic severity), got "
+                         f"{cfg.rain_seeds}")
     if cfg.batch is not None and cfg.batch < 1:
         raise ValueError(f"batch must be >= 1 (images per model call), got {cfg.batch}")
     if cfg.workers is not None and cfg.workers < 0:
@@ -519,7 +525,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     clean_input = cell.severity == "none" or bool(spec.real_rain)
     digest = derainer_digest(dspec, rt.hashes) if dspec is not None else None
     cache = ImageCache(rt.cache_root if digest else None, f"derained/{digest}")
-    inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed, clean_input,
+    inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed + cell.rep, clean_input,
                         rainy_files, rt.cache_root, digest)
     loader = torch.utils.data.DataLoader(inputs, batch_size=None, collate_fn=_as_is, num_workers=rt.workers,
                                          prefetch_factor=4 if rt.workers else None)
@@ -545,7 +551,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
                 scores = compute_metrics(y[None], to_tensor(image)[None])
                 row.update(psnr_y=float(scores["psnr_y"]), ssim_y=float(scores["ssim_y"]))
             items.append((i, row, pred, label))
-            if i < cfg.samples:
+            if i < cfg.samples and cell.rep == 0:
                 _save_sample(out, cell, name, y, pred)
                 _save_truth(out, cell.dataset, name, label)
         bar.update(len(batch))
@@ -650,42 +656,102 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high"]
+RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high", "std", "seeds"]
+CellKey = tuple[str, str, str, int]  # (dataset, severity, method, rain replicate)
 
 
 def write_results(out: Path, cfg: BenchConfig) -> None:
-    """Rebuild results.csv, per_image.csv, per_class.csv, summary.csv, differences.csv and timings.json from the
-    finished cells; with ``cfg.bootstrap`` every task metric, drop, gain and robustness row gets its 95 % paired
-    bootstrap interval (``ci_low``, ``ci_high``)."""
-    rows, image_rows, class_rows, timings = [], [], [], {}
-    cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    """Rebuild results.csv, per_seed.csv, per_image.csv, per_class.csv, summary.csv, differences.csv and
+    timings.json from the finished cells.
+
+    With ``rain_seeds`` > 1 every row of synthetic rain (and every robustness row) is the mean over the seeds of
+    the row computed per seed, ``std`` its sample std over seeds and ``seeds`` their number (per_seed.csv has the
+    per-seed values); rows that do not depend on the seed (clean images, rain sources) have ``seeds`` 1. With
+    ``cfg.bootstrap`` every task metric, drop, gain and robustness row gets its 95 % paired-bootstrap interval
+    (``ci_low``, ``ci_high``), resampling images and, with several seeds, the seeds too."""
+    cells: dict[CellKey, dict[str, Any]] = {}
+    image_rows, timings = [], {}
     for spec in cfg.datasets:
         for cell, _ in conditions(cfg, spec.name):
             path = out / "cells" / f"{cell.key}.json"
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
-            cells[(cell.dataset, cell.severity, cell.method)] = data
-            base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method}
-            values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
-            rows += [{**base, "metric": k, "value": v} for k, v in values.items()]
+            cells[(cell.dataset, cell.severity, cell.method, cell.rep)] = data
+            base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method,
+                    "seed": cfg.seed + cell.rep if cell.severity in PRESETS else ""}
             image_rows += [{**base, **r} for r in data["per_image"]]
-            class_rows += per_class_rows(data)
             timings[cell.key] = round(data["seconds"], 3)
-    summary = summarize(rows)
-    samples = bootstrap_samples(cells, cfg) if cfg.bootstrap > 0 else {}
-    summary += gain_rows(rows)
-    differences = difference_rows(rows + summary, [d.name for d in cfg.derainers])
-    for row in rows + summary + differences:
-        row["ci_low"], row["ci_high"] = _interval_of(row, samples)
+    names = [d.name for d in cfg.derainers]
+    rows, summary, differences, classes = [], [], [], []
+    for rep in range(cfg.rain_seeds):
+        view = _replicate(cells, rep)
+        r_rows = [row for key, data in view.items() for row in _cell_rows(key, data)]
+        r_summary = summarize(r_rows) + gain_rows(r_rows)
+        rows.append(r_rows)
+        summary.append(r_summary)
+        differences.append(difference_rows(r_rows + r_summary, names))
+        classes.append([row for data in view.values() for row in per_class_rows(data)])
+    keys = ("dataset", "severity", "method", "metric")
+    (rows, seed_rows), (summary, seed_summary) = _over_seeds(rows, keys, cfg), _over_seeds(summary, keys, cfg)
+    differences, _ = _over_seeds(differences, (*keys, "versus"), cfg)
+    classes, _ = _over_seeds(classes, ("dataset", "severity", "method", "class", "metric"), cfg)
+    if cfg.bootstrap > 0:
+        samples = bootstrap_samples(cells, cfg)
+        views = [_replicate(samples, rep) for rep in range(cfg.rain_seeds)]
+        draws = np.random.default_rng([cfg.seed, 2]).integers(0, cfg.rain_seeds, (cfg.bootstrap, cfg.rain_seeds))
+        for row in rows + summary + differences:
+            row["ci_low"], row["ci_high"] = _interval_of(row, views, draws)
     _write_csv(out / "results.csv", rows + summary, RESULT_FIELDS)
     _write_csv(out / "summary.csv", summary, RESULT_FIELDS)
+    _write_csv(out / "per_seed.csv", seed_rows + seed_summary,
+               ["dataset", "task", "severity", "method", "seed", "metric", "value"])
     _write_csv(out / "differences.csv", differences,
-               ["dataset", "task", "severity", "method", "versus", "metric", "value", "ci_low", "ci_high"])
+               ["dataset", "task", "severity", "method", "versus", "metric", "value", "ci_low", "ci_high", "std",
+                "seeds"])
     _write_csv(out / "per_image.csv", image_rows,
-               ["dataset", "task", "severity", "method", "image", "psnr_y", "ssim_y"])
-    _write_csv(out / "per_class.csv", class_rows, ["dataset", "task", "severity", "method", "class", "metric", "value"])
+               ["dataset", "task", "severity", "method", "seed", "image", "psnr_y", "ssim_y"])
+    _write_csv(out / "per_class.csv", classes, ["dataset", "task", "severity", "method", "class", "metric", "value"])
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
+
+
+def _replicate(table: dict[tuple, Any], rep: int) -> dict[tuple, Any]:
+    """The entries of rain replicate ``rep`` with the replicate dropped from the key: ``(dataset, severity, method,
+    rep, *rest) -> (dataset, severity, method, *rest)``; seed-independent cells (replicate 0 only) serve every
+    replicate."""
+    return {(k[0], k[1], k[2], *k[4:]): v for k, v in table.items() if k[3] == (rep if k[1] in PRESETS else 0)}
+
+
+def _cell_rows(key: tuple[str, str, str], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows (restoration and task metrics) of one cell."""
+    base = {"dataset": key[0], "task": data["task"], "severity": key[1], "method": key[2]}
+    values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
+    return [{**base, "metric": k, "value": v} for k, v in values.items()]
+
+
+def _over_seeds(per_rep: list[list[dict[str, Any]]], keys: Sequence[str],
+                cfg: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows computed per rain replicate -> (one row per key: mean ``value``, ``std`` over seeds and ``seeds``;
+    the per-seed rows of seed-dependent keys). Synthetic-rain rows and the robustness rows depend on the seed;
+    clean and rain-source rows are the same in every replicate and count once."""
+    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
+    for rep, rows in enumerate(per_rep):
+        for row in rows:
+            groups.setdefault(tuple(row[k] for k in keys), []).append((rep, row))
+    merged, per_seed = [], []
+    for items in groups.values():
+        first = items[0][1]
+        varies = first["severity"] in PRESETS or first["severity"] == SUMMARY_SEVERITY
+        values = [_float(row["value"]) for _, row in items] if varies else [_float(first["value"])]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else ""
+        merged.append({**first, "value": float(np.mean(values)), "std": std, "seeds": len(values)})
+        if varies:
+            per_seed += [{**row, "seed": cfg.seed + rep} for rep, row in items]
+    return merged, per_seed
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 PER_CLASS_METRICS = {"per_class": "ap", "per_class50": "ap50", "iou_per_class": "iou"}
@@ -734,13 +800,13 @@ def difference_rows(rows: list[dict[str, Any]], derainers: Sequence[str]) -> lis
     return out
 
 
-def bootstrap_samples(cells: dict[tuple[str, str, str], dict[str, Any]],
-                      cfg: BenchConfig) -> dict[tuple[str, str, str, str], np.ndarray]:
-    """Per (dataset, severity, method, metric): the metric on ``cfg.bootstrap`` resamples of the images, the same
-    resamples for every cell of a dataset (paired); PSNR/SSIM too (means of per-image values)."""
+def bootstrap_samples(cells: dict[CellKey, dict[str, Any]],
+                      cfg: BenchConfig) -> dict[tuple[str, str, str, int, str], np.ndarray]:
+    """Per (dataset, severity, method, replicate, metric): the metric on ``cfg.bootstrap`` resamples of the images,
+    the same resamples for every cell of a dataset (paired); PSNR/SSIM too (means of per-image values)."""
     from eval.bootstrap import METRIC_FNS, resample_weights
 
-    out: dict[tuple[str, str, str, str], np.ndarray] = {}
+    out: dict[tuple[str, str, str, int, str], np.ndarray] = {}
     for ds in dict.fromkeys(k[0] for k in cells):
         mine = {k: v for k, v in cells.items() if k[0] == ds and "image_stats" in v}
         sizes = {len(v["per_image"]) for v in mine.values()}
@@ -748,23 +814,27 @@ def bootstrap_samples(cells: dict[tuple[str, str, str], dict[str, Any]],
             continue  # cells scored on different image sets (e.g. a changed limit): no paired interval
         n = sizes.pop()
         weights = resample_weights(n, cfg.bootstrap, seed=[cfg.seed, zlib.crc32(ds.encode())])
-        for (_, sev, method), data in mine.items():
+        for key, data in mine.items():
             for metric, samples in METRIC_FNS[data["task"]](data["image_stats"], weights).items():
-                out[(ds, sev, method, metric)] = samples
+                out[(*key, metric)] = samples
             for metric in ("psnr_y", "ssim_y"):
                 if data["per_image"] and metric in data["per_image"][0]:
                     per = np.asarray([r[metric] for r in data["per_image"]], dtype=np.float64)
-                    out[(ds, sev, method, metric)] = weights @ per / n
+                    out[(*key, metric)] = weights @ per / n
     return out
 
 
-def _interval_of(row: dict[str, Any], samples: dict[tuple[str, str, str, str], np.ndarray]) -> tuple[Any, Any]:
-    """The 95 % paired-bootstrap interval of a results row ("", "" where none applies)."""
+def _interval_of(row: dict[str, Any], views: list[dict[tuple[str, str, str, str], np.ndarray]],
+                 draws: np.ndarray) -> tuple[Any, Any]:
+    """The 95 % paired-bootstrap interval of a results row ("", "" where none applies). ``views``: the samples of
+    each rain replicate; with several, resample ``b`` averages the row over the replicates ``draws[b]`` (seeds drawn
+    with replacement), so the interval covers the seed-to-seed spread as well as the images."""
     from eval.bootstrap import interval
 
-    s = _row_samples(row, samples)
-    if s is None:
+    per = [_row_samples(row, v) for v in views]
+    if any(p is None for p in per):
         return "", ""
+    s = per[0] if len(per) == 1 else np.stack(per)[draws, np.arange(draws.shape[0])[:, None]].mean(axis=1)
     lo, hi = interval(s)
     return (lo, hi) if math.isfinite(lo) else ("", "")
 
@@ -794,7 +864,8 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], n
         if kind == "pc":
             return m_pc
         if kind == "rpc":
-            return m_pc / clean
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return m_pc / clean
         r_pc = pc("rainy", base)
         if r_pc is None:
             return None

@@ -74,6 +74,8 @@ def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str)
         & (pi.method == method)
         & (pi.image.astype(str).map(lambda s: Path(s).stem) == stem)
     ]
+    if "seed" in hit.columns and hit["seed"].notna().any():  # several rain seeds: the samples show the first
+        hit = hit[hit["seed"].isna() | (hit["seed"] == run.seed)]
     if hit.empty:
         return {}
     return {k: float(hit.iloc[0][k]) for k in ("psnr_y", "ssim_y") if k in hit.columns and np.isfinite(hit.iloc[0][k])}

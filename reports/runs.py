@@ -49,8 +49,13 @@ class Run:
 
     @property
     def seed(self) -> int:
-        """The rain seed of the run."""
+        """The (first) rain seed of the run."""
         return int(self.config.get("seed", 0))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The run's rain seeds: ``seed``, ``seed + 1``, ... (``rain_seeds`` of them)."""
+        return [self.seed + r for r in range(int(self.config.get("rain_seeds") or 1))]
 
     def derainer(self, name: str) -> dict[str, Any] | None:
         """The derainer entry named ``name`` in the run's config (None for clean / rainy)."""
@@ -75,6 +80,7 @@ def load_run(path: str | Path) -> Run:
     results = _read_csv(results_csv, RESULT_COLUMNS)
     if results.empty:
         raise ValueError(f"{results_csv} has no rows: rerun `derainbench bench` so that at least one cell finishes")
+    results = _expand_seeds(results, path / "per_seed.csv")
     config_yaml = path / "config.yaml"
     if not config_yaml.is_file():
         raise FileNotFoundError(
@@ -106,6 +112,21 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     for col in ("dataset", "task", "severity", "method"):
         table[col] = table[col].astype(str)
     return table
+
+
+def _expand_seeds(results: pd.DataFrame, per_seed_csv: Path) -> pd.DataFrame:
+    """A run scored with several rain seeds: its seed-dependent rows replaced by one row per seed (column ``seed``;
+    each keeps the row's interval, which resampled the seeds too), so runs aggregate over all their seeds."""
+    if not per_seed_csv.is_file():
+        return results
+    per_seed = _read_csv(per_seed_csv, [*RESULT_COLUMNS[:4], "seed", "metric", "value"])
+    if per_seed["seed"].nunique() < 2:
+        return results
+    keys = ["dataset", "severity", "method", "metric"]
+    intervals = [c for c in ("ci_low", "ci_high") if c in results]
+    expanded = per_seed.merge(results[keys + intervals], on=keys, how="left")
+    hit = results.set_index(keys).index.isin(per_seed.set_index(keys).index)
+    return pd.concat([results[~hit], expanded], ignore_index=True)
 
 
 def _read_optional_csv(path: Path) -> pd.DataFrame:
@@ -148,7 +169,7 @@ class Combined:
     @property
     def seeds(self) -> list[int]:
         """The distinct rain seeds of the runs."""
-        return sorted({r.seed for r in self.runs})
+        return sorted({s for r in self.runs for s in r.seeds})
 
     @property
     def max_n(self) -> int:
@@ -287,11 +308,13 @@ def method_labels(runs: Sequence[Run]) -> dict[tuple[int, str], str]:
 
 
 def _relabel(table: pd.DataFrame, index: int, run: Run, labels: dict[tuple[int, str], str]) -> pd.DataFrame:
-    """A copy of ``table`` with methods renamed to their labels and the run's seed attached."""
+    """A copy of ``table`` with methods renamed to their labels, the run's seed attached to rows without one and
+    the run's index (``run``)."""
     out = table.copy()
     if not out.empty:
         out["method"] = [labels.get((index, m), m) for m in out["method"]]
-    out["seed"] = run.seed
+    out["seed"] = out["seed"].fillna(run.seed) if "seed" in out else run.seed
+    out["run"] = index
     return out
 
 
@@ -317,8 +340,10 @@ def _aggregate(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
         n=("value", "count"),
         ci_low=("ci_low", "first"),
         ci_high=("ci_high", "first"),
+        runs=("run", "nunique"),
     ).reset_index()
-    out.loc[out["n"] > 1, ["ci_low", "ci_high"]] = np.nan  # one seed's interval does not describe a mean over seeds
+    # a run's interval describes its own mean (over its images and seeds), not a mean over several runs
+    out.loc[out["runs"] > 1, ["ci_low", "ci_high"]] = np.nan
     return out[columns]
 
 

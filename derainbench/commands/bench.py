@@ -14,23 +14,33 @@ mAP@[.5:.95], mAP@.5), segmentation with mIoU over the dataset's summed confusio
 PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop) of rainy/derained images against the clean ones.
 
 Severities: the ladder 1-5 (severities=[1,2,3,4,5], the robustness-benchmark convention; 2 = light,
-5 = heavy) or the named presets light, medium, heavy.
+5 = heavy) or the named presets light, medium, heavy. rain_seeds=K scores synthetic rain with seeds
+seed..seed+K-1: values are means over the seeds, with std and seeds columns, and intervals resample seeds too.
 
-Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high;
+Speed: every rainy and derained image is made once per run folder and shared by all cells, tasks and
+datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; safe to delete; cache=false
+turns it off). Derained images are scored on the 8-bit grid, as saved outputs are. Images are read and rain
+synthesized by DataLoader workers (workers=N; default half the cores, none on 2 cores); batch=N images per
+model call (default 1 on CPU, 8 on GPU); channels_last (default on for CPU).
+
+Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
+std, seeds;
 includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
 severity "mean" the robustness summary <m>_pc = mPC (the metric averaged over the run's severities),
 <m>_rpc = mPC / clean, <m>_gap_closed = share of the average clean-to-rainy gap a derainer closes;
 ci_low/ci_high = 95 % paired-bootstrap interval over images, `bootstrap` resamples, seeded by the run seed),
-differences.csv (derainer A - B per severity and for mPC, with intervals), summary.csv, per_image.csv,
+differences.csv (derainer A - B per severity and for mPC, with intervals), summary.csv, per_seed.csv
+(each seed's value of every seed-dependent row), per_image.csv (with the rain seed),
 per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with the ground
 truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
-(one JSON per finished (dataset, severity, method); a rerun skips them unless --force, so a crash loses at
+(one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a crash loses at
 most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
 
 Examples:
   derainbench bench --config configs/bench_demo.yaml
   derainbench bench --config configs/bench_demo.yaml severities=[heavy] out=runs/bench/heavy-only
   derainbench bench --config configs/bench_demo.yaml "severities=[1,2,3,4,5]" bootstrap=2000
+  derainbench bench --config configs/bench_demo.yaml rain_seeds=3 out=runs/bench/three-seeds
 """
 
 

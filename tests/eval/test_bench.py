@@ -23,7 +23,9 @@ def bench_config(setup: dict, out: Path, *extra: str) -> BenchConfig:
 def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tiny_bench_run: Path) -> None:
     out = tiny_bench_run
     res = pd.read_csv(out / "results.csv")
-    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high"}
+    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high",
+                                "std", "seeds"}
+    assert (res.seeds == 1).all() and res["std"].isna().all()  # one rain seed: no spread to report
     # 95 % paired-bootstrap intervals: around each task metric, drop and gain; none for recoveries
     for r in res[res.metric.isin(["map", "miou", "drop_miou", "gain_miou", "psnr_y"])].itertuples():
         assert r.ci_low <= r.value + 1e-9 and r.value <= r.ci_high + 1e-9, r
@@ -226,3 +228,47 @@ def test_bad_options_and_sizes_fail_before_any_cell(setup: dict, tmp_path: Path)
                                            f"path: {setup['root']}/scenes/det/data.yaml, model: yolo11n.yaml, "
                                            "imgsz: -64}]"), progress=False)
     assert not out.exists()
+
+
+def test_several_rain_seeds_give_mean_std_and_intervals_over_seeds(setup: dict, tmp_path: Path) -> None:
+    """rain_seeds=2: each synthetic cell is scored with seeds 0 and 1; values are their mean, std their spread, and the
+    single-seed runs with seeds 0 and 1 reproduce the per-seed values exactly."""
+    from reports.runs import load_runs
+    from reports.tables import main_table_text
+
+    root = setup["root"]
+    seg = (f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+           f"model: {root}/seg-model}}]")
+    args = (seg, "severities=[heavy]", "samples=1", "bootstrap=200")
+    two = run_bench(bench_config(setup, tmp_path / "two", *args, "rain_seeds=2"), progress=False)
+    assert (two / "cells/seg__heavy__lite__r1.json").is_file()
+    assert not (two / "cells/seg__none__clean__r1.json").exists()  # clean images have no rain seed
+    res = pd.read_csv(two / "results.csv").set_index(["severity", "method", "metric"])
+    per_seed = pd.read_csv(two / "per_seed.csv").set_index(["severity", "method", "metric", "seed"]).value
+    singles = {}
+    for seed in (0, 1):
+        out = run_bench(bench_config(setup, tmp_path / f"s{seed}", *args, f"seed={seed}"), progress=False)
+        singles[seed] = pd.read_csv(out / "results.csv").set_index(["severity", "method", "metric"]).value
+    for key in [("heavy", "lite", "psnr_y"), ("heavy", "rainy", "miou"), ("heavy", "rainy", "drop_miou"),
+                ("mean", "lite", "miou_pc")]:
+        a, b = singles[0][key], singles[1][key]
+        assert per_seed[(*key, 0)] == pytest.approx(a) and per_seed[(*key, 1)] == pytest.approx(b)
+        row = res.loc[key]
+        assert row.value == pytest.approx((a + b) / 2) and row.seeds == 2
+        assert row["std"] == pytest.approx(abs(a - b) / 2**0.5)
+    assert singles[0][("heavy", "lite", "psnr_y")] != singles[1][("heavy", "lite", "psnr_y")]  # other rain
+    clean = res.loc[("none", "clean", "miou")]
+    assert clean.seeds == 1 and pd.isna(clean["std"]) and clean.value == singles[0][("none", "clean", "miou")]
+    lite = res.loc[("heavy", "lite", "psnr_y")]
+    assert lite.ci_low <= lite.value <= lite.ci_high
+    identity = res.loc[("heavy", "identity", "gain_miou")]  # identical methods: 0 with a zero-width interval
+    assert identity.value == 0 and identity.ci_low == 0 and identity.ci_high == 0
+    assert set(pd.read_csv(two / "per_image.csv").query("severity == 'heavy'").seed) == {0, 1}
+    # the report reads both seeds from one run: mean ± std, intervals kept
+    combined = load_runs(two)
+    assert combined.seeds == [0, 1]
+    mean, std, n = combined.value("seg", "heavy", "lite", "psnr_y")
+    assert (mean, std, n) == (pytest.approx(lite.value), pytest.approx(lite["std"]), 2)
+    assert combined.interval("seg", "heavy", "lite", "psnr_y") == (pytest.approx(lite.ci_low),
+                                                                  pytest.approx(lite.ci_high))
+    assert "Mean ± std over 2 rain seeds (0, 1)" in main_table_text(combined)
