@@ -24,8 +24,7 @@ synthesized by DataLoader workers (workers=N; default half the cores, none on 2 
 model call (default 1 on CPU, 8 on GPU); channels_last (default on for CPU).
 
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
-std, seeds;
-includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
+std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
 severity "mean" the robustness summary <m>_pc = mPC (the metric averaged over the run's severities),
 <m>_rpc = mPC / clean, <m>_gap_closed = share of the average clean-to-rainy gap a derainer closes;
 ci_low/ci_high = 95 % paired-bootstrap interval over images, `bootstrap` resamples, seeded by the run seed),
@@ -33,8 +32,8 @@ differences.csv (derainer A - B per severity and for mPC, with intervals), summa
 (each seed's value of every seed-dependent row), per_image.csv (with the rain seed),
 per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with the ground
 truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
-(one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a crash loses at
-most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
+(one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a
+crash loses at most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
 
 Examples:
   derainbench bench --config configs/bench_demo.yaml
