@@ -100,6 +100,43 @@ def recover_dir(folder: str | Path) -> bool:
     return False
 
 
+class FolderLockedError(RuntimeError):
+    """Another process is writing the same run folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` for the block. A second process on the same folder fails at once
+    with a line naming the holder, instead of both computing the same work and overwriting each other's files. The
+    operating system releases the lock when the process ends, so a killed run never leaves a stale lock behind.
+    (Platforms without ``fcntl`` run unlocked.)"""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    import time
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "a+")  # noqa: SIM115 (held open for the whole block)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise FolderLockedError(f"{folder} is in use by {holder}: wait for it to finish, or write to another "
+                                    "folder (out=... / name=...)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} ({command}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the lock
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
     while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -110,8 +111,13 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def cleanup_distributed(info: DistInfo) -> None:
-    """Leave the process group at the end of a torchrun launch."""
+    """Leave the process group at the end of a torchrun launch. On a normal exit the ranks first meet at a barrier:
+    a rank tearing gloo down while another is still finishing its last collective aborted it now and then
+    ("terminate called without an active exception"). While an exception propagates there is no barrier (the
+    other ranks may be gone)."""
     if info.enabled and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

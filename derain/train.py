@@ -8,6 +8,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from derain.checkpoint import (
     CheckpointError,
     atomic_write_text,
+    folder_lock,
     is_checkpoint,
     load_weights,
     read_meta,
@@ -315,6 +317,12 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train (or continue) the run; a second process on the same run folder is refused while this one runs."""
+        with folder_lock(self.run_dir, f"derainbench train {self.cfg.name}") if self.dist.is_main else (
+                contextlib.nullcontext()):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         self._build()
         main = self.dist.is_main

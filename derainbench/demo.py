@@ -95,6 +95,7 @@ class DemoConfig:
     size: int = 160
     val_fraction: float = 0.25
     severities: list[str] = field(default_factory=lambda: ["light", "heavy"])
+    rain_seeds: int = 2  # the bench scores synthetic rain with seeds seed, seed+1: means ± std over them
     detector: DetectorRecipe = field(default_factory=DetectorRecipe)
     segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)
     mspfn: DerainerRecipe = field(default_factory=DerainerRecipe)
@@ -323,7 +324,7 @@ def _bench(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], forc
     from eval.bench import BenchConfig, DatasetSpec, DerainerSpec, run_bench
 
     bcfg = BenchConfig(
-        name="demo", seed=cfg.seed, device=cfg.device, severities=list(cfg.severities),
+        name="demo", seed=cfg.seed, device=cfg.device, severities=list(cfg.severities), rain_seeds=cfg.rain_seeds,
         out=str(Path(cfg.out) / "bench"),
         datasets=[
             DatasetSpec(name="scenes-det", task="detection", format="yolo", path=scenes["det_yaml"],

@@ -355,9 +355,9 @@ class JointTrainer(Trainer):
         value = float(scorer.compute()["map50"]) if cfg.task == "detection" else float(scorer.miou())
         return {self.metric: value, "psnr_y": psnr / max(count, 1)}
 
-    def run(self) -> TrainResult:
-        """Train, then write ``summary.json`` (when the run reached ``iters``)."""
-        result = super().run()
+    def _run(self) -> TrainResult:
+        """Train, then write ``summary.json`` (when the run reached ``iters``), all under the run folder's lock."""
+        result = super()._run()
         if not result.interrupted and self.dist.is_main:
             after = self.latest[1] if self.latest and self.latest[0] == self.step else self.evaluate()
             assert self.before is not None

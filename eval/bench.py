@@ -11,6 +11,7 @@ are rebuilt from the cells; ``environment.json`` records the device and package 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, load_derainer, read_meta
+from derain.checkpoint import atomic_write_text, folder_lock, load_derainer, read_meta
 from derain.config import check_name, save_config
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
@@ -298,50 +299,56 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
     dist = init_distributed(cfg.device)
     out = Path(cfg.out)
     try:
-        if dist.is_main:
-            (out / "cells").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
-        device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
-        if dist.is_main:
-            atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
-        rt = Runtime.of(cfg, device, out)
-        hashes = rt.hashes
-        derainers: dict[str, torch.nn.Module] = {}  # loaded once, shared by every dataset
-        for spec in cfg.datasets:
-            todo, stale = [], []
-            for c, d in conditions(cfg, spec.name):
-                path, fp = out / "cells" / f"{c.key}.json", cell_fingerprint(cfg, spec, c, d, hashes)
-                if force or not path.is_file():
-                    todo.append((c, d, fp))
-                elif _stale(path, fp):
-                    todo.append((c, d, fp))
-                    stale.append(c.key)
-            if stale and dist.is_main:
-                print(f"bench: recomputing {len(stale)} finished cell(s) whose inputs changed since they were scored "
-                      f"(config, weights or rain): {', '.join(stale[:6])}{' ...' if len(stale) > 6 else ''}")
-            barrier(dist)  # every rank has decided what to do before rank 0 writes the next cell
-            if not todo:
-                continue
-            dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
-            n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
-            if n == 0:
-                raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
-            sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
-            task_model = _load_task_model(spec, dataset, device)
-            for cell, dspec, fingerprint in todo:
-                if dspec is not None and dspec.name not in derainers:
-                    derainers[dspec.name] = _load_derainer(dspec, device)
-                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
-                                   out, progress and dist.is_main, dist, sources.get(cell.severity))
-                if dist.is_main:
-                    result["fingerprint"] = fingerprint
-                    atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
-        if dist.is_main:
-            write_results(out, cfg)
-        barrier(dist)
+        with folder_lock(out, "derainbench bench") if dist.is_main else contextlib.nullcontext():
+            _run_cells(cfg, out, dist, force, progress)
     finally:
         cleanup_distributed(dist)
     return out
+
+
+def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progress: bool) -> None:
+    """Score the missing or stale cells of every dataset, then rebuild the result files (rank 0)."""
+    if dist.is_main:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
+    if dist.is_main:
+        atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
+    rt = Runtime.of(cfg, device, out)
+    hashes = rt.hashes
+    derainers: dict[str, torch.nn.Module] = {}  # loaded once, shared by every dataset
+    for spec in cfg.datasets:
+        todo, stale = [], []
+        for c, d in conditions(cfg, spec.name):
+            path, fp = out / "cells" / f"{c.key}.json", cell_fingerprint(cfg, spec, c, d, hashes)
+            if force or not path.is_file():
+                todo.append((c, d, fp))
+            elif _stale(path, fp):
+                todo.append((c, d, fp))
+                stale.append(c.key)
+        if stale and dist.is_main:
+            print(f"bench: recomputing {len(stale)} finished cell(s) whose inputs changed since they were scored "
+                  f"(config, weights or rain): {', '.join(stale[:6])}{' ...' if len(stale) > 6 else ''}")
+        barrier(dist)  # every rank has decided what to do before rank 0 writes the next cell
+        if not todo:
+            continue
+        dataset = load_task_dataset(spec.task, spec.format, spec.path, spec.split)
+        n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
+        if n == 0:
+            raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
+        sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
+        task_model = _load_task_model(spec, dataset, device)
+        for cell, dspec, fingerprint in todo:
+            if dspec is not None and dspec.name not in derainers:
+                derainers[dspec.name] = _load_derainer(dspec, device)
+            result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
+                               out, progress and dist.is_main, dist, sources.get(cell.severity))
+            if dist.is_main:
+                result["fingerprint"] = fingerprint
+                atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
+    if dist.is_main:
+        write_results(out, cfg)
+    barrier(dist)
 
 
 def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:

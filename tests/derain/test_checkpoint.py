@@ -110,3 +110,36 @@ def test_unknown_model_option_lists_the_valid_ones() -> None:
         build_model("mspfn-lite", chanels=3)
     with pytest.raises(ValueError, match=r"unknown option 'stage' \(its options: stages"):
         build_model("prenet", stage=3)
+
+
+def test_folder_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path: Path) -> None:
+    """A second process on the same run folder fails at once naming the holder; a killed holder leaves no stale
+    lock (the OS releases it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from derain.checkpoint import FolderLockedError, folder_lock
+
+    with folder_lock(tmp_path, "first"):  # in-process: a second open file description conflicts as well
+        with pytest.raises(FolderLockedError, match=rf"{tmp_path} is in use by pid {os.getpid()} \(first, since"):
+            with folder_lock(tmp_path, "second"):
+                pass
+    with folder_lock(tmp_path, "again"):  # released when the block ended
+        pass
+    code = ("import sys, time; from derain.checkpoint import folder_lock\n"
+            f"with folder_lock({str(tmp_path)!r}, 'holder'):\n    print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLockedError, match=f"pid {child.pid} \\(holder"):
+            with folder_lock(tmp_path, "second"):
+                pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    time.sleep(0.1)
+    with folder_lock(tmp_path, "after the kill"):
+        assert "after the kill" in (tmp_path / ".lock").read_text()

@@ -272,3 +272,13 @@ def test_several_rain_seeds_give_mean_std_and_intervals_over_seeds(setup: dict, 
     assert combined.interval("seg", "heavy", "lite", "psnr_y") == (pytest.approx(lite.ci_low),
                                                                   pytest.approx(lite.ci_high))
     assert "Mean ± std over 2 rain seeds (0, 1)" in main_table_text(combined)
+
+
+def test_a_second_bench_on_the_same_folder_is_refused(setup: dict, tmp_path: Path) -> None:
+    from derain.checkpoint import FolderLockedError, folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(out, "derainbench bench"):
+        with pytest.raises(FolderLockedError, match="in use by pid .*derainbench bench"):
+            run_bench(bench_config(setup, out, "severities=[heavy]"), progress=False)
+    assert not (out / "cells").exists()
