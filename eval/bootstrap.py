@@ -85,10 +85,19 @@ def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, n
             tp = _unpack(cat["tp"], t)[order]  # (D, T)
             ig = _unpack(cat["ignore"], t)[order]
             w = weights[:, np.asarray(cat["images"], dtype=np.int64)[order]]  # (B, D)
+            if w.sum(axis=1).max() < 2**24:  # integer counts: exact in float32, and half the memory traffic
+                w = w.astype(np.float32)
             for j in range(t):
-                tps = np.cumsum(w * (tp[:, j] & ~ig[:, j]), axis=1)
-                fps = np.cumsum(w * (~tp[:, j] & ~ig[:, j]), axis=1)
-                ap[:, j] = _interpolated_ap(tps, fps, npos)
+                hit, miss = tp[:, j] & ~ig[:, j], ~tp[:, j] & ~ig[:, j]
+                if not hit.any():
+                    continue  # no true positive at this threshold: AP 0 in every resample
+                # Only the true positives' positions matter: recall rises only there, and a false positive lowers
+                # precision below that of the true positive before it, so the envelope's maxima sit on true
+                # positives too. AP therefore needs the cumulative counts at the true positives only (exactly).
+                pos = np.flatnonzero(hit)
+                tps = np.cumsum(w[:, pos], axis=1, dtype=w.dtype)
+                fps = np.cumsum(w[:, : pos[-1] + 1] * miss[: pos[-1] + 1], axis=1, dtype=w.dtype)[:, pos]
+                ap[:, j] = _interpolated_ap(tps.astype(np.float64), fps.astype(np.float64), npos)
         ap_sum += np.where(valid, ap.mean(axis=1), 0.0)
         ap50_sum += np.where(valid, ap[:, 0], 0.0)
         count += valid
@@ -98,19 +107,23 @@ def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, n
 
 
 def _interpolated_ap(tps: np.ndarray, fps: np.ndarray, npos: np.ndarray) -> np.ndarray:
-    """COCO's 101-point interpolated AP per row: ``tps``/``fps`` (B, D) cumulative weighted counts."""
+    """COCO's 101-point interpolated AP per row: ``tps``/``fps`` (B, D) cumulative weighted counts.
+
+    Per row this is pycocotools' ``searchsorted(recall, R_THRESHOLDS, side="left")`` on the precision envelope;
+    all rows are searched in one call over (row, recall) pairs, which sort lexicographically as complex numbers
+    (real part = row, imaginary part = the exact recall value)."""
+    b, d = tps.shape
+    ok = npos > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tps / npos[:, None]
+        recall = np.where(ok[:, None], tps / npos[:, None], 0.0)
     precision = tps / (tps + fps + np.spacing(1))
     envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # COCO's right-to-left max
-    out = np.zeros(len(tps))
-    for r in range(len(tps)):
-        if not npos[r] > 0:
-            continue
-        idx = np.searchsorted(recall[r], R_THRESHOLDS, side="left")
-        q = np.where(idx < recall.shape[1], envelope[r, np.minimum(idx, recall.shape[1] - 1)], 0.0)
-        out[r] = q.mean()
-    return out
+    rows = np.arange(b, dtype=np.float64)[:, None]
+    keys = (rows + 1j * recall).ravel()
+    idx = np.searchsorted(keys, (rows + 1j * R_THRESHOLDS[None, :]).ravel(), side="left").reshape(b, -1)
+    idx -= d * np.arange(b)[:, None]
+    q = np.where(idx < d, np.take_along_axis(envelope, np.minimum(idx, d - 1), axis=1), 0.0)
+    return np.where(ok, q.mean(axis=1), 0.0)
 
 
 # -- segmentation -------------------------------------------------------------------------------------------------
