@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import time
 import warnings
@@ -182,8 +183,10 @@ def _select(items: list, cfg: SourceConfig) -> list:
 class Trainer:
     """Runs one training job described by a :class:`TrainConfig`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> None:
-        self.cfg, self.resume, self.progress = cfg, resume, progress
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise ValueError("--resume continues the run and --overwrite discards it: give one of them")
+        self.cfg, self.resume, self.progress, self.overwrite = cfg, resume, progress, overwrite
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.run_dir = Path(cfg.out) / check_name(cfg.name, "run name")
@@ -202,10 +205,17 @@ class Trainer:
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be a positive number, got {value}")
         kept = [d.name for d in (self.run_dir / "last", self.run_dir / "best") if d.exists()]
-        if not self.resume and kept:
+        if not self.resume and kept and not self.overwrite:
             raise FileExistsError(
-                f"{self.run_dir} already holds a run ({', '.join(kept)}/); continue it with --resume, or choose "
-                "another name=... (or delete the folder) to start afresh: a new run would overwrite its checkpoints")
+                f"{self.run_dir} already holds a run ({', '.join(kept)}/); continue it with --resume, start it "
+                "afresh with --overwrite (its checkpoints and log are deleted), or choose another name=...")
+        if self.overwrite and self.dist.is_main and self.run_dir.is_dir():
+            old = sorted(p.name for p in self.run_dir.iterdir() if p.name != ".lock")  # the lock stays held
+            for name in old:
+                target = self.run_dir / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+            if old:
+                print(f"train: --overwrite: deleted {', '.join(old)} from {self.run_dir}")
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -532,6 +542,6 @@ def _catch_stop_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Train a derainer as configured; see :class:`Trainer`."""
-    return Trainer(cfg, resume=resume, progress=progress).run()
+    return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).run()

@@ -138,7 +138,7 @@ class JointTrainer(Trainer):
 
     cfg: JointConfig  # type: ignore[assignment]
 
-    def __init__(self, cfg: JointConfig, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: JointConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
         task = TASKS.get(cfg.task)
         if task is None:
             raise ValueError(f"task must be detection or segmentation, got {cfg.task!r}")
@@ -154,7 +154,7 @@ class JointTrainer(Trainer):
             raise ValueError(f"loss weights must be >= 0 and not all zero, got {w}")
         if task == "detection" and w.seg or task == "segmentation" and w.det:
             raise ValueError(f"weights: task {task} has no {'seg' if task == 'detection' else 'det'} loss; set it to 0")
-        super().__init__(cfg, resume=resume, progress=progress)  # type: ignore[arg-type]
+        super().__init__(cfg, resume=resume, progress=progress, overwrite=overwrite)  # type: ignore[arg-type]
         self.cfg = cfg
         self.metric = METRICS[task]
         self.extra_log_fields = ("loss_restore", "loss_task", "loss_feat", f"val_{self.metric}")
@@ -368,6 +368,6 @@ class JointTrainer(Trainer):
         return result
 
 
-def joint_train(cfg: JointConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def joint_train(cfg: JointConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Run joint fine-tuning as configured; see :class:`JointTrainer`."""
-    return JointTrainer(cfg, resume=resume, progress=progress).run()
+    return JointTrainer(cfg, resume=resume, progress=progress, overwrite=overwrite).run()

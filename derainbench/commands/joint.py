@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (see configs/joint_demo.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that already holds a run (its checkpoints and log are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run)
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from downstream.joint import JointConfig, JointTrainer
 
     cfg = load_config(JointConfig, args.config, args.overrides)
-    trainer = JointTrainer(cfg, resume=args.resume, progress=not args.no_progress)
+    trainer = JointTrainer(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     result = trainer.run()
     if result.interrupted:
         return 128 + (result.signal or signal.SIGINT)

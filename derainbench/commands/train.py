@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (see configs/); omitted = all defaults")
     p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that already holds a run (its checkpoints and log are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from derain.train import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.interrupted:
         return 128 + (result.signal or signal.SIGINT)
     best = f", best val psnr_y {result.best_psnr:.3f} dB" if result.best_psnr is not None else ""

@@ -112,11 +112,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, cl
 
 
 def test_fresh_run_never_overwrites_a_finished_one(tmp_path: Path, clean_dir: Path) -> None:
+    def files() -> dict[Path, bytes]:  # the lock file only says who holds the folder
+        return {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+
     train(config(tmp_path, clean_dir, "iters=2"), progress=False)
-    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    before = files()
     with pytest.raises(FileExistsError, match=r"already holds a run \(last, best/\); continue it with --resume"):
         train(config(tmp_path, clean_dir, "iters=2", "seed=5"), progress=False)
-    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    assert files() == before
+    with pytest.raises(ValueError, match="give one of them"):
+        train(config(tmp_path, clean_dir, "iters=2"), resume=True, overwrite=True, progress=False)
+    (tmp_path / "run" / "stale.txt").write_text("from the old run")
+    result = train(config(tmp_path, clean_dir, "iters=1", "seed=5"), overwrite=True, progress=False)
+    assert result.step == 1 and not (tmp_path / "run" / "stale.txt").exists()
+    assert files()[tmp_path / "run/last/model.safetensors"] != before[tmp_path / "run/last/model.safetensors"]
 
 
 @pytest.mark.parametrize("bad", ["iters=-5", "log_every=0", "save_every=0", "val_every=0", "batch_size=0"])
