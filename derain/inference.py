@@ -23,7 +23,7 @@ from derain.runtime import autocast, resolve_device
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
-DEFAULT_OVERLAP = 64  # enough for PReNet and MSPFN to stay within 1/255 of untiled output
+DEFAULT_OVERLAP = 64  # PReNet stays within 1-2 of 255 levels of untiled output (MSPFN: see `derain --help`)
 DEFAULT_BATCH_SIZE = 4
 
 T = TypeVar("T")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -152,8 +153,25 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
         "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes)],
         "detector": [cfg.conf, cfg.iou] if spec.task == "detection" else None,
         "intervals": cfg.bootstrap > 0,
+        "scoring_code": scoring_code_digest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+SCORING_MODULES = ("derain.metrics", "downstream.detection", "downstream.segmentation", "eval.detection",
+                   "eval.segmentation", "eval.bootstrap")
+
+
+@functools.cache
+def scoring_code_digest() -> str:
+    """Digest of the source of the modules that turn images into numbers (task-model inference, COCO mAP, mIoU,
+    PSNR/SSIM, bootstrap statistics): cells scored by another version of them are recomputed."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in SCORING_MODULES:
+        h.update(name.encode() + Path(importlib.import_module(name).__file__ or "").read_bytes())
+    return h.hexdigest()[:16]
 
 
 def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str]) -> str:

@@ -21,7 +21,8 @@ Speed: every rainy and derained image is made once per run folder and shared by 
 datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; safe to delete; cache=false
 turns it off). Derained images are scored on the 8-bit grid, as saved outputs are. Images are read and rain
 synthesized by DataLoader workers (workers=N; default half the cores, none on 2 cores); batch=N images per
-model call (default 1 on CPU, 8 on GPU); channels_last (default on for CPU).
+task-model call (default 8), derain_batch=N per derainer call (default 1 on CPU, 8 on GPU); channels_last
+(default on for CPU).
 
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
 std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with

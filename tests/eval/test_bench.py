@@ -282,3 +282,19 @@ def test_a_second_bench_on_the_same_folder_is_refused(setup: dict, tmp_path: Pat
         with pytest.raises(FolderLockedError, match="in use by pid .*derainbench bench"):
             run_bench(bench_config(setup, out, "severities=[heavy]"), progress=False)
     assert not (out / "cells").exists()
+
+
+def test_cells_scored_by_other_scoring_code_are_recomputed(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A new version of the metric code (mAP, mIoU, PSNR, inference) never leaves numbers of the old one."""
+    import eval.bench as bench
+
+    root = setup["root"]
+    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
+                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                       f"model: {root}/seg-model}}]")
+    run_bench(cfg, progress=False)
+    assert "recomputing" not in capsys.readouterr().out
+    monkeypatch.setattr(bench, "scoring_code_digest", lambda: "another-version")
+    run_bench(cfg, progress=False)
+    assert "recomputing 4 finished cell(s)" in capsys.readouterr().out
