@@ -7,6 +7,7 @@ overrides and the training step. Foreign ``.pth``/``.pt`` files (e.g. the offici
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,7 +39,8 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(unwrap(model).state_dict(), folder / WEIGHTS_FILE)
-    meta = {"name": name, "config": dict(config or {}), "step": int(step), **dict(extra or {})}
+    meta = {"name": name, "config": dict(config or {}), "step": int(step), **dict(extra or {}),
+            "weights_sha256": file_sha256(folder / WEIGHTS_FILE)}  # checked on load: both files of one save
     revision = getattr(unwrap(model), "arch_revision", None)
     if revision is not None:  # which wiring of the architecture the weights belong to (see check_revision)
         meta["arch_revision"] = int(revision)
@@ -46,12 +48,24 @@ def save_checkpoint(
     return folder
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Write tensors as safetensors atomically (temp file + rename); moved to CPU and made contiguous."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        tmp.replace(path)
+    finally:  # a full disk leaves no stray temporary behind
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,8 +73,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:  # a full disk or a failed rename leaves no stray temporary behind
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -181,6 +198,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     folder = _checkpoint_folder(path)
     if folder is not None:
         path = folder / WEIGHTS_FILE
+        expected = read_meta(folder).get("weights_sha256")  # checkpoints saved before it existed have none
+        if expected is not None and file_sha256(path) != expected:
+            raise CheckpointError(
+                f"{path} is not the file {folder / META_FILE} was saved with (sha256 differs): it is damaged or "
+                "truncated, or the checkpoint's parts come from different saves (an interrupted copy, a hand-made "
+                "mix). Use another checkpoint of the run (best/ or last/) or restore this folder from a copy")
     if not path.exists():
         raise CheckpointError(f"weights file not found: {path} (supply a local .safetensors/.pth file)")
     if path.suffix == ".safetensors":

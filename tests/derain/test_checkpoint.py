@@ -31,7 +31,8 @@ def test_user_module_registers_with_one_decorator_and_round_trips(tmp_path: Path
 
     model = build_model("test-user-net", width=6)
     save_checkpoint(tmp_path / "ck", model, name="test-user-net", config={"width": 6}, step=12)
-    assert read_meta(tmp_path / "ck") == {"name": "test-user-net", "config": {"width": 6}, "step": 12}
+    meta = read_meta(tmp_path / "ck")
+    assert meta.pop("weights_sha256") and meta == {"name": "test-user-net", "config": {"width": 6}, "step": 12}
     loaded = load_derainer(tmp_path / "ck")
     assert isinstance(loaded, UserNet) and loaded.width == 6 and not loaded.training
     x = torch.rand(1, 3, 9, 11)
@@ -92,6 +93,11 @@ def test_damaged_checkpoint_files_get_one_line_errors(tmp_path: Path) -> None:
                              config={"units": 1})
     weights = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    with pytest.raises(CheckpointError, match="model.safetensors is not the file .* damaged or truncated"):
+        load_derainer(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["weights_sha256"]  # a checkpoint from before the digest: the reader itself must name the damage
+    (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a readable .safetensors file .* truncated or damaged"):
         load_derainer(folder)
     (folder / "model.safetensors").write_bytes(weights)
@@ -143,3 +149,38 @@ def test_folder_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path: 
     time.sleep(0.1)
     with folder_lock(tmp_path, "after the kill"):
         assert "after the kill" in (tmp_path / ".lock").read_text()
+
+
+def test_weights_that_do_not_belong_to_model_json_are_refused(tmp_path: Path) -> None:
+    """model.json records the sha256 of the weights it was saved with; other weights of the same shapes (a torn
+    copy, a hand-made mix of two saves) are refused with a line saying what to use instead."""
+    import shutil
+
+    a = save_checkpoint(tmp_path / "a", build_model("mspfn-lite", units=1), name="mspfn-lite", config={"units": 1})
+    torch.manual_seed(1)
+    b = save_checkpoint(tmp_path / "b", build_model("mspfn-lite", units=1), name="mspfn-lite", config={"units": 1})
+    assert len(read_meta(a)["weights_sha256"]) == 64
+    load_derainer(a)  # intact
+    shutil.copy(b / "model.safetensors", a / "model.safetensors")
+    with pytest.raises(CheckpointError, match="is not the file .*model.json was saved with.*best/ or last/"):
+        load_derainer(a)
+
+
+def test_a_failed_atomic_write_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (simulated: the write raises ENOSPC) keeps the old file and leaves no stray .tmp."""
+    import errno
+
+    from derain.checkpoint import atomic_write_text
+
+    target = tmp_path / "log.csv"
+    atomic_write_text(target, "old\n")
+
+    def full(self: Path, *args: object, **kwargs: object) -> None:
+        Path.open(self, "w").write("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(target, "new\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
