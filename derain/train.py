@@ -306,8 +306,14 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
     def _save(self, which: str) -> Path:
         """Write ``last/`` (weights + training state) or ``best/`` as one unit: a kill or a full disk leaves the
-        previous complete folder, never weights and state of different steps."""
+        previous complete folder, never weights and state of different steps. Weights that are no longer finite
+        are never saved: the previous checkpoint stays the last good one."""
         folder = self.run_dir / which
+        bad = next((n for n, p in unwrap(self.model).named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"parameter {bad!r} is not finite at step {self.step}: {which}/ was not written, so {folder} keeps "
+                "the last good save. Lower optim.lr or set optim.grad_clip, then --resume or start again.")
         extra = {"best_psnr_y": self.best_psnr, "train_config": self.cfg.name}
         with replace_dir(folder) as tmp:
             save_checkpoint(tmp, self.model, name=self.cfg.model.name, config=self.cfg.model.options,

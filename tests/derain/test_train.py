@@ -256,3 +256,18 @@ def test_holdout_keeps_groups_together_and_is_seeded(clean_dir: Path) -> None:
 def test_val_and_val_holdout_are_exclusive(tmp_path: Path, clean_dir: Path) -> None:
     with pytest.raises(ValueError, match="either val .* or val_holdout"):
         train(config(tmp_path, clean_dir, "val_holdout=1"), progress=False)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path, clean_dir: Path) -> None:
+    """A diverged model (inf/NaN weights) never replaces the last good checkpoint."""
+    from derain.train import NonFiniteLossError, Trainer
+
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    before = (tmp_path / "run/last/model.safetensors").read_bytes()
+    trainer = Trainer(config(tmp_path, clean_dir, "iters=4"), resume=True, progress=False)
+    trainer._build()
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match="is not finite at step 2: last/ was not written.*last good save"):
+        trainer._save("last")
+    assert (tmp_path / "run/last/model.safetensors").read_bytes() == before
