@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from derain.imageio import is_image_file, list_images, read_tensor, write_image
-from derain.runtime import autocast, resolve_device
+from derain.runtime import InferencePolicy, autocast, resolve_device
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
@@ -234,30 +236,42 @@ def output_paths(files: Sequence[Path], folders: Sequence[Path], output_dir: str
 
 def derain_paths(
     model: nn.Module, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
-    tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int = 1,
+    tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int | None = 1,
     device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, progress: bool = True,
 ) -> list[Path]:
     """Derain an image file, a folder of images (or a list of those) into ``output_dir/<stem>.png`` (8-bit).
 
-    Images of identical size are batched ``batch_size`` at a time (``batch_size`` is also the number of tiles
-    per model call when ``tile`` is set). ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...;
-    the model is moved there. Memory stays bounded: at most ``4 * batch_size`` decoded images wait for a batch
-    partner. Returns the written paths in input order; errors name the offending file.
+    Streamed: a reader thread decodes the next images and a writer thread encodes finished ones while the model
+    runs (PIL releases the GIL while it decodes and encodes). Images of identical size are batched
+    ``batch_size`` at a time (``batch_size`` is also the number of tiles per model call when ``tile`` is set;
+    None: by image or tile size, :meth:`derain.runtime.InferencePolicy.batch`). ``device``: ``"auto"`` (CUDA if
+    available), ``"cpu"``, ``"cuda"``...; the model is moved there. Memory stays bounded: at most
+    ``4 * batch_size`` decoded images wait for a batch partner, and as many for the writer.
+    Returns the written paths in input order; errors name the offending file.
     """
     files, folders = collect_inputs(inputs)
     targets = output_paths(files, folders, output_dir)
     dev = resolve_device(device)
     model.to(dev)
+    policy = InferencePolicy(channels_last, amp, batch_size)
+    ahead = 4 * (batch_size or 8)
     pending: dict[tuple[int, int], list[tuple[Path, Path, torch.Tensor]]] = {}
+    writes: deque[Future] = deque()
     bar = tqdm(total=len(files), desc="derain", unit="img", disable=not progress)
+
+    def write(src: Path, dst: Path, img: torch.Tensor) -> None:
+        try:
+            write_image(dst, img)
+        except OSError as exc:
+            raise OSError(f"cannot write {dst} (derained {src}): {exc}") from exc
 
     def flush(size: tuple[int, int]) -> None:
         group = pending.pop(size)
         names = ", ".join(str(src) for src, _, _ in group)
         try:
             out = derain_tensor(
-                model, torch.stack([img for _, _, img in group]), tile, overlap, batch_size,
-                amp=amp, channels_last=channels_last,
+                model, torch.stack([img for _, _, img in group]), tile, overlap,
+                policy.batch(*((tile, tile) if tile else size)), amp=amp, channels_last=channels_last,
             ).cpu()
         except RuntimeError as exc:
             hint = ""
@@ -267,23 +281,38 @@ def derain_paths(
                 hint = f" -- out of memory: use a smaller --tile than {tile} or --batch-size 1"
             raise RuntimeError(f"deraining {names} failed: {exc}{hint}") from exc
         for (src, dst, _), img in zip(group, out, strict=True):
-            try:
-                write_image(dst, img)
-            except OSError as exc:
-                raise OSError(f"cannot write {dst} (derained {src}): {exc}") from exc
-        bar.update(len(group))
+            writes.append(writer.submit(write, src, dst, img))
+            while len(writes) > ahead:  # bounded: wait for the oldest write (and surface its error)
+                writes.popleft().result()
+                bar.update(1)
 
-    try:
-        for src, dst in zip(files, targets, strict=True):
-            img = read_tensor(src)  # ImageReadError names the file
-            size = (img.shape[1], img.shape[2])
-            pending.setdefault(size, []).append((src, dst, img))
-            if len(pending[size]) >= batch_size:
+    with ThreadPoolExecutor(1, thread_name_prefix="derain-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="derain-write") as writer:
+        reads: deque[tuple[Path, Path, Future]] = deque()
+        todo = iter(zip(files, targets, strict=True))
+        try:
+            while True:
+                while len(reads) < ahead and (nxt := next(todo, None)) is not None:
+                    reads.append((nxt[0], nxt[1], reader.submit(read_tensor, nxt[0])))
+                if not reads:
+                    break
+                src, dst, future = reads.popleft()
+                img = future.result()  # ImageReadError names the file
+                size = (img.shape[1], img.shape[2])
+                pending.setdefault(size, []).append((src, dst, img))
+                if len(pending[size]) >= policy.batch(*size):
+                    flush(size)
+                elif sum(map(len, pending.values())) > ahead:
+                    flush(max(pending, key=lambda s: len(pending[s])))
+            for size in list(pending):
                 flush(size)
-            elif sum(map(len, pending.values())) > 4 * batch_size:
-                flush(max(pending, key=lambda s: len(pending[s])))
-        for size in list(pending):
-            flush(size)
-    finally:
-        bar.close()
+            while writes:
+                writes.popleft().result()
+                bar.update(1)
+        finally:
+            for f in writes:
+                f.cancel()
+            for *_, f in reads:
+                f.cancel()
+            bar.close()
     return targets

@@ -29,6 +29,40 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int | None =
     return torch.device(device)
 
 
+CPU_PIXELS_PER_CALL = 1 << 16  # mspfn-lite, 2 cores: 96×128 images fastest 4 per call, 160×160 2, 192×192 1
+
+
+@dataclass(frozen=True)
+class InferencePolicy:
+    """How derainers run inference on a device (every product path asks :func:`inference_policy`)."""
+
+    channels_last: bool  # NHWC memory format for the model and its inputs
+    amp: bool  # bf16/fp16 autocast (CUDA only)
+    batch_size: int | None  # images (of one size) or tiles per model call; None: by image size (see batch)
+
+    def batch(self, height: int, width: int) -> int:
+        """Images of ``height × width`` per call: ``batch_size``, or as many as fit ``CPU_PIXELS_PER_CALL`` (1-8)."""
+        return self.batch_size or max(1, min(8, CPU_PIXELS_PER_CALL // max(1, height * width)))
+
+
+def inference_policy(device: torch.device, *, channels_last: bool | None = None, amp: bool | None = None,
+                     batch_size: int | None = None) -> InferencePolicy:
+    """The measured defaults for ``device``, each overridable (None = default).
+
+    CPU: channels_last (2 cores: MSPFN 1.7x, mspfn-lite 1.2-1.5x, PReNet 1.05x, YOLO11n/U-Net 1.8-3x faster;
+    bench/RESULTS.md), no autocast, small images batched up to 64 k pixels per call (measured faster), large ones
+    one per call (batching measured slower for mspfn-lite at 192 px).
+    CUDA: NCHW, fp32, 8 per call until measured on a GPU (none was lent so far); ``--channels-last``/``--amp``
+    switch them on.
+    """
+    cpu = device.type == "cpu"
+    return InferencePolicy(
+        channels_last=cpu if channels_last is None else channels_last,
+        amp=False if amp is None else amp,
+        batch_size=(None if cpu else 8) if batch_size is None else batch_size,
+    )
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 on CUDA GPUs that support it, fp16 on older ones, None (full precision) on CPU."""
     if device.type != "cuda":

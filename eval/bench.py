@@ -36,7 +36,15 @@ from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor,
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models, model_options
-from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
+from derain.runtime import (
+    DistInfo,
+    InferencePolicy,
+    barrier,
+    cleanup_distributed,
+    inference_policy,
+    init_distributed,
+    resolve_device,
+)
 from derain.synth import PRESETS, image_seed, synthesize
 from downstream.datasets import load_task_dataset
 
@@ -99,7 +107,7 @@ class BenchConfig:
     # How cells run; none of these changes a number (beyond float rounding), so they are not in cell fingerprints.
     cache: bool = True  # derained images computed once per (input, derainer), kept under <out>/cache
     batch: int | None = None  # images per task-model call (None: 8)
-    derain_batch: int | None = None  # images per derainer call (None: 1 on CPU, where it measured fastest; 8 on GPU)
+    derain_batch: int | None = None  # images per derainer call (None: the inference policy's: on CPU by image size)
     channels_last: bool | None = None  # NHWC derainers and task models (None: on for CPU, where it measured faster)
     workers: int | None = None  # DataLoader workers reading images and synthesizing rain (None: half the cores, 1-4)
 
@@ -357,7 +365,7 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
         if n == 0:
             raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
         sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
-        task_model = _load_task_model(spec, dataset, device, rt.channels_last)
+        task_model = _load_task_model(spec, dataset, device, rt.policy.channels_last)
         for cell, dspec, fingerprint in todo:
             if dspec is not None and dspec.name not in derainers:
                 derainers[dspec.name] = _load_derainer(dspec, device)
@@ -481,12 +489,12 @@ def _as_is(item: Any) -> Any:
 
 @dataclass
 class Runtime:
-    """How cells run (not what they compute): device, derainer batch, memory layout, loader workers, cache."""
+    """How cells run (not what they compute): device, task-model batch, the derainers' inference policy (layout,
+    batch), loader workers, cache."""
 
     device: torch.device
     batch: int
-    derain_batch: int
-    channels_last: bool
+    policy: InferencePolicy
     workers: int
     cache_root: Path | None
     hashes: dict[str, str] = field(default_factory=dict)
@@ -494,9 +502,8 @@ class Runtime:
 
     @classmethod
     def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
-        cpu = device.type == "cpu"
-        return cls(device=device, batch=cfg.batch or 8, derain_batch=cfg.derain_batch or (1 if cpu else 8),
-                   channels_last=cpu if cfg.channels_last is None else cfg.channels_last,
+        policy = inference_policy(device, channels_last=cfg.channels_last, batch_size=cfg.derain_batch)
+        return cls(device=device, batch=cfg.batch or 8, policy=policy,
                    workers=default_workers() if cfg.workers is None else cfg.workers,
                    cache_root=out / "cache" if cfg.cache else None)
 
@@ -532,8 +539,9 @@ def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, batch: list[Ce
     out = [b.derained for b in batch]
     todo = [j for j, y in enumerate(out) if y is None]
     if todo:
+        size = batch[0].image.shape[:2] if dspec.tile is None else (dspec.tile, dspec.tile)  # images or tiles per call
         y = derain_tensor(derainer, torch.stack([batch[j].x for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
-                          batch_size=rt.derain_batch, channels_last=rt.channels_last)
+                          batch_size=rt.policy.batch(*size), channels_last=rt.policy.channels_last)
         for j, img in zip(todo, quantize(y.cpu()), strict=True):
             out[j] = img
             if batch[j].key is not None:

@@ -50,12 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, metavar="T", help="tile size in pixels, e.g. 512 (default: whole images)")
     p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
                    help=f"pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}; see above)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="images (of the same size) or tiles per model call (default 1)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="images (of the same size) or tiles per model call (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (fp16 on GPUs without bf16)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format (MSPFN: 1.7x faster on CPU, see bench/RESULTS.md)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on for CPU, where MSPFN runs 1.7x faster; off on GPU until "
+                        "measured there; see bench/RESULTS.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -64,14 +65,17 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, derain every input into ``args.output``; returns the exit code."""
     from derain.checkpoint import load_derainer
     from derain.inference import derain_paths
+    from derain.runtime import inference_policy, resolve_device
 
     _check(args)
+    policy = inference_policy(resolve_device(args.device), channels_last=args.channels_last,
+                              amp=args.amp or None, batch_size=args.batch_size)
     model = load_derainer(args.model, weights=args.weights)
     if args.weights is None and getattr(model, "derain_checkpoint", None) is None and _has_parameters(model):
         print(f"warning: no --weights given, {args.model} runs with random initial weights", file=sys.stderr)
     written = derain_paths(
-        model, args.input, args.output, tile=args.tile, overlap=args.tile_overlap, batch_size=args.batch_size,
-        device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress,
+        model, args.input, args.output, tile=args.tile, overlap=args.tile_overlap, batch_size=policy.batch_size,
+        device=args.device, amp=policy.amp, channels_last=policy.channels_last, progress=not args.no_progress,
     )
     print(f"derained {len(written)} image(s) with {args.model} -> {args.output}", file=sys.stderr)
     return 0
@@ -83,7 +87,7 @@ def _has_parameters(model: nn.Module) -> bool:
 
 def _check(args: argparse.Namespace) -> None:
     """Argument values argparse cannot check; errors say which option."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile is not None and args.tile < 1:
         raise ValueError(f"--tile must be positive, got {args.tile}")

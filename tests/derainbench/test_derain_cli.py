@@ -48,6 +48,32 @@ def test_derain_checkpoint_folder_tiled(rainy_dir: Path, tmp_path: Path) -> None
     assert (read_tensor(out / "1.png") - expected).abs().max() <= 1 / 255 + 1e-6
 
 
+def test_default_policy_runs_channels_last_on_cpu_with_the_same_output(rainy_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the CLI runs NHWC by default (measured faster); its PNGs equal the NCHW run's to one 8-bit level."""
+    import derain.inference as inference
+    from derain.runtime import inference_policy
+
+    assert inference_policy(torch.device("cpu")).channels_last
+    assert not inference_policy(torch.device("cpu"), channels_last=False).channels_last
+    ckpt = save_checkpoint(tmp_path / "ck", build_model("mspfn-lite", units=1).eval(), name="mspfn-lite",
+                           config={"units": 1})
+    seen = []
+    original = inference.derain_tensor
+    monkeypatch.setattr(inference, "derain_tensor",
+                        lambda *a, **k: seen.append(k["channels_last"]) or original(*a, **k))
+    outs = {}
+    for flag in ("--channels-last", "--no-channels-last", None):
+        out = tmp_path / f"out{flag}"
+        args = ["derain", "--model", str(ckpt), "--input", str(rainy_dir), "--output", str(out), "--device", "cpu",
+                "--no-progress"]
+        assert main(args + ([flag] if flag else [])) == 0
+        outs[flag] = torch.stack([read_tensor(out / f"{n}.png") for n in (1, 2)])
+    assert seen[-1] is True and False in seen  # the default is NHWC, and --no-channels-last is honoured
+    assert (outs[None] - outs["--no-channels-last"]).abs().max() <= 1 / 255 + 1e-6
+    assert torch.equal(outs[None], outs["--channels-last"])
+
+
 def test_derain_official_prenet(shared_data: Path, tmp_path: Path) -> None:
     rain = shared_data / "Rain100L" / "input" / "1.png"
     out = tmp_path / "out"
