@@ -38,6 +38,7 @@ from derain.config import load_config
 from derain.imageio import write_image
 from derain.inference import derain_paths
 from downstream.datasets import load_task_dataset, yolo_label_path
+from downstream.detection import offline_ultralytics
 from eval.bench import BenchConfig, DatasetSpec, rainy_image, run_bench
 
 
@@ -130,8 +131,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per route; the fastest counts")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. severities=[heavy])")
     args = ap.parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    offline_ultralytics()
     base = load_config(BenchConfig, args.config, args.overrides)
     base.derainers = [d for d in base.derainers if d.name in args.derainer]
     if not base.derainers:

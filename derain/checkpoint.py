@@ -48,13 +48,17 @@ def save_checkpoint(
     return folder
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def update_hash(h: Any, path: str | Path) -> Any:
+    """Feed a file's bytes into the hash object ``h`` in 1 MiB chunks; returns ``h``."""
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return update_hash(hashlib.sha256(), path).hexdigest()
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, folder_lock, load_derainer, read_meta
+from derain.checkpoint import atomic_write_text, folder_lock, load_derainer, read_meta, update_hash
 from derain.config import check_name, save_config
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
 from derain.inference import DEFAULT_OVERLAP, derain_tensor
@@ -208,9 +208,7 @@ def _content_digest(path: Any, hashes: dict[str, str]) -> str | None:
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(p if p.is_dir() else p.parent).as_posix().encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
+        update_hash(h, f)
     hashes[key] = h.hexdigest()
     return hashes[key]
 
@@ -626,15 +624,14 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         coco_rows = predictions_to_coco([p for _, _, p, _ in items], [i for i, _, _, _ in items])
         atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(coco_rows))
     else:
-        from downstream.segmentation import confusion_counts
         from eval.bootstrap import segmentation_image_stats
 
         matrix = ConfusionMatrix(len(dataset.names))
         image_stats = []
         for _, _, pred, label in items:
-            counts = confusion_counts(pred[None], torch.from_numpy(label)[None], len(dataset.names))
-            matrix.matrix += counts
-            image_stats.append(segmentation_image_stats(counts.numpy()))
+            image = ConfusionMatrix(len(dataset.names)).update(pred[None], torch.from_numpy(label)[None])
+            matrix.merge(image)
+            image_stats.append(segmentation_image_stats(image.matrix.numpy()))
         metrics = matrix.as_dict(dataset.names)
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
