@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from derain.imageio import is_image_file, list_images, read_tensor, write_image
-from derain.runtime import InferencePolicy, autocast, resolve_device
+from derain.runtime import InferencePolicy, autocast, model_forward, resolve_device
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
@@ -40,7 +40,7 @@ def model_device(model: nn.Module, default: torch.device | None = None) -> torch
 
 def derain_tensor(
     model: nn.Module, x: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool = False, channels_last: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool = False, channels_last: bool = False, compile: bool = False,
 ) -> torch.Tensor:
     """Derain ``x`` (``B×3×H×W``, float in [0, 1]) -> ``B×3×H×W`` float32 in [0, 1] on ``x``'s device.
 
@@ -48,7 +48,8 @@ def derain_tensor(
     :func:`derain.checkpoint.load_derainer` already are). ``tile``: process ``tile × tile`` crops that share
     ``overlap`` pixels with their neighbours (``None``: the whole image at once); ``batch_size`` crops (or whole
     images) go through the model per call. ``amp``: bf16/fp16 autocast on CUDA (ignored on CPU).
-    ``channels_last``: NHWC memory format (converts the model's parameters in place).
+    ``channels_last``: NHWC memory format (converts the model's parameters in place). ``compile``: run the
+    ``torch.compile``d model (:func:`derain.runtime.model_forward`; same results to float rounding).
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a B×3×H×W tensor, got shape {tuple(x.shape)}")
@@ -59,20 +60,21 @@ def derain_tensor(
         model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
-            chunks = [_run(model, c, device, amp, channels_last).to(x.device) for c in x.split(batch_size)]
+            chunks = [_run(model, c, device, amp, channels_last, compile).to(x.device) for c in x.split(batch_size)]
             out = torch.cat(chunks)
         else:
-            out = _derain_tiled(model, x, tile, overlap, batch_size, device, amp, channels_last)
+            out = _derain_tiled(model, x, tile, overlap, batch_size, device, amp, channels_last, compile)
         return out.clamp_(0.0, 1.0)
 
 
-def _run(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, channels_last: bool) -> torch.Tensor:
+def _run(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, channels_last: bool,
+         compile: bool = False) -> torch.Tensor:
     """One model call on ``x`` moved to ``device``; float32 result on ``device``."""
     x = x.to(device, torch.float32, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, enabled=amp):
-        y = model(x)
+        y = model_forward(model, compile)(x)
     if y.shape != x.shape:
         raise RuntimeError(f"derainer returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
     return y.float()
@@ -138,7 +140,7 @@ def blend_weights(
 
 def _derain_tiled(
     model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int,
-    device: torch.device, amp: bool, channels_last: bool,
+    device: torch.device, amp: bool, channels_last: bool, compile: bool = False,
 ) -> torch.Tensor:
     """Tiled forward: crops of about ``tile × tile`` in same-shape mini-batches, blended into image-sized buffers."""
     if overlap < 0 or overlap >= tile:
@@ -170,7 +172,7 @@ def _derain_tiled(
             for same_shape in by_shape.values():
                 for group in _chunks(same_shape, batch_size):
                     crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
-                    pred = _run(model, crops, device, amp, channels_last).to(x.device)
+                    pred = _run(model, crops, device, amp, channels_last, compile).to(x.device)
                     for k, (i, ys, xs) in enumerate(group):
                         w = _window(windows, ys, xs, overlap, height, width, x.device)
                         out[i, :, ys[0] : ys[1], xs[0] : xs[1]] += pred[k] * w
@@ -237,7 +239,8 @@ def output_paths(files: Sequence[Path], folders: Sequence[Path], output_dir: str
 def derain_paths(
     model: nn.Module, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
     tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int | None = 1,
-    device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, progress: bool = True,
+    device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, compile: bool = False,
+    progress: bool = True,
 ) -> list[Path]:
     """Derain an image file, a folder of images (or a list of those) into ``output_dir/<stem>.png`` (8-bit).
 
@@ -245,15 +248,16 @@ def derain_paths(
     runs (PIL releases the GIL while it decodes and encodes). Images of identical size are batched
     ``batch_size`` at a time (``batch_size`` is also the number of tiles per model call when ``tile`` is set;
     None: by image or tile size, :meth:`derain.runtime.InferencePolicy.batch`). ``device``: ``"auto"`` (CUDA if
-    available), ``"cpu"``, ``"cuda"``...; the model is moved there. Memory stays bounded: at most
-    ``4 * batch_size`` decoded images wait for a batch partner, and as many for the writer.
+    available), ``"cpu"``, ``"cuda"``...; the model is moved there. ``amp``, ``channels_last``, ``compile``: as
+    :func:`derain_tensor` (the CLI takes them from :func:`derain.runtime.inference_policy`). Memory stays
+    bounded: at most ``4 * batch_size`` decoded images wait for a batch partner, and as many for the writer.
     Returns the written paths in input order; errors name the offending file.
     """
     files, folders = collect_inputs(inputs)
     targets = output_paths(files, folders, output_dir)
     dev = resolve_device(device)
     model.to(dev)
-    policy = InferencePolicy(channels_last, amp, batch_size)
+    policy = InferencePolicy(channels_last, amp, batch_size, compile)
     ahead = 4 * (batch_size or 8)
     pending: dict[tuple[int, int], list[tuple[Path, Path, torch.Tensor]]] = {}
     writes: deque[Future] = deque()
@@ -272,6 +276,7 @@ def derain_paths(
             out = derain_tensor(
                 model, torch.stack([img for _, _, img in group]), tile, overlap,
                 policy.batch(*((tile, tile) if tile else size)), amp=amp, channels_last=channels_last,
+                compile=compile,
             ).cpu()
         except RuntimeError as exc:
             hint = ""

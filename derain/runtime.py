@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int | None =
 
 
 CPU_PIXELS_PER_CALL = 1 << 16  # mspfn-lite, 2 cores: 96×128 images fastest 4 per call, 160×160 2, 192×192 1
+COMPILE_ENV = "DERAINBENCH_COMPILE"  # "0" or "1": overrides the default of every policy (an explicit flag wins)
 
 
 @dataclass(frozen=True)
@@ -39,28 +42,83 @@ class InferencePolicy:
     channels_last: bool  # NHWC memory format for the model and its inputs
     amp: bool  # bf16/fp16 autocast (CUDA only)
     batch_size: int | None  # images (of one size) or tiles per model call; None: by image size (see batch)
+    compile: bool = False  # torch.compile the model's forward (eager fallback when compilation fails)
 
     def batch(self, height: int, width: int) -> int:
         """Images of ``height × width`` per call: ``batch_size``, or as many as fit ``CPU_PIXELS_PER_CALL`` (1-8)."""
         return self.batch_size or max(1, min(8, CPU_PIXELS_PER_CALL // max(1, height * width)))
 
 
-def inference_policy(device: torch.device, *, channels_last: bool | None = None, amp: bool | None = None,
-                     batch_size: int | None = None) -> InferencePolicy:
-    """The measured defaults for ``device``, each overridable (None = default).
+def inference_policy(device: torch.device, *, model: torch.nn.Module | None = None, channels_last: bool | None = None,
+                     amp: bool | None = None, batch_size: int | None = None,
+                     compile: bool | None = None) -> InferencePolicy:
+    """The measured defaults for ``device`` (and ``model``), each overridable (None = default).
 
     CPU: channels_last (2 cores: MSPFN 1.7x, mspfn-lite 1.2-1.5x, PReNet 1.05x, YOLO11n/U-Net 1.8-3x faster;
     bench/RESULTS.md), no autocast, small images batched up to 64 k pixels per call (measured faster), large ones
-    one per call (batching measured slower for mspfn-lite at 192 px).
-    CUDA: NCHW, fp32, 8 per call until measured on a GPU (none was lent so far); ``--channels-last``/``--amp``
-    switch them on.
+    one per call (batching measured slower for mspfn-lite at 192 px), ``torch.compile`` for models whose class sets
+    ``compile_on_cpu`` (MSPFN: 1.5x for mspfn-m17n1 at 480×320, 1.07-1.16x for mspfn-lite; PReNet 0.96x, so not).
+    The environment variable ``DERAINBENCH_COMPILE=0|1`` changes that default.
+    CUDA: NCHW, fp32, 8 per call, no compile until measured on a GPU (none was lent so far); flags switch them on.
     """
     cpu = device.type == "cpu"
+    if compile is None:
+        env = os.environ.get(COMPILE_ENV, "").strip()
+        if env not in ("", "0", "1"):
+            raise ValueError(f"{COMPILE_ENV} must be 0 or 1, got {env!r}")
+        compile = env == "1" if env else cpu and bool(getattr(model, "compile_on_cpu", False))
     return InferencePolicy(
         channels_last=cpu if channels_last is None else channels_last,
         amp=False if amp is None else amp,
         batch_size=(None if cpu else 8) if batch_size is None else batch_size,
+        compile=compile,
     )
+
+
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
+_NOT_COMPILABLE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def model_forward(model: torch.nn.Module, compile: bool, backend: str | Callable = "inductor") -> Callable:
+    """``model``'s forward, or its ``torch.compile``d version when ``compile`` (made once per model and reused).
+
+    Compiled kernels are cached on disk by PyTorch, so only the first process pays the full compile time (for
+    mspfn-m17n1 on 2 CPU cores: about 75 s, later about 13 s). A new input shape recompiles once, after which
+    shapes are dynamic. When compiling fails (no C++ compiler, an unsupported Python), this warns once and runs
+    the plain model: compilation changes speed, never results (outputs agree to float rounding, tested).
+    """
+    if not compile or model in _NOT_COMPILABLE:
+        return model
+    if model not in _COMPILED:
+        try:
+            _COMPILED[model] = torch.compile(model, backend=backend)
+        except Exception as exc:  # e.g. "Dynamo is not supported on this Python"
+            return _compile_failed(model, exc)
+    compiled = _COMPILED[model]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        from torch._dynamo.exc import TorchDynamoException
+
+        if model in _NOT_COMPILABLE:
+            return model(x)
+        try:
+            return compiled(x)
+        except TorchDynamoException as exc:  # compilation, not the model, failed: run it plainly
+            return _compile_failed(model, exc)(x)
+
+    return forward
+
+
+def _compile_failed(model: torch.nn.Module, exc: BaseException) -> torch.nn.Module:
+    _NOT_COMPILABLE.add(model)
+    _COMPILED.pop(model, None)
+    root = exc
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = inner  # dynamo wraps the backend's error (BackendCompilerFailed.inner_exception): report that
+    first_line = f"{type(root).__name__}: " + (str(root).strip().splitlines() or [""])[0][:300]
+    warnings.warn(f"torch.compile failed for {type(model).__name__}; running it uncompiled (same results, slower; "
+                  f"--no-compile or {COMPILE_ENV}=0 skips the attempt): {first_line}", RuntimeWarning, stacklevel=3)
+    return model
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -109,6 +109,7 @@ class BenchConfig:
     batch: int | None = None  # images per task-model call (None: 8)
     derain_batch: int | None = None  # images per derainer call (None: the inference policy's: on CPU by image size)
     channels_last: bool | None = None  # NHWC derainers and task models (None: on for CPU, where it measured faster)
+    derain_compile: bool | None = None  # torch.compile derainers (None: the inference policy's, per derainer)
     workers: int | None = None  # DataLoader workers reading images and synthesizing rain (None: half the cores, 1-4)
 
 
@@ -494,6 +495,7 @@ class Runtime:
     batch: int
     policy: InferencePolicy
     workers: int
+    compile: bool | None = None  # derain_compile as configured (None: each derainer's policy default)
     cache_root: Path | None
     hashes: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
@@ -501,7 +503,7 @@ class Runtime:
     @classmethod
     def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
         policy = inference_policy(device, channels_last=cfg.channels_last, batch_size=cfg.derain_batch)
-        return cls(device=device, batch=cfg.batch or 8, policy=policy,
+        return cls(device=device, batch=cfg.batch or 8, policy=policy, compile=cfg.derain_compile,
                    workers=default_workers() if cfg.workers is None else cfg.workers,
                    cache_root=out / "cache" if cfg.cache else None)
 
@@ -539,7 +541,8 @@ def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, batch: list[Ce
     if todo:
         size = batch[0].image.shape[:2] if dspec.tile is None else (dspec.tile, dspec.tile)  # images or tiles per call
         y = derain_tensor(derainer, torch.stack([batch[j].x for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
-                          batch_size=rt.policy.batch(*size), channels_last=rt.policy.channels_last)
+                          batch_size=rt.policy.batch(*size), channels_last=rt.policy.channels_last,
+                          compile=inference_policy(rt.device, model=derainer, compile=rt.compile).compile)
         for j, img in zip(todo, quantize(y.cpu()), strict=True):
             out[j] = img
             if batch[j].key is not None:

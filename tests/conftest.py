@@ -3,6 +3,7 @@ benchmark (generated scenes, untrained task models, identity + mspfn-lite derain
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+# torch.compile costs 10-75 s per new graph on these 2 cores; tests (and the CLI runs they spawn) run derainers
+# uncompiled unless they ask for compilation (tests/derain/test_runtime.py checks it gives the same outputs).
+os.environ.setdefault("DERAINBENCH_COMPILE", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -57,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: on for CPU, where MSPFN runs 1.7x faster; off on GPU until "
                         "measured there; see bench/RESULTS.md)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CPU where it measured faster: MSPFN models "
+                        "1.07-1.5x; off for PReNet and on GPU; the environment variable DERAINBENCH_COMPILE=0|1 "
+                        "changes the default). The first run compiles for 15-75 s; PyTorch caches the result on disk. "
+                        "Results are the same to float rounding; if compiling fails, a warning says so and the model "
+                        "runs plainly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -68,14 +74,15 @@ def run(args: argparse.Namespace) -> int:
     from derain.runtime import inference_policy, resolve_device
 
     _check(args)
-    policy = inference_policy(resolve_device(args.device), channels_last=args.channels_last,
-                              amp=args.amp or None, batch_size=args.batch_size)
     model = load_derainer(args.model, weights=args.weights)
+    policy = inference_policy(resolve_device(args.device), model=model, channels_last=args.channels_last,
+                              amp=args.amp or None, batch_size=args.batch_size, compile=args.compile)
     if args.weights is None and getattr(model, "derain_checkpoint", None) is None and _has_parameters(model):
         print(f"warning: no --weights given, {args.model} runs with random initial weights", file=sys.stderr)
     written = derain_paths(
         model, args.input, args.output, tile=args.tile, overlap=args.tile_overlap, batch_size=policy.batch_size,
-        device=args.device, amp=policy.amp, channels_last=policy.channels_last, progress=not args.no_progress,
+        device=args.device, amp=policy.amp, channels_last=policy.channels_last, compile=policy.compile,
+        progress=not args.no_progress,
     )
     print(f"derained {len(written)} image(s) with {args.model} -> {args.output}", file=sys.stderr)
     return 0

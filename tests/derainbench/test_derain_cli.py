@@ -127,3 +127,20 @@ def test_out_of_memory_suggests_tiling(rainy_dir: Path, tmp_path: Path, monkeypa
                  str(tmp_path / "out"), "--no-progress"])
     assert code == 1
     assert "out of memory: derain in tiles (--tile 512)" in capsys.readouterr().err
+
+
+def test_compile_flag_reaches_the_model_call(rainy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile/--no-compile override the policy (the suite's default is off: DERAINBENCH_COMPILE=0 in conftest).
+    That compiled runs give the plain outputs is tests/derain/test_runtime.py's (compiling here costs a minute)."""
+    import derain.inference as inference
+
+    ckpt = save_checkpoint(tmp_path / "ck", build_model("mspfn-lite", units=1).eval(), name="mspfn-lite",
+                           config={"units": 1})
+    seen = []
+    original = inference.derain_tensor
+    monkeypatch.setattr(inference, "derain_tensor",
+                        lambda *a, **k: seen.append(k["compile"]) or original(*a, **{**k, "compile": False}))
+    for flag in ("--compile", None, "--no-compile"):
+        assert main(["derain", "--model", str(ckpt), "--input", str(rainy_dir), "--output", str(tmp_path / "out"),
+                     "--device", "cpu", "--no-progress"] + ([flag] if flag else [])) == 0
+    assert seen == [True, True, False, False, False, False]  # two images per run
