@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from skimage.transform import resize
 
 from derain.checkpoint import load_derainer
 from derain.imageio import quantize_uint8, read_image
-from derain.inference import derain_tensor
+from derain.inference import DEFAULT_STAT_PASSES, derain_tensor
 from derain.synth import synthesize
 
 
@@ -44,23 +45,31 @@ def main() -> None:
     ap.add_argument("--rain", help="add this rain preset first (for clean photos)")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--stat-passes", type=int, nargs="+", default=[DEFAULT_STAT_PASSES],
+                    help="tiled statistics passes (MSPFN) to compare, e.g. 0 1 2")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
     model = load_derainer(args.model, args.weights)
     print(f"{args.model}: tile {args.tile}, overlap {args.overlap}, {torch.get_num_threads()} threads")
-    worst, over, total = 0, 0, 0
+    worst, over, total = dict.fromkeys(args.stat_passes, 0), dict.fromkeys(args.stat_passes, 0), 0
     for k, path in enumerate(args.images):
         x = load(path, size, args.rain, seed=k)
         whole = quantize_uint8(derain_tensor(model, x)[0].permute(1, 2, 0).numpy()).astype(np.int16)
-        tiled = quantize_uint8(derain_tensor(model, x, tile=args.tile, overlap=args.overlap)[0].permute(1, 2, 0)
-                               .numpy()).astype(np.int16)
-        d = np.abs(whole - tiled)
-        mse = float(np.mean(d.astype(np.float64) ** 2))
-        psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-        print(f"{path} ({x.shape[-1]}x{x.shape[-2]}): max {int(d.max())} levels, {int((d > 1).sum())} of {d.size} "
-              f"values differ by > 1 level, {int((d > 0).sum())} by any, PSNR {psnr:.1f} dB")
-        worst, over, total = max(worst, int(d.max())), over + int((d > 1).sum()), total + d.size
-    print(f"all: max {worst} levels; {over} of {total} values ({100 * over / total:.4f} %) differ by more than 1")
+        total += whole.size
+        for passes in args.stat_passes:
+            t0 = time.perf_counter()
+            tiled = derain_tensor(model, x, tile=args.tile, overlap=args.overlap, stat_passes=passes)
+            seconds = time.perf_counter() - t0
+            d = np.abs(whole - quantize_uint8(tiled[0].permute(1, 2, 0).numpy()).astype(np.int16))
+            mse = float(np.mean(d.astype(np.float64) ** 2))
+            psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+            print(f"{path} ({x.shape[-1]}x{x.shape[-2]}), stat_passes {passes}: max {int(d.max())} levels, "
+                  f"{int((d > 1).sum())} of {d.size} values differ by > 1 level, {int((d > 0).sum())} by any, "
+                  f"PSNR {psnr:.1f} dB, tiled {seconds:.1f} s")
+            worst[passes], over[passes] = max(worst[passes], int(d.max())), over[passes] + int((d > 1).sum())
+    for passes in args.stat_passes:
+        print(f"all, stat_passes {passes}: max {worst[passes]} levels; {over[passes]} of {total} values "
+              f"({100 * over[passes] / total:.4f} %) differ by more than 1")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,8 +26,9 @@ from derain.runtime import InferencePolicy, autocast, model_forward, resolve_dev
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
-DEFAULT_OVERLAP = 64  # PReNet stays within 1-2 of 255 levels of untiled output (MSPFN: see `derain --help`)
+DEFAULT_OVERLAP = 64  # PReNet stays within 1-2 of 255 levels of untiled output; models may set ``tile_overlap``
 DEFAULT_BATCH_SIZE = 4
+DEFAULT_STAT_PASSES = 1  # tiled passes that gather MSPFN's channel-attention statistics from the tiles
 
 T = TypeVar("T")
 
@@ -38,18 +40,27 @@ def model_device(model: nn.Module, default: torch.device | None = None) -> torch
     return default or torch.device("cpu")
 
 
+def tile_overlap(model: nn.Module, overlap: int | None = None) -> int:
+    """``overlap``, or the model's own default (its ``tile_overlap`` attribute; MSPFN: 128), or 64."""
+    return int(getattr(model, "tile_overlap", DEFAULT_OVERLAP)) if overlap is None else overlap
+
+
 def derain_tensor(
-    model: nn.Module, x: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+    model: nn.Module, x: torch.Tensor, tile: int | None = None, overlap: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool = False, channels_last: bool = False, compile: bool = False,
+    stat_passes: int = DEFAULT_STAT_PASSES,
 ) -> torch.Tensor:
     """Derain ``x`` (``B×3×H×W``, float in [0, 1]) -> ``B×3×H×W`` float32 in [0, 1] on ``x``'s device.
 
     Runs under ``torch.inference_mode()`` on the model's device (call ``model.eval()`` first; checkpoints from
     :func:`derain.checkpoint.load_derainer` already are). ``tile``: process ``tile × tile`` crops that share
-    ``overlap`` pixels with their neighbours (``None``: the whole image at once); ``batch_size`` crops (or whole
+    ``overlap`` pixels with their neighbours (None: :func:`tile_overlap`'s default) (``tile=None``: the whole
+    image at once); ``batch_size`` crops (or whole
     images) go through the model per call. ``amp``: bf16/fp16 autocast on CUDA (ignored on CPU).
     ``channels_last``: NHWC memory format (converts the model's parameters in place). ``compile``: run the
     ``torch.compile``d model (:func:`derain.runtime.model_forward`; same results to float rounding).
+    ``stat_passes``: for models whose output depends on whole-image statistics (MSPFN's channel attention), the
+    tiled passes that gather those statistics from the tiles before the output pass (0: a downscaled copy's).
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a B×3×H×W tensor, got shape {tuple(x.shape)}")
@@ -63,7 +74,8 @@ def derain_tensor(
             chunks = [_run(model, c, device, amp, channels_last, compile).to(x.device) for c in x.split(batch_size)]
             out = torch.cat(chunks)
         else:
-            out = _derain_tiled(model, x, tile, overlap, batch_size, device, amp, channels_last, compile)
+            out = _derain_tiled(model, x, tile, tile_overlap(model, overlap), batch_size, device, amp, channels_last,
+                                compile, stat_passes)
         return out.clamp_(0.0, 1.0)
 
 
@@ -97,6 +109,18 @@ def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple
     last = (size - tile) // align * align
     starts = list(range(0, last, stride)) + [last]
     return [(s0, s0 + tile) for s0 in starts[:-1]] + [(last, size)]
+
+
+def owned_spans(spans: Sequence[tuple[int, int]], size: int, align: int = 1) -> list[tuple[int, int]]:
+    """The part of the image each of :func:`tile_spans`' spans owns, in the span's own coordinates.
+
+    Neighbours split their overlap in the middle (rounded down to ``align``); the first owns from 0 and the last
+    to ``size`` rounded up to ``align`` (the model's padding). The owned parts partition that padded length, so
+    sums over them equal sums over the whole image (used for MSPFN's whole-image statistics).
+    """
+    padded = -(-size // align) * align
+    cuts = [0] + [(s1 + e0) // 2 // align * align for (_, e0), (s1, _) in pairwise(spans)] + [padded]
+    return [(a - s0, b - s0) for (s0, _), a, b in zip(spans, cuts[:-1], cuts[1:], strict=True)]
 
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -140,15 +164,23 @@ def blend_weights(
 
 def _derain_tiled(
     model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int,
-    device: torch.device, amp: bool, channels_last: bool, compile: bool = False,
+    device: torch.device, amp: bool, channels_last: bool, compile: bool = False, stat_passes: int = 0,
 ) -> torch.Tensor:
-    """Tiled forward: crops of about ``tile × tile`` in same-shape mini-batches, blended into image-sized buffers."""
+    """Tiled forward: crops of about ``tile × tile`` in same-shape mini-batches, blended into image-sized buffers.
+
+    A model with whole-image statistics (``tile_context``, MSPFN) runs one image at a time inside that context,
+    after ``stat_passes`` tiled passes that gather the statistics from the tiles (``collect_tile_statistics``).
+    """
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"tile overlap must be in [0, tile) = [0, {tile}), got {overlap}")
     b, _, height, width = x.shape
     align = int(getattr(model, "size_multiple", 1))
+    if stat_passes < 0:
+        raise ValueError(f"stat_passes must be >= 0, got {stat_passes}")
     rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
     tiles = [(ys, xs) for ys in rows for xs in cols]
+    owned = {**{("y", span): o for span, o in zip(rows, owned_spans(rows, height, align), strict=True)},
+             **{("x", span): o for span, o in zip(cols, owned_spans(cols, width, align), strict=True)}}
     out = torch.zeros(b, 3, height, width, dtype=torch.float32, device=x.device)
     weight_sum = torch.zeros(height, width, dtype=torch.float32, device=x.device)
     windows: dict[tuple, torch.Tensor] = {}
@@ -157,6 +189,7 @@ def _derain_tiled(
     if not bool((weight_sum > 0).all()):  # guaranteed by tile_spans/blend_window; a cheap guard
         raise RuntimeError("tiling left pixels with zero blend weight")
     tile_context = getattr(model, "tile_context", None)
+    collect = getattr(model, "collect_tile_statistics", None) if tile_context is not None else None
     if tile_context is None:  # tiles of all images mixed freely in mini-batches
         per_image = [[(i, ys, xs) for ys, xs in tiles for i in range(b)]]
     else:  # one image at a time, inside the model's whole-image context (e.g. MSPFN's global pooling)
@@ -169,6 +202,13 @@ def _derain_tiled(
         for job in jobs:
             by_shape.setdefault((job[1][1] - job[1][0], job[2][1] - job[2][0]), []).append(job)
         with context:
+            for _ in range(stat_passes if collect is not None else 0):  # plain (uncompiled): module state changes
+                with collect(height, width) as stats:
+                    for same_shape in by_shape.values():
+                        for group in _chunks(same_shape, batch_size):
+                            stats.cores = [(*owned["y", ys], *owned["x", xs]) for _, ys, xs in group]
+                            crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
+                            _run(model, crops, device, amp, channels_last)
             for same_shape in by_shape.values():
                 for group in _chunks(same_shape, batch_size):
                     crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
@@ -238,9 +278,9 @@ def output_paths(files: Sequence[Path], folders: Sequence[Path], output_dir: str
 
 def derain_paths(
     model: nn.Module, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
-    tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int | None = 1,
+    tile: int | None = None, overlap: int | None = None, batch_size: int | None = 1,
     device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, compile: bool = False,
-    progress: bool = True,
+    stat_passes: int = DEFAULT_STAT_PASSES, progress: bool = True,
 ) -> list[Path]:
     """Derain an image file, a folder of images (or a list of those) into ``output_dir/<stem>.png`` (8-bit).
 
@@ -276,7 +316,7 @@ def derain_paths(
             out = derain_tensor(
                 model, torch.stack([img for _, _, img in group]), tile, overlap,
                 policy.batch(*((tile, tile) if tile else size)), amp=amp, channels_last=channels_last,
-                compile=compile,
+                compile=compile, stat_passes=stat_passes,
             ).cpu()
         except RuntimeError as exc:
             hint = ""

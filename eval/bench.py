@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from derain.checkpoint import atomic_write_text, folder_lock, load_derainer, read_meta, update_hash
 from derain.config import check_name, save_config
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
-from derain.inference import DEFAULT_OVERLAP, derain_tensor
+from derain.inference import DEFAULT_STAT_PASSES, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models, model_options
 from derain.runtime import (
@@ -86,8 +86,9 @@ class DerainerSpec:
     model: str
     weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    tile: int | None = None
-    overlap: int = DEFAULT_OVERLAP
+    tile: int | None = None  # derain in tiles of this size (None: whole images)
+    overlap: int | None = None  # pixels neighbouring tiles share (None: the model's default, 128 for MSPFN, else 64)
+    stat_passes: int = DEFAULT_STAT_PASSES  # tiled passes gathering MSPFN's whole-image statistics (see derain)
 
 
 @dataclass
@@ -188,7 +189,8 @@ def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str]) -> str:
     tiling; not its name), and that outputs are scored on the 8-bit grid: the derain cache's folder name."""
     from dataclasses import asdict
 
-    parts = {k: v for k, v in asdict(dspec).items() if k != "name"}
+    untiled = ("overlap", "stat_passes") if dspec.tile is None else ()  # without tiles they change nothing
+    parts = {k: v for k, v in asdict(dspec).items() if k != "name" and k not in untiled}
     parts.update(content=_content_digest(dspec.weights or dspec.model, hashes), output="uint8")
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -293,6 +295,11 @@ def validate(cfg: BenchConfig) -> None:
                              f"{', '.join(valid)})")
         if d.weights and not Path(d.weights).exists():
             raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
+        if d.tile is not None and (d.tile < 1 or d.overlap is not None and not 0 <= d.overlap < d.tile):
+            raise ValueError(f"derainer {d.name!r}: tile must be >= 1 and overlap in [0, tile), got tile {d.tile}, "
+                             f"overlap {d.overlap}")
+        if d.stat_passes < 0:
+            raise ValueError(f"derainer {d.name!r}: stat_passes must be >= 0, got {d.stat_passes}")
     if cfg.rain_seeds < 1:
         raise ValueError(f"rain_seeds must be >= 1 (the number of rain seeds per synthetic severity), got "
                          f"{cfg.rain_seeds}")
@@ -495,8 +502,8 @@ class Runtime:
     batch: int
     policy: InferencePolicy
     workers: int
-    compile: bool | None = None  # derain_compile as configured (None: each derainer's policy default)
     cache_root: Path | None
+    compile: bool | None = None  # derain_compile as configured (None: each derainer's policy default)
     hashes: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
 
@@ -541,6 +548,7 @@ def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, batch: list[Ce
     if todo:
         size = batch[0].image.shape[:2] if dspec.tile is None else (dspec.tile, dspec.tile)  # images or tiles per call
         y = derain_tensor(derainer, torch.stack([batch[j].x for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
+                          stat_passes=dspec.stat_passes,
                           batch_size=rt.policy.batch(*size), channels_last=rt.policy.channels_last,
                           compile=inference_policy(rt.device, model=derainer, compile=rt.compile).compile)
         for j, img in zip(todo, quantize(y.cpu()), strict=True):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from derain.inference import DEFAULT_OVERLAP
+from derain.inference import DEFAULT_OVERLAP, DEFAULT_STAT_PASSES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,18 +20,20 @@ under --output, which must not be the input folder. Images of the same size are 
 Large images: --tile T runs the model on T×T crops sharing --tile-overlap pixels with their neighbours and
 blends them with smooth raised-cosine weights, so memory on the device depends on T, not on the image. The
 outer quarter of each overlap is pure context and the middle half is the blending ramp. Tiles start at
-multiples of the model's size multiple (8 for MSPFN) so its pyramid stays aligned. How close tiled output is
-to whole-image output (8-bit values, measured on real photos with bench/tiling_error.py, tile 512, overlap 64):
-PReNet (authors' weights) within 1 level on Rain100L (tile 256) and at most 2 levels on 0.0006 % of the
-values of 1200×800 COCO photos. MSPFN pools channel-attention statistics over the whole image; tiles share the
-statistics of a copy downscaled to 512 px, which is not exact: the demo's mspfn-lite differs by up to 19
-levels, on 1.6 % of the values by more than one (PSNR 50-66 dB tiled vs whole) on those photos. With exact
-whole-image statistics (overlap 128) the difference is at most 1 level: the residue is the statistics.
-Tile MSPFN only when the whole image does not fit.
+multiples of the model's size multiple (8 for MSPFN) so its pyramid stays aligned. MSPFN's channel attention
+pools over the whole image: a first pass takes those statistics from a copy downscaled to 512 px, then
+--tile-stat-passes tiled passes (default 1) gather them from the tiles themselves at full resolution, and a last
+pass writes the output (so tiled MSPFN costs about twice the plain tiled time). How close tiled output is to
+whole-image output (8-bit values, real photos, bench/tiling_error.py, tile 512, default overlaps):
+  PReNet (authors' weights, overlap 64): within 1 level on Rain100L (tile 256); at most 2 levels on 0.0006 % of
+    the values of 1200×800 COCO photos.
+  MSPFN (the demo's mspfn-lite, overlap 128, 1 statistics pass): at most 1 level on a 1200×800 COCO photo.
+    With overlap 64: up to 7 levels (0.1 % of values by more than one); without the statistics pass (0): up to
+    14 levels (3.2 %).
 
 Examples:
   derainbench derain --model prenet --weights PReNet_Rain100L_PReNet6.pth --input rainy/ --output derained/
-  derainbench derain --model runs/mspfn/best --input photo.jpg --output out/ --tile 512 --tile-overlap 64
+  derainbench derain --model runs/mspfn/best --input photo.jpg --output out/ --tile 512
   derainbench derain --model identity --input rainy/ --output copies/      # the no-deraining baseline
 """
 
@@ -48,8 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, metavar="FILE_OR_DIR", help="an image or a folder")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the derained PNGs")
     p.add_argument("--tile", type=int, metavar="T", help="tile size in pixels, e.g. 512 (default: whole images)")
-    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
-                   help=f"pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}; see above)")
+    p.add_argument("--tile-overlap", type=int, metavar="N",
+                   help=f"pixels shared by neighbouring tiles (default: the model's, 128 for MSPFN, else "
+                        f"{DEFAULT_OVERLAP}; see above)")
+    p.add_argument("--tile-stat-passes", type=int, default=DEFAULT_STAT_PASSES, metavar="N",
+                   help=f"tiled passes that gather MSPFN's whole-image statistics before the output pass (default "
+                        f"{DEFAULT_STAT_PASSES}; 0 keeps the downscaled copy's; other models ignore it)")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="images (of the same size) or tiles per model call (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
@@ -70,17 +76,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the model, derain every input into ``args.output``; returns the exit code."""
     from derain.checkpoint import load_derainer
-    from derain.inference import derain_paths
+    from derain.inference import derain_paths, tile_overlap
     from derain.runtime import inference_policy, resolve_device
 
     _check(args)
     model = load_derainer(args.model, weights=args.weights)
+    overlap = tile_overlap(model, args.tile_overlap)
+    if args.tile is not None and not 0 <= overlap < args.tile:
+        given = "" if args.tile_overlap is not None else f" (the default for {args.model})"
+        raise ValueError(f"--tile-overlap must be in [0, --tile) = [0, {args.tile}), got {overlap}{given}")
     policy = inference_policy(resolve_device(args.device), model=model, channels_last=args.channels_last,
                               amp=args.amp or None, batch_size=args.batch_size, compile=args.compile)
     if args.weights is None and getattr(model, "derain_checkpoint", None) is None and _has_parameters(model):
         print(f"warning: no --weights given, {args.model} runs with random initial weights", file=sys.stderr)
     written = derain_paths(
-        model, args.input, args.output, tile=args.tile, overlap=args.tile_overlap, batch_size=policy.batch_size,
+        model, args.input, args.output, tile=args.tile, overlap=overlap, stat_passes=args.tile_stat_passes,
+        batch_size=policy.batch_size,
         device=args.device, amp=policy.amp, channels_last=policy.channels_last, compile=policy.compile,
         progress=not args.no_progress,
     )
@@ -98,5 +109,5 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile is not None and args.tile < 1:
         raise ValueError(f"--tile must be positive, got {args.tile}")
-    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
-        raise ValueError(f"--tile-overlap must be in [0, --tile) = [0, {args.tile}), got {args.tile_overlap}")
+    if args.tile_stat_passes < 0:
+        raise ValueError(f"--tile-stat-passes must be >= 0, got {args.tile_stat_passes}")

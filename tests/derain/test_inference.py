@@ -14,7 +14,15 @@ from torch import nn
 
 from derain.checkpoint import load_derainer
 from derain.imageio import ImageReadError, read_tensor, write_image
-from derain.inference import blend_window, derain_paths, derain_tensor, resolve_device, tile_starts
+from derain.inference import (
+    blend_window,
+    derain_paths,
+    derain_tensor,
+    owned_spans,
+    resolve_device,
+    tile_spans,
+    tile_starts,
+)
 from derain.registry import build_model
 
 TOL = 1 / 255
@@ -196,3 +204,60 @@ def test_mspfn_tiling_is_aligned_and_shares_global_statistics() -> None:
     shared, local = _mspfn_tiled_errors(overlap=64)  # measured: 0.02/255 shared vs 0.15/255 per tile
     assert shared < 0.5 * local, (shared, local)
     assert shared < 1 / 255
+
+
+@pytest.mark.parametrize(("size", "tile", "overlap"), [(150, 96, 32), (230, 64, 48), (500, 512, 64), (1201, 512, 128),
+                                                      (97, 40, 8), (333, 100, 0)])
+def test_owned_spans_partition_the_padded_image(size: int, tile: int, overlap: int) -> None:
+    """Each tile owns an aligned part of itself; the parts tile [0, size rounded up to 8) without gaps or overlaps."""
+    spans = tile_spans(size, tile, overlap, align=8)
+    owned = owned_spans(spans, size, align=8)
+    cuts = [(s0 + a, s0 + b) for (s0, _), (a, b) in zip(spans, owned, strict=True)]
+    assert cuts[0][0] == 0 and cuts[-1][1] == -(-size // 8) * 8
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(cuts, cuts[1:], strict=False))
+    for (s0, e0), (a, b) in zip(spans, owned, strict=True):
+        assert 0 <= a <= b <= -(-(e0 - s0) // 8) * 8 and a % 8 == 0 and b % 8 == 0  # inside the padded tile
+
+
+def _coarse_first_pass(model: nn.Module, max_side: int) -> None:
+    """Make the model's first tiling pass take statistics from a copy downscaled to ``max_side`` (default 512)."""
+    import functools
+
+    model.tile_context = functools.partial(type(model).tile_context, model, max_side=max_side)
+
+
+def test_mspfn_statistics_pass_gathers_whole_image_statistics() -> None:
+    """Tiled MSPFN whose first-pass statistics are poor (a 24 px copy of the image) comes back, after one tiled
+    statistics pass, to where exact whole-image statistics put it; without the pass it stays further off."""
+    torch.manual_seed(0)
+    model = build_model("mspfn-lite", units=2).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and p.ndim == 1:  # PReLU slopes start at 0; make them non-trivial
+                p.uniform_(0.0, 0.3)
+    x = torch.rand(1, 3, 120, 232, generator=torch.Generator().manual_seed(2)) * 0.2
+    x[..., :, 100:] += 0.7
+    whole = derain_tensor(model, x)
+    errors = {}
+    for max_side, passes in ((24, 0), (24, 1), (24, 2), (10_000, 0)):
+        _coarse_first_pass(model, max_side)
+        errors[max_side, passes] = float((derain_tensor(model, x, tile=96, overlap=64, stat_passes=passes) - whole)
+                                         .abs().max())
+    del model.tile_context
+    exact = errors[10_000, 0]
+    assert errors[24, 0] > 3 * exact, errors  # the coarse copy's statistics are what is wrong
+    assert errors[24, 1] < 1.5 * exact and errors[24, 2] < 1.5 * exact, errors
+
+
+def test_statistics_pass_rejects_a_partial_cover() -> None:
+    from derain.models.mspfn import RCAB
+
+    model = build_model("mspfn-lite", units=1).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode(), model.tile_context(x), pytest.raises(RuntimeError, match="partition"):
+        with model.collect_tile_statistics(64, 64) as stats:
+            stats.cores = [(0, 32, 0, 64)]  # only the top half
+            model(x)
+    assert all(m.collector is None for m in model.modules() if isinstance(m, RCAB))
+    with pytest.raises(RuntimeError, match="inside"), model.collect_tile_statistics(64, 64):
+        pass
