@@ -57,7 +57,8 @@ def inference_policy(device: torch.device, *, model: torch.nn.Module | None = No
     CPU: channels_last (2 cores: MSPFN 1.7x, mspfn-lite 1.2-1.5x, PReNet 1.05x, YOLO11n/U-Net 1.8-3x faster;
     bench/RESULTS.md), no autocast, small images batched up to 64 k pixels per call (measured faster), large ones
     one per call (batching measured slower for mspfn-lite at 192 px), ``torch.compile`` for models whose class sets
-    ``compile_on_cpu`` (MSPFN: 1.5x for mspfn-m17n1 at 480×320, 1.07-1.16x for mspfn-lite; PReNet 0.96x, so not).
+    ``compile_on_cpu`` (MSPFN at the paper's width: 1.5x for mspfn-m17n1 at 480×320; not mspfn-lite, 1.07-1.16x,
+    nor PReNet, 0.96x).
     The environment variable ``DERAINBENCH_COMPILE=0|1`` changes that default.
     CUDA: NCHW, fp32, 8 per call, no compile until measured on a GPU (none was lent so far); flags switch them on.
     """

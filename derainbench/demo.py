@@ -96,8 +96,9 @@ class DemoConfig:
     val_fraction: float = 0.25
     severities: list[str] = field(default_factory=lambda: ["light", "heavy"])
     rain_seeds: int = 2  # the bench scores synthetic rain with seeds seed, seed+1: means ± std over them
-    # torch.compile for the bench's derainers (null: the inference policy's default, on for MSPFN on CPU). Off here:
-    # at 160 px it makes mspfn-lite only 1.07x faster, while each new graph takes ~28 s to compile on 2 cores.
+    # torch.compile for the bench's derainers (null: the inference policy's default, on for paper-size MSPFN on CPU).
+    # Off here (also what the default gives for mspfn-lite and PReNet): at 160 px mspfn-lite is only 1.07x faster
+    # compiled, while each new graph takes ~28 s to compile on 2 cores.
     derain_compile: bool | None = False
     detector: DetectorRecipe = field(default_factory=DetectorRecipe)
     segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)

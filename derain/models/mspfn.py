@@ -234,9 +234,6 @@ class MSPFN(nn.Module):
     """
 
     size_multiple = 8
-    # torch.compile measured faster on CPU (2 cores, channels_last, bench/mspfn_speed.py): mspfn-m17n1 at 480×320
-    # 1.5x (fusing the full-resolution PReLU/add chains and LSTM gates), mspfn-lite 1.07-1.16x.
-    compile_on_cpu = True
     # Tiled inference (derain.inference): neighbouring tiles share 128 px. The demo's mspfn-lite on 1200×800 COCO
     # photos (tile 512, bench/tiling_error.py) stays within 1 of 255 levels of the whole-image output at 128 with
     # exact statistics; at 64 it differs by up to 7 levels on 0.1 % of the values.
@@ -261,7 +258,7 @@ class MSPFN(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
-        ch = channels
+        ch = self.channels = channels
         self.shallow = nn.ModuleList([ConvAct(3, ch) for _ in range(3)])  # full, 1/2, 1/4
         self.cfm = nn.ModuleList(
             [CoarseFusion(ch, cfm_channels, nf, fast) for nf in reversed(tuple(lstm_channels))]
@@ -277,6 +274,14 @@ class MSPFN(nn.Module):
         self.rec_out = nn.Conv2d(recon_channels, 3, 3, padding=1, bias=False)
         self._collector: TileStatistics | None = None
         self._init_weights()
+
+    @property
+    def compile_on_cpu(self) -> bool:
+        """Whether :func:`derain.runtime.inference_policy` compiles this model on CPU by default: at the paper's
+        width (64 channels), where torch.compile measured 1.5x faster (mspfn-m17n1, 480×320, 2 cores: it fuses the
+        full-resolution PReLU/add chains and LSTM gates); not for mspfn-lite (1.07-1.16x, which on typical folders
+        saves less time than the ~28 s compile costs)."""
+        return self.channels >= 64
 
     @property
     def fast(self) -> bool:

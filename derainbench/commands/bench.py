@@ -22,8 +22,8 @@ datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; 
 turns it off). Derained images are scored on the 8-bit grid, as saved outputs are. Images are read and rain
 synthesized by DataLoader workers (workers=N; default half the cores, none on 2 cores); batch=N images per
 task-model call (default 8), derain_batch=N per derainer call (default: on CPU as many images as fit 64k pixels,
-1-8; 8 on GPU); channels_last (default on for CPU); derain_compile (default: on for CPU for MSPFN models, where
-torch.compile measured 1.07-1.5x faster, off for PReNet and on GPU; the first run compiles for 15-75 s).
+1-8; 8 on GPU); channels_last (default on for CPU); derain_compile (default: on for CPU for paper-size MSPFN,
+where torch.compile measured 1.5x faster, off for mspfn-lite, PReNet and on GPU; the first run compiles for 15-75 s).
 
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
 std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with

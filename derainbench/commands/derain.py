@@ -64,11 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="NHWC memory format (default: on for CPU, where MSPFN runs 1.7x faster; off on GPU until "
                         "measured there; see bench/RESULTS.md)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on for CPU where it measured faster: MSPFN models "
-                        "1.07-1.5x; off for PReNet and on GPU; the environment variable DERAINBENCH_COMPILE=0|1 "
-                        "changes the default). The first run compiles for 15-75 s; PyTorch caches the result on disk. "
-                        "Results are the same to float rounding; if compiling fails, a warning says so and the model "
-                        "runs plainly")
+                   help="torch.compile the model (default: on for CPU where it measured faster: paper-size MSPFN "
+                        "(mspfn, mspfn-m17n1) 1.5x; off for mspfn-lite (1.07-1.16x, less than the compile costs), "
+                        "PReNet (0.96x) and on GPU; the environment variable DERAINBENCH_COMPILE=0|1 changes the "
+                        "default). The first run compiles for 15-75 s; PyTorch caches the result on disk. Results are "
+                        "the same to float rounding; if compiling fails, a warning says so and the model runs plainly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
