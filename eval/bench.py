@@ -146,14 +146,18 @@ def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec 
 def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: DerainerSpec | None,
                      hashes: dict[str, str]) -> str:
     """A digest of everything that determines a cell's numbers: the dataset spec and its task model's weights,
-    the rain (preset parameters and seed, or the source folder), the derainer spec and its weights' content, the
-    detector thresholds and whether intervals are kept. A finished cell whose digest differs is recomputed, so a
-    config edited between runs never leaves stale numbers behind (``hashes`` caches file digests)."""
+    the rain (preset parameters, seed and synthesizer code, or the source folder), the derainer spec and its
+    weights' content, the detector thresholds and whether intervals are kept. A finished cell whose digest
+    differs is recomputed, so a config edited between runs never leaves stale numbers behind (``hashes`` caches
+    file digests)."""
     from dataclasses import asdict
 
+    from eval.image_cache import synthesizer_digest
+
     rain: Any = None
-    if cell.severity in PRESETS and not spec.real_rain:
-        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed + cell.rep}
+    if cell.severity in PRESETS and not spec.real_rain:  # the synthesizer's code too: a new one makes other rain
+        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed + cell.rep,
+                "synthesizer": synthesizer_digest()}
     elif cell.severity != "none":
         rain = next((asdict(src) for src in spec.rainy if src.name == cell.severity), spec.real_rain)
     parts = {

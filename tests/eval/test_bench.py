@@ -298,3 +298,20 @@ def test_cells_scored_by_other_scoring_code_are_recomputed(setup: dict, tmp_path
     monkeypatch.setattr(bench, "scoring_code_digest", lambda: "another-version")
     run_bench(cfg, progress=False)
     assert "recomputing 4 finished cell(s)" in capsys.readouterr().out
+
+
+def test_cells_with_rain_of_another_synthesizer_are_recomputed(setup: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An edited rain synthesizer makes other rain: its cells (rainy and derained, not clean) are recomputed."""
+    import eval.image_cache as image_cache
+
+    root = setup["root"]
+    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
+                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                       f"model: {root}/seg-model}}]")
+    run_bench(cfg, progress=False)
+    capsys.readouterr()
+    monkeypatch.setattr(image_cache, "synthesizer_digest", lambda: "another-synthesizer")
+    run_bench(cfg, progress=False)
+    assert "recomputing 3 finished cell(s)" in capsys.readouterr().out  # heavy: rainy, identity, mspfn-lite
