@@ -111,6 +111,9 @@ class BenchConfig:
     derain_batch: int | None = None  # images per derainer call (None: the inference policy's: on CPU by image size)
     channels_last: bool | None = None  # NHWC derainers and task models (None: on for CPU, where it measured faster)
     derain_compile: bool | None = None  # torch.compile derainers (None: the inference policy's, per derainer)
+    # Autocast derainers on CUDA (bf16 where supported). Off by default, unlike `derainbench derain`, so that scores
+    # do not depend on the GPU; it changes outputs beyond float rounding, so it is part of the derainer digest.
+    derain_amp: bool = False
     workers: int | None = None  # DataLoader workers reading images and synthesizing rain (None: half the cores, 1-4)
 
 
@@ -164,7 +167,7 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
         "dataset": asdict(spec),  # asdict recurses into the rain sources
         "task_model": _content_digest(spec.model, hashes),
         "rain": rain,
-        "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes)],
+        "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, cfg.derain_amp)],
         "detector": [cfg.conf, cfg.iou] if spec.task == "detection" else None,
         "intervals": cfg.bootstrap > 0,
         "scoring_code": scoring_code_digest(),
@@ -188,13 +191,15 @@ def scoring_code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str]) -> str:
+def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str], amp: bool = False) -> str:
     """A digest of what determines a derainer's output (architecture or checkpoint, weights' content, options,
     tiling; not its name), and that outputs are scored on the 8-bit grid: the derain cache's folder name."""
     from dataclasses import asdict
 
     untiled = ("overlap", "stat_passes") if dspec.tile is None else ()  # without tiles they change nothing
     parts = {k: v for k, v in asdict(dspec).items() if k != "name" and k not in untiled}
+    if amp:  # autocast outputs are other outputs (absent otherwise, so fp32 digests stay as they were)
+        parts["amp"] = True
     parts.update(content=_content_digest(dspec.weights or dspec.model, hashes), output="uint8")
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -508,13 +513,19 @@ class Runtime:
     workers: int
     cache_root: Path | None
     compile: bool | None = None  # derain_compile as configured (None: each derainer's policy default)
+    amp: bool = False  # derain_amp as configured
+
+    def derainer_policy(self, derainer: torch.nn.Module) -> InferencePolicy:
+        """The inference policy for ``derainer`` on this device, with the run's configured overrides."""
+        return inference_policy(self.device, model=derainer, channels_last=self.policy.channels_last,
+                                batch_size=self.policy.batch_size, compile=self.compile, amp=self.amp)
     hashes: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
 
     @classmethod
     def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
         policy = inference_policy(device, channels_last=cfg.channels_last, batch_size=cfg.derain_batch)
-        return cls(device=device, batch=cfg.batch or 8, policy=policy, compile=cfg.derain_compile,
+        return cls(device=device, batch=cfg.batch or 8, policy=policy, compile=cfg.derain_compile, amp=cfg.derain_amp,
                    workers=default_workers() if cfg.workers is None else cfg.workers,
                    cache_root=out / "cache" if cfg.cache else None)
 
@@ -551,10 +562,10 @@ def _derain_batch(derainer: torch.nn.Module, dspec: DerainerSpec, batch: list[Ce
     todo = [j for j, y in enumerate(out) if y is None]
     if todo:
         size = batch[0].image.shape[:2] if dspec.tile is None else (dspec.tile, dspec.tile)  # images or tiles per call
+        policy = rt.derainer_policy(derainer)
         y = derain_tensor(derainer, torch.stack([batch[j].x for j in todo]), tile=dspec.tile, overlap=dspec.overlap,
-                          stat_passes=dspec.stat_passes,
-                          batch_size=rt.policy.batch(*size), channels_last=rt.policy.channels_last,
-                          compile=inference_policy(rt.device, model=derainer, compile=rt.compile).compile)
+                          stat_passes=dspec.stat_passes, batch_size=policy.batch(*size),
+                          channels_last=policy.channels_last, compile=policy.compile, amp=policy.amp)
         for j, img in zip(todo, quantize(y.cpu()), strict=True):
             out[j] = img
             if batch[j].key is not None:
@@ -592,7 +603,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     t0 = time.perf_counter()
     detection = spec.task == "detection"
     clean_input = cell.severity == "none" or bool(spec.real_rain)
-    digest = derainer_digest(dspec, rt.hashes) if dspec is not None else None
+    digest = derainer_digest(dspec, rt.hashes, rt.amp) if dspec is not None else None
     cache = ImageCache(rt.cache_root if digest else None, f"derained/{digest}")
     inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed + cell.rep, clean_input,
                         rainy_files, rt.cache_root, digest)

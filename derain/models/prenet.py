@@ -50,6 +50,10 @@ class PReNet(nn.Module):
     left unclamped so the loss sees (and gradients flow through) values outside the range.
     """
 
+    # bf16 autocast costs nothing measurable (bench/amp_psnr.py, authors' Rain100L weights, all 100 Rain100L pairs:
+    # 37.591 dB fp32 vs 37.588 dB bf16), so inference_policy turns it on for CUDA GPUs with bf16.
+    bf16_inference = True
+
     def __init__(self, stages: int = 6, channels: int = 32, recurrent: bool = True) -> None:
         super().__init__()
         if stages < 1 or channels < 1:

@@ -23,7 +23,9 @@ turns it off). Derained images are scored on the 8-bit grid, as saved outputs ar
 synthesized by DataLoader workers (workers=N; default half the cores, none on 2 cores); batch=N images per
 task-model call (default 8), derain_batch=N per derainer call (default: on CPU as many images as fit 64k pixels,
 1-8; 8 on GPU); channels_last (default on for CPU); derain_compile (default: on for CPU for paper-size MSPFN,
-where torch.compile measured 1.5x faster, off for mspfn-lite, PReNet and on GPU; the first run compiles for 15-75 s).
+where torch.compile measured 1.5x faster, off for mspfn-lite, PReNet and on GPU; the first run compiles for 15-75 s);
+derain_amp=true autocasts derainers on CUDA (bf16; off by default so scores do not depend on the GPU; it is part
+of the derainer digest).
 
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
 std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with

@@ -27,6 +27,9 @@ def test_policy_defaults_per_device_and_model(monkeypatch: pytest.MonkeyPatch) -
     assert not inference_policy(CPU).compile  # no model: nothing claims a gain
     gpu = inference_policy(CUDA, model=mspfn)  # a torch.device needs no GPU to exist
     assert not gpu.channels_last and not gpu.compile and gpu.batch_size == 8
+    assert gpu.amp == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())  # bf16 measured harmless
+    assert not inference_policy(CUDA, model=mspfn, amp=False).amp
+    assert not inference_policy(CPU, model=mspfn).amp  # CPU autocast is never the default
     assert not inference_policy(CPU, model=mspfn, compile=False).compile
     assert inference_policy(CPU, model=prenet, compile=True).compile
 

@@ -89,6 +89,12 @@ def test_derainer_digest_follows_what_changes_the_output(tiny_bench: dict) -> No
     base = derainer_digest(DerainerSpec(name="a", model=lite), {})
     assert derainer_digest(DerainerSpec(name="renamed", model=lite), {}) == base
     assert derainer_digest(DerainerSpec(name="a", model=lite, tile=32), {}) != base
+    # overlap and statistics passes only matter for tiles; autocast makes other outputs
+    assert derainer_digest(DerainerSpec(name="a", model=lite, overlap=16, stat_passes=2), {}) == base
+    tiled = derainer_digest(DerainerSpec(name="a", model=lite, tile=32), {})
+    assert derainer_digest(DerainerSpec(name="a", model=lite, tile=32, overlap=16), {}) != tiled
+    assert derainer_digest(DerainerSpec(name="a", model=lite, tile=32, stat_passes=2), {}) != tiled
+    assert derainer_digest(DerainerSpec(name="a", model=lite), {}, amp=True) != base
     assert derainer_digest(DerainerSpec(name="a", model="mspfn-lite", options={"units": 1}), {}) != derainer_digest(
         DerainerSpec(name="a", model="mspfn-lite", options={"units": 2}), {})
 
