@@ -27,9 +27,9 @@ pass writes the output (so tiled MSPFN costs about twice the plain tiled time). 
 whole-image output (8-bit values, real photos, bench/tiling_error.py, tile 512, default overlaps):
   PReNet (authors' weights, overlap 64): within 1 level on Rain100L (tile 256); at most 2 levels on 0.0006 % of
     the values of 1200×800 COCO photos.
-  MSPFN (the demo's mspfn-lite, overlap 128, 1 statistics pass): at most 1 level on a 1200×800 COCO photo.
-    With overlap 64: up to 7 levels (0.1 % of values by more than one); without the statistics pass (0): up to
-    14 levels (3.2 %).
+  MSPFN (the demo's mspfn-lite, overlap 128, 1 statistics pass): at most 1 level on four 1200×800 COCO photos
+    (none of 11.5 M values off by more). With overlap 64: up to 7 levels (0.1 % of values off by more than
+    one); without the statistics pass (0): up to 19 levels (1.6 %).
 
 Examples:
   derainbench derain --model prenet --weights PReNet_Rain100L_PReNet6.pth --input rainy/ --output derained/
@@ -57,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"tiled passes that gather MSPFN's whole-image statistics before the output pass (default "
                         f"{DEFAULT_STAT_PASSES}; 0 keeps the downscaled copy's; other models ignore it)")
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help="images (of the same size) or tiles per model call (default: 1 on CPU, 8 on GPU)")
+                   help="images (of the same size) or tiles per model call (default: on CPU as many as fit 64k "
+                        "pixels, 1-8; 8 on GPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast on CUDA (default: bf16 for PReNet and MSPFN on GPUs with bf16, where PSNR on the 100 "
