@@ -6,6 +6,7 @@ Shared by training, inference, joint fine-tuning and the benchmark so each decid
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -97,6 +98,7 @@ def model_forward(model: torch.nn.Module, compile: bool, backend: str | Callable
     """
     if not compile or model in _NOT_COMPILABLE:
         return model
+    _quiet_cuda_home_notice()
     if model not in _COMPILED:
         try:
             _COMPILED[model] = torch.compile(model, backend=backend)
@@ -115,6 +117,20 @@ def model_forward(model: torch.nn.Module, compile: bool, backend: str | Callable
             return _compile_failed(model, exc)(x)
 
     return forward
+
+
+class _DropCudaHomeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." notice: compiling for the CPU on a machine
+    without a GPU is this tool's normal case, not something to warn a user about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+def _quiet_cuda_home_notice() -> None:
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _DropCudaHomeNotice) for f in log.filters):
+        log.addFilter(_DropCudaHomeNotice())
 
 
 def _compile_failed(model: torch.nn.Module, exc: BaseException) -> torch.nn.Module:

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
                               amp=args.amp, batch_size=args.batch_size, compile=args.compile)
     if args.weights is None and getattr(model, "derain_checkpoint", None) is None and _has_parameters(model):
         print(f"warning: no --weights given, {args.model} runs with random initial weights", file=sys.stderr)
+    if policy.compile:
+        print(f"compiling {args.model} with torch.compile: the first image waits for it (15-75 s on a first run, "
+              "seconds once PyTorch has cached it; --no-compile skips it)", file=sys.stderr)
     written = derain_paths(
         model, args.input, args.output, tile=args.tile, overlap=overlap, stat_passes=args.tile_stat_passes,
         batch_size=policy.batch_size,

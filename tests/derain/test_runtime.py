@@ -78,3 +78,13 @@ def test_failed_compilation_warns_once_and_runs_the_plain_model() -> None:
     assert torch.equal(first, expected) and torch.equal(second, expected)
     assert len(calls) == 1
     assert model_forward(model, False) is model
+
+
+def test_compiling_silences_only_torchs_cuda_home_notice() -> None:
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    model_forward(tiny_mspfn(), True)  # installs the filter (compilation itself happens at the first call)
+    make = lambda msg: log.makeRecord(log.name, logging.WARNING, __file__, 0, msg, (), None)  # noqa: E731
+    assert not log.filter(make("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
+    assert log.filter(make("some other warning"))
