@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from derain.fileio import atomic_path, atomic_write_text
 from derain.registry import build_model, list_models
 
 WEIGHTS_FILE = "model.safetensors"
@@ -62,26 +63,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write tensors as safetensors atomically (temp file + rename); moved to CPU and made contiguous."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """Write tensors as safetensors atomically (:func:`derain.fileio.atomic_path`); moved to CPU, contiguous."""
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-        tmp.replace(path)
-    finally:  # a full disk leaves no stray temporary behind
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to ``path`` via a temp file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:  # a full disk or a failed rename leaves no stray temporary behind
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -120,7 +120,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write a (dataclass) config as YAML, atomically."""
-    from derain.checkpoint import atomic_write_text  # the one atomic writer (imported late: config stays light)
+    from derain.fileio import atomic_write_text  # imported late: config stays light
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 

@@ -387,7 +387,7 @@ class SynthPairs:
         clean = self._clean_image(image_index)
         name = self.presets[preset]
         parts = (self.seed, image_index, zlib.crc32(name.encode())) + ((variant,) if variant else ())
-        rainy, info = synthesize(clean, name, seed=_derive_seed(*parts))
+        rainy, info = synthesize(clean, name, seed=derive_seed(*parts))
         rainy = np.ascontiguousarray(rainy, dtype=np.float32)
         if self.cache:
             self._rainy[index] = rainy
@@ -436,7 +436,7 @@ def holdout_split(source: PairSource, count: int, seed: int) -> tuple[SubsetSour
         raise ValueError(f"cannot hold out {count} of {n} pairs ({len(groups)} clean image(s)) for validation: "
                          "need 0 < count < pairs and at least 2 clean images")
     order = list(groups)
-    g = torch.Generator().manual_seed(_derive_seed(seed, 3))
+    g = torch.Generator().manual_seed(derive_seed(seed, 3))
     held: list[int] = []
     for k in torch.randperm(len(order), generator=g).tolist():
         if len(held) >= count:
@@ -512,7 +512,7 @@ def sample_batch(
     """
     n = len(source)
     _check_batch_args(n, step, batch_size, patch_size, rank, world_size)
-    g = torch.Generator().manual_seed(_derive_seed(seed, step, 1))
+    g = torch.Generator().manual_seed(derive_seed(seed, step, 1))
     pos = torch.rand(batch_size, 2, generator=g, dtype=torch.float64).tolist()
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
@@ -522,7 +522,7 @@ def sample_batch(
     rainy, clean = [], []
     for j in range(rank * local, (rank + 1) * local):
         sample = step * batch_size + j
-        index = _epoch_permutation(seed, n, sample // n)[sample % n]
+        index = epoch_permutation(seed, n, sample // n)[sample % n]
         r, c = source.get_pair(index)
         if r.shape != c.shape:
             raise PairError(f"pair {index} has different sizes: rainy {r.shape} vs clean {c.shape}")
@@ -559,15 +559,17 @@ def _check_batch_args(n: int, step: int, batch_size: int, patch_size: int, rank:
         raise ValueError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
 
 
-def _derive_seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (negative ones wrap), via numpy's SeedSequence."""
     state = np.random.SeedSequence([p % (1 << 64) for p in parts]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
 @functools.lru_cache(maxsize=8)
-def _epoch_permutation(seed: int, n: int, epoch: int) -> tuple[int, ...]:
-    g = torch.Generator().manual_seed(_derive_seed(seed, epoch, 2))
+def epoch_permutation(seed: int, n: int, epoch: int) -> tuple[int, ...]:
+    """The order of ``n`` items in epoch ``epoch`` of a run seeded ``seed``: the same on every rank and every resume
+    (training and joint fine-tuning draw their images through it)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch, 2))
     return tuple(torch.randperm(n, generator=g).tolist())
 
 

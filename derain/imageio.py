@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from derain.fileio import atomic_path
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -156,17 +158,15 @@ def write_image(path: str | Path, image: np.ndarray | torch.Tensor, bit_depth: i
     """
     path = Path(path)
     arr = to_numpy_image(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    if bit_depth == 16:
-        if path.suffix.lower() != ".png":
-            raise ValueError(f"16-bit output needs a .png file name, got {path}")
-        _write_png16(tmp, arr)
-    elif bit_depth == 8:
-        Image.fromarray(quantize_uint8(arr)).save(tmp)
-    else:
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if bit_depth == 16:
+            if path.suffix.lower() != ".png":
+                raise ValueError(f"16-bit output needs a .png file name, got {path}")
+            _write_png16(tmp, arr)
+        elif bit_depth == 8:
+            Image.fromarray(quantize_uint8(arr)).save(tmp)
+        else:
+            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
 
 
 def quantize_uint8(arr: np.ndarray) -> np.ndarray:

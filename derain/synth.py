@@ -31,8 +31,8 @@ from scipy import ndimage, signal
 from skimage.transform import resize
 from tqdm import tqdm
 
-from derain.checkpoint import atomic_write_text
 from derain.config import ConfigError, from_dict, to_dict
+from derain.fileio import atomic_write_text, to_jsonable
 from derain.imageio import is_image_file, read_image, walk_files, write_image
 
 BLEND_MODES = ("screen", "add")
@@ -349,7 +349,7 @@ def synthesize(
         "seed": int(seed),
         "image_size": [height, width],
         "canvas_size": list(canvas_shape(height, width, p.reference_size)),
-        "params": _jsonable(to_dict(p)),
+        "params": to_jsonable(to_dict(p)),
         "base_angle_deg": base,
         "layers": layers,
         "veil": veil,
@@ -366,17 +366,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"expected a float image in [0, 1], got dtype {arr.dtype}")
     return arr.astype(np.float32, copy=False)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Tuples → lists and numpy scalars → Python numbers, so ``json.dumps`` accepts the dict."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------------- files

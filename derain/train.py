@@ -12,7 +12,6 @@ import contextlib
 import csv
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -40,6 +39,7 @@ from derain.checkpoint import (
     unwrap,
 )
 from derain.config import ConfigError, check_name, save_config
+from derain.fileio import atomic_path
 from derain.imageio import to_tensor
 from derain.losses import MSPFNLoss
 from derain.registry import build_model
@@ -263,7 +263,7 @@ class Trainer:
         """Hook: the restoration loss."""
         return MSPFNLoss(edge_weight=self.cfg.loss.edge_weight, eps=self.cfg.loss.eps)
 
-    def _log_start(self, logger: _Logger) -> None:
+    def _log_start(self, logger: RunLogger) -> None:
         """Hook: rows for step 0 of a fresh run's ``log.csv`` (e.g. the validation of the starting weights)."""
 
     def _after_backward(self) -> None:
@@ -345,7 +345,7 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        logger = _Logger(self.run_dir, self.step, self.extra_log_fields) if main else None
+        logger = RunLogger(self.run_dir, self.step, self.extra_log_fields) if main else None
         if logger and self.step == 0:
             self._log_start(logger)
         bar = tqdm(total=cfg.iters, initial=self.step, disable=not (self.progress and main),
@@ -449,7 +449,7 @@ class Trainer:
         self.scaler.update()
         return float(mean_loss)
 
-    def _validate(self, logger: _Logger | None, bar: tqdm) -> None:
+    def _validate(self, logger: RunLogger | None, bar: tqdm) -> None:
         if self.dist.is_main:
             scores = evaluate(self.model, self.val_src, self.device, limit=self.cfg.val_limit, amp=self.cfg.amp)
             psnr_y = scores["psnr_y"]
@@ -483,7 +483,7 @@ def evaluate(model: nn.Module, source: Any, device: torch.device, limit: int | N
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
-class _Logger:
+class RunLogger:
     """``log.csv`` (one row per logged step) plus TensorBoard events when tensorboard is installed."""
 
     FIELDS = ("step", "time", "loss", "lr", "it_per_s", "val_psnr_y", "val_ssim_y")
@@ -497,12 +497,10 @@ class _Logger:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
         # The kept history is written to a temp file and renamed into place, then appended to: a kill at any
         # moment leaves either the old log or the new one, never an empty file.
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
             head = csv.DictWriter(fh, fieldnames=self.fields, restval="", extrasaction="ignore")
             head.writeheader()
             head.writerows(rows)
-        tmp.replace(self.path)
         self.fh = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.DictWriter(self.fh, fieldnames=self.fields, restval="")
         try:

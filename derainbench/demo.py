@@ -174,7 +174,7 @@ class _Stages:
 
     def __call__(self, name: str, fn: Callable[[], Any], valid: Callable[[Any], bool] | None = None) -> Any:
         """Run ``fn`` unless a marker holds its result (and ``valid`` accepts it: markers of older versions)."""
-        from derain.checkpoint import atomic_write_text
+        from derain.fileio import atomic_write_text
 
         marker = self.out / ".stages" / f"{name}.json"
         if marker.is_file() and not self.force:
@@ -378,7 +378,7 @@ def _files(models: dict[str, str]) -> list[Path]:
 
 def write_manifest(root: Path, cfg: DemoConfig, models: dict[str, str]) -> Path:
     """``root/MANIFEST.json``: each model's path (relative), every file's sha256, the recipe and the command."""
-    from derain.checkpoint import atomic_write_text
+    from derain.fileio import atomic_write_text
 
     files = {str(f.relative_to(root)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in _files(models)}
     manifest = {

@@ -31,12 +31,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, unwrap
-from derain.data import _derive_seed, _epoch_permutation
+from derain.checkpoint import unwrap
+from derain.data import derive_seed, epoch_permutation
+from derain.fileio import atomic_write_text
 from derain.imageio import to_tensor
 from derain.runtime import all_reduce_grads, autocast, barrier, eval_mode
 from derain.synth import image_seed, synthesize
-from derain.train import ModelConfig, OptimConfig, Trainer, TrainResult, _Logger
+from derain.train import ModelConfig, OptimConfig, RunLogger, Trainer, TrainResult
 from downstream.datasets import IGNORE_INDEX, TASKS, load_task_dataset
 
 METRICS = {"detection": "map50", "segmentation": "miou"}
@@ -218,7 +219,7 @@ class JointTrainer(Trainer):
             groups.append({"params": list(self.task_net.parameters()), "lr_scale": scale})
         return groups
 
-    def _log_start(self, logger: _Logger) -> None:
+    def _log_start(self, logger: RunLogger) -> None:
         if self.before is not None:  # the starting derainer's validation, so curves begin at step 0
             logger.log(0, val_psnr_y=self.before["psnr_y"], **{f"val_{self.metric}": self.before[self.metric]})
 
@@ -240,16 +241,16 @@ class JointTrainer(Trainer):
         """``(rainy, clean, targets)``: B×3×H×W [0, 1] on the device; targets = box dicts or B×H×W int64 masks."""
         cfg = self.cfg
         n, b = len(self.train_src), cfg.batch_size // self.dist.world_size
-        g = torch.Generator().manual_seed(_derive_seed(cfg.seed, step, 3))
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 3))
         presets = torch.randint(len(cfg.presets), (cfg.batch_size,), generator=g).tolist()
         rainy, clean, targets = [], [], []
         for j in range(self.dist.rank * b, (self.dist.rank + 1) * b):
             sample = step * cfg.batch_size + j
-            index = _epoch_permutation(cfg.seed, n, sample // n)[sample % n]
+            index = epoch_permutation(cfg.seed, n, sample // n)[sample % n]
             image, target = self.train_src[index]
-            r, _ = synthesize(image, cfg.presets[presets[j]], seed=_derive_seed(cfg.seed, step, j, 4))
+            r, _ = synthesize(image, cfg.presets[presets[j]], seed=derive_seed(cfg.seed, step, j, 4))
             if cfg.crop:
-                rng = np.random.default_rng(_derive_seed(cfg.seed, step, j, 5))
+                rng = np.random.default_rng(derive_seed(cfg.seed, step, j, 5))
                 r, image, target = crop_sample(r, image, target, cfg.crop, rng)
             elif clean and image.shape[:2] != tuple(clean[0].shape[-2:]):
                 raise ValueError(
@@ -297,7 +298,7 @@ class JointTrainer(Trainer):
             self.log_extra["loss_feat"] = float(feat.detach())
         return self._optimize(total)
 
-    def _validate(self, logger: _Logger | None, bar: tqdm) -> None:
+    def _validate(self, logger: RunLogger | None, bar: tqdm) -> None:
         if self.dist.is_main:
             scores = self.evaluate()
             self.latest = (self.step, scores)

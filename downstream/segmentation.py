@@ -30,13 +30,13 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, read_state_dict, save_state_dict
+from derain.checkpoint import WEIGHTS_FILE, read_state_dict, save_state_dict
+from derain.fileio import atomic_write_text
 from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
+from downstream.datasets import IGNORE_INDEX
 
-IGNORE_INDEX = 255
-WEIGHTS_FILE = "model.safetensors"
 META_FILE = "segmenter.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derain.checkpoint import atomic_write_text, folder_lock, load_derainer, read_meta, update_hash
+from derain.checkpoint import folder_lock, load_derainer, read_meta, update_hash
 from derain.config import check_name, save_config
+from derain.fileio import atomic_write_text, to_jsonable
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
 from derain.inference import DEFAULT_STAT_PASSES, derain_tensor
 from derain.metrics import compute_metrics
@@ -661,7 +662,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         metrics = matrix.as_dict(dataset.names)
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
-    result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": _jsonable(metrics),
+    result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": to_jsonable(metrics),
               "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
     if derainer is not None:
         result["derain_cache_hits"] = int(sum(all_hits))
@@ -696,7 +697,7 @@ def _save_sample(out: Path, cell: Cell, name: str, image: torch.Tensor, pred: An
     stem = Path(name).stem
     write_image(folder / f"{stem}.png", image)
     if isinstance(pred, dict):
-        atomic_write_text(folder / f"{stem}.json", json.dumps(_jsonable(pred)))
+        atomic_write_text(folder / f"{stem}.json", json.dumps(to_jsonable(pred)))
     else:
         from PIL import Image
 
@@ -710,28 +711,12 @@ def _save_truth(out: Path, dataset: str, name: str, label: Any) -> None:
     stem = Path(name).stem
     if isinstance(label, dict):
         if not (folder / f"{stem}.json").is_file():
-            atomic_write_text(folder / f"{stem}.json", json.dumps(_jsonable(label)))
+            atomic_write_text(folder / f"{stem}.json", json.dumps(to_jsonable(label)))
     elif not (folder / f"{stem}.mask.png").is_file():
         from PIL import Image
 
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(label).astype(np.uint8)).save(folder / f"{stem}.mask.png")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high", "std", "seeds"]

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from downstream.segmentation import IGNORE_INDEX, confusion_counts, iou_from_confusion
+from downstream.datasets import IGNORE_INDEX
+from downstream.segmentation import confusion_counts, iou_from_confusion
 
 
 class ConfusionMatrix:

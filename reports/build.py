@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from derain.checkpoint import atomic_write_text
+from derain.fileio import atomic_write_text
 from reports import grids, plots
 from reports.document import Block, Bullets, Figure, Heading, Paragraph, TableBlock
 from reports.html import render_html

@@ -6,7 +6,6 @@ Every figure: axis labels with units, the legend outside the axes, one colour pe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from derain.fileio import atomic_path
 from eval.bench import TASK_METRICS
 from reports.runs import Combined, is_finite
 from reports.stats import correlation, primary_metric, psnr_task_points, worst_severity
@@ -73,10 +73,8 @@ def metric_axis_label(metric: str) -> str:
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG atomically (temp file + rename), tight around the outside legends."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.1, facecolor="white")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.1, facecolor="white", format="png")
     return path
 
 

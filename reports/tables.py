@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from derain.checkpoint import atomic_write_text
+from derain.fileio import atomic_write_text
 from derain.synth import PRESETS
 from eval.bench import SUMMARY_SEVERITY, TASK_METRICS
 from eval.bootstrap import excludes_zero

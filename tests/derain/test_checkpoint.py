@@ -170,7 +170,7 @@ def test_a_failed_atomic_write_leaves_no_temporary(tmp_path: Path, monkeypatch: 
     """A full disk (simulated: the write raises ENOSPC) keeps the old file and leaves no stray .tmp."""
     import errno
 
-    from derain.checkpoint import atomic_write_text
+    from derain.fileio import atomic_write_text
 
     target = tmp_path / "log.csv"
     atomic_write_text(target, "old\n")
