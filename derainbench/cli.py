@@ -10,38 +10,45 @@ from collections.abc import Sequence
 
 from derainbench import __version__
 
-# Each module exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func``.
-COMMANDS = ("demo", "synth", "train", "derain", "score", "models", "convert", "scenes", "train-task", "bench", "joint",
-            "report")
-
-DESCRIPTION = """\
-derainbench: does removing rain help detection and segmentation?
-
-Sub-commands (each has its own --help):
-  demo     the main job, offline: scenes, rain, derainers, detector + segmenter, joint tuning, report
-  synth    rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)
-  train    train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides
-  derain   run a derainer (registered name or checkpoint) over an image or folder, optionally tiled
-  score    PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth
-  models   list the registered derainers and their parameter counts
-  convert  the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)
-  scenes   generate labelled scenes (detection: YOLO + COCO JSON; segmentation: masks), seeded
-  train-task  train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset
-  bench    score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)
-  joint    fine-tune a derainer with a detection or segmentation loss (task-driven deraining)
-  report   tables (Markdown, HTML, LaTeX, CSV), plots and image grids from one or several bench runs
-"""
+# Each module in derainbench/commands exposes ``add_parser(subparsers)``, which registers its sub-command and sets
+# ``func``. Only the invoked sub-command's module is imported (the others appear as one-line entries), so
+# `derainbench --help` answers without importing torch.
+COMMANDS: dict[str, str] = {
+    "demo": "the main job, offline: scenes, rain, derainers, detector + segmenter, joint tuning, report",
+    "synth": "rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)",
+    "train": "train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides",
+    "derain": "run a derainer (registered name or checkpoint) over an image or folder, optionally tiled",
+    "score": "PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth",
+    "models": "list the registered derainers and their parameter counts",
+    "convert": "the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)",
+    "scenes": "generate labelled scenes (detection: YOLO + COCO JSON; segmentation: masks), seeded",
+    "train-task": "train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset",
+    "bench": "score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)",
+    "joint": "fine-tune a derainer with a detection or segmentation loss (task-driven deraining)",
+    "report": "tables (Markdown, HTML, LaTeX, CSV), plots and image grids from one or several bench runs",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command registered."""
+def description() -> str:
+    """The top-level help: what the tool answers, then one line per sub-command."""
+    lines = [f"  {name:<10} {summary}" for name, summary in COMMANDS.items()]
+    return ("derainbench: does removing rain help detection and segmentation?\n\n"
+            "Sub-commands (each has its own --help):\n" + "\n".join(lines) + "\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. ``command``: import and register only that sub-command fully (the others get a stub
+    that lists them); None registers every sub-command fully (imports them all)."""
     parser = argparse.ArgumentParser(
-        prog="derainbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="derainbench", description=description(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"derainbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"derainbench.commands.{name.replace('-', '_')}").add_parser(sub)
+    for name, summary in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"derainbench.commands.{name.replace('-', '_')}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -52,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ultralytics unpickles .pt files without restriction unless this is set before it is imported; every YOLO
     # checkpoint is also checked by downstream.detection.require_safe_checkpoint before it is loaded.
     os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -292,10 +292,9 @@ def test_folder_errors(tmp_path: Path, dataset: Path) -> None:
 
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
-    """``derainbench.cli.main`` with only the ``synth`` sub-command registered (others may not exist yet)."""
+    """``derainbench.cli.main`` (with DERAINBENCH_DEBUG unset, so errors become exit codes)."""
     import derainbench.cli as cli
 
-    monkeypatch.setattr(cli, "COMMANDS", ("synth",))
     monkeypatch.delenv("DERAINBENCH_DEBUG", raising=False)
     return cli.main
 

@@ -1,4 +1,4 @@
-"""``derainbench scenes`` through the CLI entry point (registered here; the lead adds it to COMMANDS)."""
+"""``derainbench scenes`` through the CLI entry point."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ from derainbench import cli
 from downstream.datasets import YoloDetectionDataset
 
 
-@pytest.fixture
-def with_scenes(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "scenes" not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + ("scenes",))
-
-
-def test_scenes_cli_writes_loadable_sets(with_scenes: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_scenes_cli_writes_loadable_sets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "scenes"
     assert cli.main(["scenes", "--n", "4", "--size", "48", "--seed", "1", "--no-progress", str(out)]) == 0
     assert "wrote 4 scenes" in capsys.readouterr().out
@@ -27,13 +21,13 @@ def test_scenes_cli_writes_loadable_sets(with_scenes: None, tmp_path: Path, caps
     assert cli.main(["scenes", "--n", "2", "--size", "48", "--no-progress", "--overwrite", str(out)]) == 0
 
 
-def test_scenes_cli_help_explains_layout(with_scenes: None, capsys: pytest.CaptureFixture) -> None:
+def test_scenes_cli_help_explains_layout(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         cli.main(["scenes", "--help"])
     text = capsys.readouterr().out
     assert "det/data.yaml" in text and "instances_{train,val}.json" in text and "seg/classes.txt" in text
 
 
-def test_scenes_cli_bad_arguments(with_scenes: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_scenes_cli_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["scenes", "--n", "1", "--no-progress", str(tmp_path)]) == 1
     assert "at least 2 scenes" in capsys.readouterr().err
