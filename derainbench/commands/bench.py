@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from derainbench.commands.common import add_config_arguments
+
 HELP = """\
 Run the downstream benchmark described by a YAML config (see configs/bench_demo.yaml):
 for each dataset, the clean images (method "clean"), then for each rain severity the rainy images
@@ -50,10 +52,7 @@ Examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark derainers on detection/segmentation", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="benchmark YAML")
-    p.add_argument("--force", action="store_true", help="recompute finished cells")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p, "benchmark YAML (see configs/bench_demo.yaml)", required=True, force=True)
     p.set_defaults(func=run)
 
 

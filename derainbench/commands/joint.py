@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
+
+from derainbench.commands.common import add_config_arguments, interrupted_exit_code
 
 HELP = """\
 Task-driven deraining: loss = λ_restore·MSPFN loss + λ_det·YOLO training loss + λ_seg·cross-entropy of the
@@ -27,12 +28,7 @@ summary.json {task, metric, before, after, psnr_y_before, psnr_y_after}.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("joint", help="fine-tune a derainer with a detection/segmentation loss", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML recipe (see configs/joint_demo.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in a run folder that already holds a run (its checkpoints and log are deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p, "YAML recipe (see configs/joint_demo.yaml)", resumable=True)
     p.set_defaults(func=run)
 
 
@@ -44,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = JointTrainer(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     result = trainer.run()
     if result.interrupted:
-        return 128 + (result.signal or signal.SIGINT)
+        return interrupted_exit_code(result)
     if not trainer.dist.is_main:  # under torchrun only rank 0 writes and reports
         return 0
     summary = (result.run_dir / "summary.json").read_text()

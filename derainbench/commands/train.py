@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
+
+from derainbench.commands.common import add_config_arguments, interrupted_exit_code
 
 HELP = """\
 Train a derainer. Defaults are the MSPFN paper recipe (Charbonnier + 0.05 Laplacian loss, Adam
@@ -24,12 +25,7 @@ Ctrl-C or SIGTERM saves last/ and exits; --resume continues from it.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a derainer", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML recipe (see configs/); omitted = all defaults")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in a run folder that already holds a run (its checkpoints and log are deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p, "YAML recipe (see configs/); omitted = all defaults", resumable=True)
     p.set_defaults(func=run)
 
 
@@ -40,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.interrupted:
-        return 128 + (result.signal or signal.SIGINT)
+        return interrupted_exit_code(result)
     best = f", best val psnr_y {result.best_psnr:.3f} dB" if result.best_psnr is not None else ""
     print(f"done: {result.step} steps{best}; checkpoints in {result.run_dir}")
     return 0

@@ -1,0 +1,29 @@
+"""Arguments and exit codes shared by the config-driven sub-commands (train, joint, bench)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+
+def add_config_arguments(p: argparse.ArgumentParser, config_help: str, *, required: bool = False,
+                         resumable: bool = False, force: bool = False) -> None:
+    """``--config FILE``, ``key=value`` overrides and ``--no-progress``; with ``resumable`` also ``--resume`` and
+    ``--overwrite`` (runs that checkpoint), with ``force`` ``--force`` (runs that skip finished work)."""
+    p.add_argument("--config", required=required, metavar="FILE", help=config_help)
+    if resumable:
+        p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run folder that already holds a run (its checkpoints and log are "
+                            "deleted)")
+    if force:
+        p.add_argument("--force", action="store_true", help="recompute finished cells")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides with dotted keys (e.g. optim.lr=1e-4); unknown keys are errors")
+
+
+def interrupted_exit_code(result: Any) -> int:
+    """The shell's convention for a run stopped by a signal (Ctrl-C: 130, SIGTERM: 143); it saved last/ first."""
+    return 128 + int(result.signal or signal.SIGINT)
