@@ -9,6 +9,8 @@ import pytest
 from derainbench.cli import main
 from downstream.scenes import generate_scenes
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -20,25 +22,31 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_segmenter(scenes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from downstream.segmentation import load_segmenter
 
-    assert main(["train-task", "--task", "segmentation", "--data", str(scenes / "seg"), "--iters", "3",
-                 "--batch", "2", "--crop", "32", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["train-task", "--config", str(CONFIGS / "task_segmentation.yaml"), f"data={scenes / 'seg'}",
+                 "segmentation.iters=3", "batch=2", "segmentation.crop=32", "device=cpu", f"out={tmp_path}",
+                 "--no-progress"]) == 0
     assert "best segmentation model" in capsys.readouterr().out
     seg = load_segmenter(tmp_path / "best")
+    assert "iters: 3" in (tmp_path / "config.yaml").read_text()  # the run records its config
     assert seg.num_classes == len((scenes / "seg/classes.txt").read_text().split())
 
 
 def test_train_detector(scenes: Path, tmp_path: Path) -> None:
     from downstream.detection import load_detector
 
-    assert main(["train-task", "--task", "detection", "--data", str(scenes / "det/data.yaml"), "--epochs", "1",
-                 "--imgsz", "64", "--batch", "4", "--device", "cpu", "--out", str(tmp_path),
-                 "--yolo", "warmup_epochs=0", "--yolo", "mosaic=0"]) == 0
+    assert main(["train-task", "task=detection", f"data={scenes / 'det/data.yaml'}", "detection.epochs=1",
+                 "detection.imgsz=64", "batch=4", "device=cpu", f"out={tmp_path}",
+                 "detection.yolo.warmup_epochs=0", "detection.yolo.mosaic=0"]) == 0
     pts = sorted(tmp_path.rglob("best.pt"))
     assert pts, "no best.pt written"
     assert load_detector(pts[0]).nc == 6
 
 
 def test_missing_data_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train-task", "--task", "detection", "--data", str(tmp_path / "none.yaml"), "--device", "cpu",
-                 "--out", str(tmp_path)]) == 1
+    assert main(["train-task", "task=detection", f"data={tmp_path / 'none.yaml'}", "device=cpu",
+                 f"out={tmp_path}"]) == 1
     assert "none.yaml" in capsys.readouterr().err
+    assert main(["train-task", "data=x"]) == 1
+    assert "task must be detection or segmentation" in capsys.readouterr().err
+    assert main(["train-task", "task=segmentation", "segmentation.iterz=3"]) == 1
+    assert "iterz" in capsys.readouterr().err
