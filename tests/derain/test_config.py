@@ -62,10 +62,22 @@ def test_save_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name: str) -> None:
+    """Every shipped config loads into the class of the command it is for (unknown keys would be errors)."""
+    from downstream.joint import JointConfig
+    from downstream.train_task import TaskTrainConfig, check_task_config
+    from eval.bench import BenchConfig
+
     path = Path(__file__).parents[2] / "configs" / name
-    if name.startswith("mspfn"):
-        cfg = load_config(TrainConfig, path)
-        assert cfg.model.name.startswith("mspfn")
+    kinds = {"mspfn": TrainConfig, "prenet": TrainConfig, "bench": BenchConfig, "joint": JointConfig,
+             "task": TaskTrainConfig}
+    kind = next((cls for prefix, cls in kinds.items() if name.startswith(prefix)), None)
+    assert kind is not None, f"configs/{name}: add its config class to this test"
+    cfg = load_config(kind, path)
+    if kind is TrainConfig:
+        assert cfg.model.name.startswith(name.split("_")[0])
+    if kind is TaskTrainConfig:
+        with pytest.raises(FileNotFoundError, match="data not found"):  # a valid config, up to the data's path
+            check_task_config(cfg)
 
 
 def test_paper_recipe_values() -> None:
