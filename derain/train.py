@@ -41,7 +41,7 @@ from derain.checkpoint import (
 from derain.config import ConfigError, check_name, save_config
 from derain.fileio import atomic_path
 from derain.imageio import to_tensor
-from derain.losses import MSPFNLoss
+from derain.losses import LOSSES, build_loss
 from derain.registry import build_model
 from derain.runtime import (
     DistInfo,
@@ -81,20 +81,26 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam with the official continuous decay: ``lr · decay_rate^(step / decay_steps) + min_lr``."""
+    """Adam and an lr schedule (``SCHEDULES``): ``exponential``, MSPFN's official continuous decay
+    ``lr · decay_rate^(step / decay_steps) + min_lr``; ``multistep``, PReNet's ``lr · gamma^(milestones passed)``."""
 
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    decay_rate: float = 0.8
-    decay_steps: int = 20000
-    min_lr: float = 1e-6
+    schedule: str = "exponential"
+    decay_rate: float = 0.8  # exponential
+    decay_steps: int = 20000  # exponential
+    min_lr: float = 1e-6  # exponential
+    milestones: list[int] = field(default_factory=list)  # multistep: steps after which the lr is multiplied by gamma
+    gamma: float = 0.2  # multistep
     grad_clip: float | None = None  # max gradient norm; None = no clipping (the paper's recipe)
 
 
 @dataclass
 class LossConfig:
-    """MSPFN loss: Charbonnier + edge_weight × Charbonnier of the Laplacian (on [-1, 1])."""
+    """The training loss by name (``derain.losses.LOSSES``): ``mspfn`` (Charbonnier + edge_weight × Charbonnier of
+    the Laplacian, on [-1, 1]; uses edge_weight and eps), ``charbonnier`` (eps) or ``ssim`` (1 − SSIM, PReNet's)."""
 
+    name: str = "mspfn"
     edge_weight: float = 0.05
     eps: float = 1e-3
 
@@ -140,9 +146,20 @@ class TrainResult:
     signal: int | None = None
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """The learning rate at ``step`` (continuous exponential decay plus a floor)."""
+def _exponential(step: int, cfg: OptimConfig) -> float:
     return cfg.lr * cfg.decay_rate ** (step / cfg.decay_steps) + cfg.min_lr
+
+
+def _multistep(step: int, cfg: OptimConfig) -> float:
+    return cfg.lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
+
+
+SCHEDULES = {"exponential": _exponential, "multistep": _multistep}  # OptimConfig.schedule
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """The learning rate at ``step`` under ``cfg.schedule``."""
+    return SCHEDULES[cfg.schedule](step, cfg)
 
 
 def build_source(cfg: SourceConfig) -> Any:
@@ -204,6 +221,10 @@ class Trainer:
             value = getattr(cfg, key, None)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be a positive number, got {value}")
+        if cfg.optim.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.optim.schedule!r}")
+        if getattr(cfg, "loss", None) is not None and cfg.loss.name not in LOSSES:
+            raise ConfigError(f"loss.name must be one of {', '.join(LOSSES)}, got {cfg.loss.name!r}")
         kept = [d.name for d in (self.run_dir / "last", self.run_dir / "best") if d.exists()]
         if not self.resume and kept and not self.overwrite:
             raise FileExistsError(
@@ -261,7 +282,8 @@ class Trainer:
 
     def _build_loss(self) -> nn.Module:
         """Hook: the restoration loss."""
-        return MSPFNLoss(edge_weight=self.cfg.loss.edge_weight, eps=self.cfg.loss.eps)
+        loss = self.cfg.loss
+        return build_loss(loss.name, edge_weight=loss.edge_weight, eps=loss.eps)
 
     def _log_start(self, logger: RunLogger) -> None:
         """Hook: rows for step 0 of a fresh run's ``log.csv`` (e.g. the validation of the starting weights)."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from derain.checkpoint import read_state_dict
-from derain.config import load_config
+from derain.config import ConfigError, load_config
 from derain.imageio import write_image
 from derain.registry import add_model
 from derain.train import NonFiniteLossError, TrainConfig, lr_at, train
@@ -271,3 +271,29 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path, clean_dir: Path) -> 
     with pytest.raises(NonFiniteLossError, match="is not finite at step 2: last/ was not written.*last good save"):
         trainer._save("last")
     assert (tmp_path / "run/last/model.safetensors").read_bytes() == before
+
+
+def test_multistep_schedule_and_the_prenet_recipe(tmp_path: Path, clean_dir: Path) -> None:
+    """configs/prenet_rain100h.yaml: 1 - SSIM, Adam 1e-3, x0.2 after 30, 50 and 80 of its 100 epochs; it trains."""
+    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "prenet_rain100h.yaml")
+    epoch = 18810 // cfg.batch_size  # 1,254 RainTrainH pairs x 15 patches of the authors' grid
+    assert (cfg.loss.name, cfg.optim.schedule, cfg.iters) == ("ssim", "multistep", 100 * epoch)
+    assert cfg.optim.milestones == [30 * epoch, 50 * epoch, 80 * epoch]
+    steps = [0, 30 * epoch - 1, 30 * epoch, 50 * epoch, 80 * epoch, 100 * epoch - 1]
+    assert [lr_at(s, cfg.optim) for s in steps] == pytest.approx([1e-3, 1e-3, 2e-4, 4e-5, 8e-6, 8e-6])
+    run = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "prenet_rain100h.yaml", [
+        f"out={tmp_path}", "name=prenet", "iters=2", "batch_size=2", "patch_size=24", "device=cpu", "log_every=1",
+        "save_every=1", "train.pairs=null", f"train.clean={clean_dir}", "test={}", "model.options.stages=2",
+        "optim.milestones=[1]"])
+    result = train(run, progress=False)
+    log = (result.run_dir / "log.csv").read_text().splitlines()
+    rows = [dict(zip(log[0].split(","), line.split(","), strict=True)) for line in log[1:]]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 2e-4])  # the milestone after step 1
+    assert all(0 <= float(r["loss"]) <= 2 for r in rows)  # 1 - SSIM
+
+
+def test_unknown_schedule_or_loss_is_named(tmp_path: Path, clean_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="optim.schedule must be one of exponential, multistep"):
+        train(config(tmp_path, clean_dir, "optim.schedule=cosine"), progress=False)
+    with pytest.raises(ConfigError, match="loss.name must be one of mspfn, charbonnier, ssim"):
+        train(config(tmp_path, clean_dir, "loss.name=l3"), progress=False)
