@@ -142,8 +142,9 @@ class TrainResult:
     run_dir: Path
     step: int
     interrupted: bool
-    best_psnr: float | None
+    best_value: float | None  # the best validation value of ``metric`` (None without validation)
     signal: int | None = None
+    metric: str = "psnr_y"
 
 
 def _exponential(step: int, cfg: OptimConfig) -> float:
@@ -198,7 +199,18 @@ def _select(items: list, cfg: SourceConfig) -> list:
 
 
 class Trainer:
-    """Runs one training job described by a :class:`TrainConfig`."""
+    """Runs one training job described by a :class:`TrainConfig`.
+
+    Extension points (public; :class:`downstream.joint.JointTrainer` uses only these): :meth:`build` (model, data,
+    optimizer, loss), :meth:`build_data`, :meth:`param_groups`, :meth:`make_loss`, :meth:`sample` and
+    :meth:`train_step` (one batch; call :meth:`optimize` with the loss), :meth:`after_backward`, :meth:`validate`
+    (keep the best with :meth:`is_better` and :meth:`save`), :meth:`log_start`, :meth:`extra_state` /
+    :meth:`load_extra_state` (more state in checkpoints) and :meth:`after_training`. :attr:`metric` names the
+    validation value "best" is chosen on and :attr:`metric_mode` its direction.
+    """
+
+    metric: str = "psnr_y"
+    metric_mode: str = "max"  # "max": higher is better; "min": lower is better
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
         if resume and overwrite:
@@ -208,7 +220,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.run_dir = Path(cfg.out) / check_name(cfg.name, "run name")
         self.step = 0
-        self.best_psnr: float | None = None
+        self.best_value: float | None = None  # best validation value of self.metric so far
         self._stop_signal: int | None = None
         self.extra_log_fields: tuple[str, ...] = ()  # more log.csv columns (subclasses)
         self.log_extra: dict[str, float] = {}  # their values at the latest step
@@ -238,7 +250,7 @@ class Trainer:
             if old:
                 print(f"train: --overwrite: deleted {', '.join(old)} from {self.run_dir}")
 
-    def _build(self) -> None:
+    def build(self) -> None:
         cfg = self.cfg
         self._check()
         if cfg.batch_size % self.dist.world_size:
@@ -248,9 +260,9 @@ class Trainer:
         if cfg.model.init:
             load_weights(self.model, cfg.model.init)
         self.model.to(self.device).train()
-        self._build_data()
-        self.optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
-        self.loss_fn = self._build_loss()
+        self.build_data()
+        self.optimizer = torch.optim.Adam(self.param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.loss_fn = self.make_loss()
         amp_dtype = autocast_dtype(self.device) if cfg.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         if self.resume:
@@ -262,7 +274,7 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=True
             )
 
-    def _build_data(self) -> None:
+    def build_data(self) -> None:
         """Hook: set ``self.train_src`` and ``self.val_src`` (None = no validation); subclasses add task models."""
         cfg = self.cfg
         self.train_src = build_source(cfg.train)
@@ -276,26 +288,26 @@ class Trainer:
         # Test sets are opened now, so a wrong path fails before training rather than after it.
         self.test_srcs = {name: build_source(src) for name, src in getattr(cfg, "test", {}).items() if src is not None}
 
-    def _param_groups(self) -> list[dict[str, Any]]:
+    def param_groups(self) -> list[dict[str, Any]]:
         """Hook: optimizer parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
         return [{"params": list(self.model.parameters())}]
 
-    def _build_loss(self) -> nn.Module:
+    def make_loss(self) -> nn.Module:
         """Hook: the restoration loss."""
         loss = self.cfg.loss
         return build_loss(loss.name, edge_weight=loss.edge_weight, eps=loss.eps)
 
-    def _log_start(self, logger: RunLogger) -> None:
+    def log_start(self, logger: RunLogger) -> None:
         """Hook: rows for step 0 of a fresh run's ``log.csv`` (e.g. the validation of the starting weights)."""
 
-    def _after_backward(self) -> None:
+    def after_backward(self) -> None:
         """Hook: runs between ``backward`` and the optimizer step (e.g. to all-reduce gradients DDP does not own)."""
 
-    def _extra_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         """Hook: more entries for ``last/state.pt`` (tensors, numbers, strings, dicts of them)."""
         return {}
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         """Hook: restore what :meth:`_extra_state` saved."""
 
     def _load_state(self) -> None:
@@ -319,14 +331,14 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self.best_psnr = state.get("best_psnr")
+        self.best_value = state.get("best_value", state.get("best_psnr"))  # "best_psnr": before 0.3
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        self._load_extra_state(state)
+        self.load_extra_state(state)
 
     # -- checkpoints --------------------------------------------------------------------------------
-    def _save(self, which: str) -> Path:
+    def save(self, which: str) -> Path:
         """Write ``last/`` (weights + training state) or ``best/`` as one unit: a kill or a full disk leaves the
         previous complete folder, never weights and state of different steps. Weights that are no longer finite
         are never saved: the previous checkpoint stays the last good one."""
@@ -336,7 +348,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"parameter {bad!r} is not finite at step {self.step}: {which}/ was not written, so {folder} keeps "
                 "the last good save. Lower optim.lr or set optim.grad_clip, then --resume or start again.")
-        extra = {"best_psnr_y": self.best_psnr, "train_config": self.cfg.name}
+        extra = {f"best_{self.metric}": self.best_value, "train_config": self.cfg.name}
         with replace_dir(folder) as tmp:
             save_checkpoint(tmp, self.model, name=self.cfg.model.name, config=self.cfg.model.options,
                             step=self.step, extra=extra)
@@ -345,10 +357,10 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                     "step": self.step,
-                    "best_psnr": self.best_psnr,
+                    "best_value": self.best_value,
                     "rng_cpu": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                    **self._extra_state(),
+                    **self.extra_state(),
                 }
                 torch.save(state, tmp / "state.pt")
         return folder
@@ -362,14 +374,14 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         cfg = self.cfg
-        self._build()
+        self.build()
         main = self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         logger = RunLogger(self.run_dir, self.step, self.extra_log_fields) if main else None
         if logger and self.step == 0:
-            self._log_start(logger)
+            self.log_start(logger)
         bar = tqdm(total=cfg.iters, initial=self.step, disable=not (self.progress and main),
                    desc=f"train {cfg.name}", dynamic_ncols=True)
         t0, last_log_step = time.perf_counter(), self.step
@@ -379,7 +391,7 @@ class Trainer:
                     lr = lr_at(self.step, cfg.optim)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr * group.get("lr_scale", 1.0)
-                    loss = self._train_step(self._sample(self.step))
+                    loss = self.train_step(self.sample(self.step))
                     self.step += 1
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == cfg.iters:
@@ -390,14 +402,14 @@ class Trainer:
                         if logger:
                             logger.log(self.step, loss=loss, lr=lr, it_per_s=rate, **self.log_extra)
                     if self.val_src is not None and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
-                        self._validate(logger, bar)
+                        self.validate(logger, bar)
                     if main and (self.step % cfg.save_every == 0 or self.step == cfg.iters):
-                        self._save("last")
+                        self.save("last")
                     if any_rank(self._stop_signal is not None, self.dist, self.device):
                         break
             interrupted = self._stop_signal is not None or self.step < cfg.iters
             if main and interrupted:
-                self._save("last")
+                self.save("last")
                 bar.write(f"stopped at step {self.step}; saved {self.run_dir / 'last'} (continue with --resume)")
             barrier(self.dist)
         finally:
@@ -407,7 +419,18 @@ class Trainer:
             cleanup_distributed(self.dist)
         if not interrupted and main and getattr(self, "test_srcs", None):
             self._score_tests()
-        return TrainResult(self.run_dir, self.step, interrupted, self.best_psnr, self._stop_signal)
+        result = TrainResult(self.run_dir, self.step, interrupted, self.best_value, self._stop_signal, self.metric)
+        self.after_training(result)
+        return result
+
+    def after_training(self, result: TrainResult) -> None:
+        """Hook: runs at the end of :meth:`run`, still holding the run folder's lock (e.g. a summary file)."""
+
+    def is_better(self, value: float) -> bool:
+        """Whether a validation ``value`` of :attr:`metric` beats the best so far (:attr:`metric_mode`)."""
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.metric_mode == "max" else value < self.best_value
 
     def _score_tests(self) -> dict[str, dict[str, Any]]:
         """Score every test set once with best/ (or the final weights when there was no validation);
@@ -425,7 +448,7 @@ class Trainer:
         atomic_write_text(self.run_dir / "test.json", json.dumps(results, indent=2) + "\n")
         return results
 
-    def _sample(self, step: int) -> Any:
+    def sample(self, step: int) -> Any:
         """This rank's batch for ``step`` (a pure function of (seed, step)): ``(rainy, clean)`` on the device."""
         from derain.data import sample_batch
 
@@ -436,15 +459,15 @@ class Trainer:
         )
         return rainy.to(self.device), clean.to(self.device)
 
-    def _train_step(self, batch: Any) -> float:
+    def train_step(self, batch: Any) -> float:
         """One optimizer step on ``batch`` (from :meth:`_sample`); returns the rank-mean loss."""
         rainy, clean = batch
         with autocast(self.device, self.cfg.amp):
             pred = self.net(rainy)
         loss = self.loss_fn(pred.float(), clean)
-        return self._optimize(loss)
+        return self.optimize(loss)
 
-    def _optimize(self, loss: torch.Tensor) -> float:
+    def optimize(self, loss: torch.Tensor) -> float:
         """Check ``loss`` is finite on every rank, back-propagate it and step (AMP scaler, optional clipping)."""
         mean_loss = all_reduce_mean(loss.detach(), self.dist)
         if not torch.isfinite(mean_loss):
@@ -462,7 +485,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self._after_backward()
+        self.after_backward()
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -471,16 +494,16 @@ class Trainer:
         self.scaler.update()
         return float(mean_loss)
 
-    def _validate(self, logger: RunLogger | None, bar: tqdm) -> None:
+    def validate(self, logger: RunLogger | None, bar: tqdm) -> None:
         if self.dist.is_main:
             scores = evaluate(self.model, self.val_src, self.device, limit=self.cfg.val_limit, amp=self.cfg.amp)
             psnr_y = scores["psnr_y"]
             bar.write(f"step {self.step}: val psnr_y {psnr_y:.3f} dB, ssim_y {scores['ssim_y']:.4f}")
             if logger:
                 logger.log(self.step, val_psnr_y=psnr_y, val_ssim_y=scores["ssim_y"])
-            if self.best_psnr is None or psnr_y > self.best_psnr:
-                self.best_psnr = psnr_y
-                self._save("best")
+            if self.is_better(psnr_y):
+                self.best_value = psnr_y
+                self.save("best")
         barrier(self.dist)
 
 

@@ -163,8 +163,8 @@ class JointTrainer(Trainer):
         self.latest: tuple[int, dict[str, float]] | None = None
 
     # -- hooks of Trainer ---------------------------------------------------------------------------
-    def _build(self) -> None:
-        super()._build()
+    def build(self) -> None:
+        super().build()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         before = self.run_dir / "before.json"
@@ -177,12 +177,12 @@ class JointTrainer(Trainer):
                        f"psnr_y {self.before['psnr_y']:.3f} dB")
         barrier(self.dist)
 
-    def _build_loss(self) -> nn.Module:
+    def make_loss(self) -> nn.Module:
         from derain.losses import MSPFNLoss
 
         return MSPFNLoss(edge_weight=self.cfg.edge_weight, eps=self.cfg.eps)
 
-    def _build_data(self) -> None:
+    def build_data(self) -> None:
         cfg = self.cfg
         self.train_src = load_task_dataset(cfg.task, cfg.data.format, cfg.data.path, cfg.data.train_split)
         self.val_src = load_task_dataset(cfg.task, cfg.data.format, cfg.data.path, cfg.data.val_split)
@@ -212,32 +212,32 @@ class JointTrainer(Trainer):
             self.task_net = self.segmenter
             self.task_net.train(cfg.unfreeze_task).requires_grad_(cfg.unfreeze_task)
 
-    def _param_groups(self) -> list[dict[str, Any]]:
+    def param_groups(self) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
         if self.cfg.unfreeze_task:
             scale = (self.cfg.task_lr / self.cfg.optim.lr) if self.cfg.task_lr is not None else 1.0
             groups.append({"params": list(self.task_net.parameters()), "lr_scale": scale})
         return groups
 
-    def _log_start(self, logger: RunLogger) -> None:
+    def log_start(self, logger: RunLogger) -> None:
         if self.before is not None:  # the starting derainer's validation, so curves begin at step 0
             logger.log(0, val_psnr_y=self.before["psnr_y"], **{f"val_{self.metric}": self.before[self.metric]})
 
-    def _after_backward(self) -> None:
+    def after_backward(self) -> None:
         if self.cfg.unfreeze_task:  # DDP wraps only the derainer; keep the task model identical on every rank
             all_reduce_grads(self.task_net.parameters(), self.dist)
 
-    def _extra_state(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"best_metric": self.best_psnr}
+    def extra_state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"best_metric": self.best_value}
         if self.cfg.unfreeze_task:
             extra["task_model"] = {k: v.detach().cpu() for k, v in self.task_net.state_dict().items()}
         return extra
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.cfg.unfreeze_task and state.get("task_model") is not None:
             self.task_net.load_state_dict(state["task_model"])
 
-    def _sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """``(rainy, clean, targets)``: B×3×H×W [0, 1] on the device; targets = box dicts or B×H×W int64 masks."""
         cfg = self.cfg
         n, b = len(self.train_src), cfg.batch_size // self.dist.world_size
@@ -271,7 +271,7 @@ class JointTrainer(Trainer):
 
         return segmentation_ce(self.segmenter.logits(images), targets.to(images.device))
 
-    def _train_step(self, batch: Any) -> float:
+    def train_step(self, batch: Any) -> float:
         rainy, clean, targets = batch
         w = self.cfg.weights
         with autocast(self.device, self.cfg.amp):
@@ -296,9 +296,9 @@ class JointTrainer(Trainer):
             feat = feature_consistency(model, shown, clean)
             total = total + w.feat * feat
             self.log_extra["loss_feat"] = float(feat.detach())
-        return self._optimize(total)
+        return self.optimize(total)
 
-    def _validate(self, logger: RunLogger | None, bar: tqdm) -> None:
+    def validate(self, logger: RunLogger | None, bar: tqdm) -> None:
         if self.dist.is_main:
             scores = self.evaluate()
             self.latest = (self.step, scores)
@@ -306,9 +306,9 @@ class JointTrainer(Trainer):
             bar.write(f"step {self.step}: val {self.metric} {value:.4f}, psnr_y {scores['psnr_y']:.3f} dB")
             if logger:
                 logger.log(self.step, val_psnr_y=scores["psnr_y"], **{f"val_{self.metric}": value})
-            if self.best_psnr is None or value > self.best_psnr:  # best_psnr holds the best task metric here
-                self.best_psnr = value
-                self._save("best")
+            if self.is_better(value):
+                self.best_value = value
+                self.save("best")
         barrier(self.dist)
 
     # -- evaluation ---------------------------------------------------------------------------------
@@ -356,9 +356,8 @@ class JointTrainer(Trainer):
         value = float(scorer.compute()["map50"]) if cfg.task == "detection" else float(scorer.miou())
         return {self.metric: value, "psnr_y": psnr / max(count, 1)}
 
-    def _run(self) -> TrainResult:
-        """Train, then write ``summary.json`` (when the run reached ``iters``), all under the run folder's lock."""
-        result = super()._run()
+    def after_training(self, result: TrainResult) -> None:
+        """Write ``summary.json`` when the run reached ``iters`` (under the run folder's lock)."""
         if not result.interrupted and self.dist.is_main:
             after = self.latest[1] if self.latest and self.latest[0] == self.step else self.evaluate()
             assert self.before is not None
@@ -366,7 +365,6 @@ class JointTrainer(Trainer):
                        "after": after[self.metric], "psnr_y_before": self.before["psnr_y"],
                        "psnr_y_after": after["psnr_y"], "steps": self.step}
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return result
 
 
 def joint_train(cfg: JointConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:

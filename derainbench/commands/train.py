@@ -37,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.interrupted:
         return interrupted_exit_code(result)
-    best = f", best val psnr_y {result.best_psnr:.3f} dB" if result.best_psnr is not None else ""
+    best = f", best val {result.metric} {result.best_value:.3f}" if result.best_value is not None else ""
     print(f"done: {result.step} steps{best}; checkpoints in {result.run_dir}")
     return 0

@@ -66,7 +66,7 @@ def test_resume_n_plus_n_equals_2n(tmp_path: Path, clean_dir: Path) -> None:
 
 def test_validation_writes_best_and_log(tmp_path: Path, clean_dir: Path) -> None:
     res = train(config(tmp_path, clean_dir), progress=False)
-    assert res.best_psnr is not None and np.isfinite(res.best_psnr)
+    assert res.best_value is not None and np.isfinite(res.best_value)
     assert (tmp_path / "run/best/model.safetensors").is_file()
     assert (tmp_path / "run/config.yaml").is_file()
     log = (tmp_path / "run/log.csv").read_text()
@@ -223,7 +223,7 @@ def test_val_holdout_and_test_sets_scored_once_at_the_end(tmp_path: Path, clean_
                  f"test={{a: {{clean: {clean_dir}, limit: 2, seed: 5}}, b: {{clean: {clean_dir}, skip: 3}}, c: null}}")
     assert set(cfg.test) == {"a", "b", "c"} and cfg.test["b"].skip == 3  # dict[str, SourceConfig] from YAML
     result = train(cfg, progress=False)
-    assert result.best_psnr is not None
+    assert result.best_value is not None
     report = json.loads((tmp_path / "run" / "test.json").read_text())
     assert set(report) == {"a", "b"} and report["a"]["images"] == 2 and report["b"]["images"] == 1
     assert report["a"]["checkpoint"] == "best"
@@ -265,11 +265,11 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path, clean_dir: Path) -> 
     train(config(tmp_path, clean_dir, "iters=2"), progress=False)
     before = (tmp_path / "run/last/model.safetensors").read_bytes()
     trainer = Trainer(config(tmp_path, clean_dir, "iters=4"), resume=True, progress=False)
-    trainer._build()
+    trainer.build()
     with torch.no_grad():
         next(trainer.model.parameters()).fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match="is not finite at step 2: last/ was not written.*last good save"):
-        trainer._save("last")
+        trainer.save("last")
     assert (tmp_path / "run/last/model.safetensors").read_bytes() == before
 
 
@@ -297,3 +297,15 @@ def test_unknown_schedule_or_loss_is_named(tmp_path: Path, clean_dir: Path) -> N
         train(config(tmp_path, clean_dir, "optim.schedule=cosine"), progress=False)
     with pytest.raises(ConfigError, match="loss.name must be one of mspfn, charbonnier, ssim"):
         train(config(tmp_path, clean_dir, "loss.name=l3"), progress=False)
+
+
+def test_best_follows_the_metric_direction(tmp_path: Path, clean_dir: Path) -> None:
+    from derain.train import Trainer
+
+    trainer = Trainer(config(tmp_path, clean_dir))
+    assert (trainer.metric, trainer.metric_mode) == ("psnr_y", "max")
+    assert trainer.is_better(-1e9)  # nothing validated yet
+    trainer.best_value = 30.0
+    assert trainer.is_better(30.5) and not trainer.is_better(29.0)
+    trainer.metric_mode = "min"  # e.g. a subclass selecting on a loss
+    assert trainer.is_better(29.0) and not trainer.is_better(30.5)

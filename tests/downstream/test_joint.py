@@ -70,7 +70,7 @@ def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> No
     cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.seg=1", "iters=30", "val_every=1000",
                   "save_every=1000", "optim.lr=1e-2", "name=seg")
     probe = JointTrainer(cfg, progress=False)
-    probe._build()  # same seed -> the same initial derainer the run starts from
+    probe.build()  # same seed -> the same initial derainer the run starts from
     before_params = {k: v.clone() for k, v in probe.model.state_dict().items()}
     loss_before = held_out_loss(probe, probe.model)
 
@@ -103,7 +103,7 @@ def test_detection_loss_alone_changes_the_derainer(scenes: Path, tmp_path: Path)
     cfg = det_cfg(scenes, tmp_path, "weights.restore=0", "weights.det=1", "iters=2", "val_limit=1",
                   "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=det")
     probe = JointTrainer(cfg, progress=False)
-    probe._build()
+    probe.build()
     init = {k: v.clone() for k, v in probe.model.state_dict().items()}
     det_init = {k: v.clone() for k, v in probe.detector.model.state_dict().items()}
     trainer = JointTrainer(cfg, progress=False)
@@ -221,7 +221,7 @@ def test_feature_consistency_alone_trains_the_derainer(scenes: Path, tmp_path: P
     cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.seg=0", "weights.feat=1", "iters=20",
                   "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=feat")
     probe = JointTrainer(cfg, progress=False)
-    probe._build()
+    probe.build()
     pairs = [probe.val_pair(i, 0) for i in range(len(probe.val_src))]
     rainy = torch.stack([to_tensor(r) for r, _, _ in pairs])
     clean = torch.stack([to_tensor(c) for _, c, _ in pairs])
