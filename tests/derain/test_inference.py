@@ -179,16 +179,20 @@ def test_derain_paths_refuses_input_folder_and_names_bad_file(tmp_path: Path) ->
         derain_paths(identity, tmp_path / "missing", tmp_path / "out", progress=False)
 
 
-def _mspfn_tiled_errors(overlap: int) -> tuple[float, float]:
-    """Max |tiled − untiled| for a small random MSPFN with shared global pooling and with per-tile pooling."""
-    from derain import build_model
-
+def _random_mspfn_lite() -> nn.Module:
+    """A seeded 2-unit mspfn-lite whose PReLU slopes are non-trivial (they start at 0, a plain ReLU)."""
     torch.manual_seed(0)
     model = build_model("mspfn-lite", units=2).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "weight" in name and p.ndim == 1:  # PReLU slopes start at 0; make them non-trivial
+            if "weight" in name and p.ndim == 1:
                 p.uniform_(0.0, 0.3)
+    return model
+
+
+def _mspfn_tiled_errors(overlap: int) -> tuple[float, float]:
+    """Max |tiled − untiled| for a small random MSPFN with shared global pooling and with per-tile pooling."""
+    model = _random_mspfn_lite()
     x = torch.rand(1, 3, 150, 200) * 0.2
     x[..., :, 100:] += 0.7  # tiles on the right see very different statistics than the whole image
     whole = derain_tensor(model, x)
@@ -229,12 +233,7 @@ def _coarse_first_pass(model: nn.Module, max_side: int) -> None:
 def test_mspfn_statistics_pass_gathers_whole_image_statistics() -> None:
     """Tiled MSPFN whose first-pass statistics are poor (a 24 px copy of the image) comes back, after one tiled
     statistics pass, to where exact whole-image statistics put it; without the pass it stays further off."""
-    torch.manual_seed(0)
-    model = build_model("mspfn-lite", units=2).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "weight" in name and p.ndim == 1:  # PReLU slopes start at 0; make them non-trivial
-                p.uniform_(0.0, 0.3)
+    model = _random_mspfn_lite()
     x = torch.rand(1, 3, 120, 232, generator=torch.Generator().manual_seed(2)) * 0.2
     x[..., :, 100:] += 0.7
     whole = derain_tensor(model, x)

@@ -284,15 +284,20 @@ def test_a_second_bench_on_the_same_folder_is_refused(setup: dict, tmp_path: Pat
     assert not (out / "cells").exists()
 
 
+def _heavy_segmentation_run(setup: dict, out: Path) -> BenchConfig:
+    """A small config: the segmentation scenes under heavy rain only, no samples, no intervals."""
+    root = setup["root"]
+    return bench_config(setup, out, "severities=[heavy]", "samples=0", "bootstrap=0",
+                        f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                        f"model: {root}/seg-model}}]")
+
+
 def test_cells_scored_by_other_scoring_code_are_recomputed(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A new version of the metric code (mAP, mIoU, PSNR, inference) never leaves numbers of the old one."""
     import eval.bench as bench
 
-    root = setup["root"]
-    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
-                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
-                       f"model: {root}/seg-model}}]")
+    cfg = _heavy_segmentation_run(setup, tmp_path / "run")
     run_bench(cfg, progress=False)
     assert "recomputing" not in capsys.readouterr().out
     monkeypatch.setattr(bench, "scoring_code_digest", lambda: "another-version")
@@ -306,10 +311,7 @@ def test_cells_with_rain_of_another_synthesizer_are_recomputed(setup: dict, tmp_
     """An edited rain synthesizer makes other rain: its cells (rainy and derained, not clean) are recomputed."""
     import eval.image_cache as image_cache
 
-    root = setup["root"]
-    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
-                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
-                       f"model: {root}/seg-model}}]")
+    cfg = _heavy_segmentation_run(setup, tmp_path / "run")
     run_bench(cfg, progress=False)
     capsys.readouterr()
     monkeypatch.setattr(image_cache, "synthesizer_digest", lambda: "another-synthesizer")
