@@ -84,7 +84,7 @@ def _has_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
+_COMPILED_ATTR = "_derainbench_compiled"  # the compiled module, kept on the model (see model_forward)
 _NOT_COMPILABLE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
@@ -99,12 +99,14 @@ def model_forward(model: torch.nn.Module, compile: bool, backend: str | Callable
     if not compile or model in _NOT_COMPILABLE:
         return model
     _quiet_cuda_home_notice()
-    if model not in _COMPILED:
+    compiled = model.__dict__.get(_COMPILED_ATTR)
+    if compiled is None:
         try:
-            _COMPILED[model] = torch.compile(model, backend=backend)
+            compiled = torch.compile(model, backend=backend)
         except Exception as exc:  # e.g. "Dynamo is not supported on this Python"
             return _compile_failed(model, exc)
-    compiled = _COMPILED[model]
+        # A plain attribute, not a submodule (so not in state_dict or modules()), freed together with the model.
+        object.__setattr__(model, _COMPILED_ATTR, compiled)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         from torch._dynamo.exc import TorchDynamoException
@@ -135,7 +137,7 @@ def _quiet_cuda_home_notice() -> None:
 
 def _compile_failed(model: torch.nn.Module, exc: BaseException) -> torch.nn.Module:
     _NOT_COMPILABLE.add(model)
-    _COMPILED.pop(model, None)
+    model.__dict__.pop(_COMPILED_ATTR, None)
     root = exc
     while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
         root = inner  # dynamo wraps the backend's error (BackendCompilerFailed.inner_exception): report that

@@ -88,3 +88,17 @@ def test_compiling_silences_only_torchs_cuda_home_notice() -> None:
     make = lambda msg: log.makeRecord(log.name, logging.WARNING, __file__, 0, msg, (), None)  # noqa: E731
     assert not log.filter(make("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
     assert log.filter(make("some other warning"))
+
+
+def test_compiled_model_keeps_its_state_dict_and_is_freed_with_it() -> None:
+    import gc
+    import weakref
+
+    model = tiny_mspfn()
+    keys = set(model.state_dict())
+    model_forward(model, True)
+    assert set(model.state_dict()) == keys  # the compiled module is no submodule
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # nothing else holds a compiled model alive
