@@ -204,19 +204,23 @@ def _derain_tiled(
         with context:
             for _ in range(stat_passes if collect is not None else 0):  # plain (uncompiled): module state changes
                 with collect(height, width) as stats:
-                    for same_shape in by_shape.values():
-                        for group in _chunks(same_shape, batch_size):
-                            stats.cores = [(*owned["y", ys], *owned["x", xs]) for _, ys, xs in group]
-                            crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
-                            _run(model, crops, device, amp, channels_last)
-            for same_shape in by_shape.values():
-                for group in _chunks(same_shape, batch_size):
-                    crops = torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
-                    pred = _run(model, crops, device, amp, channels_last, compile).to(x.device)
-                    for k, (i, ys, xs) in enumerate(group):
-                        w = _window(windows, ys, xs, overlap, height, width, x.device)
-                        out[i, :, ys[0] : ys[1], xs[0] : xs[1]] += pred[k] * w
+                    for group, crops in _tile_batches(x, by_shape, batch_size):
+                        stats.cores = [(*owned["y", ys], *owned["x", xs]) for _, ys, xs in group]
+                        _run(model, crops, device, amp, channels_last)
+            for group, crops in _tile_batches(x, by_shape, batch_size):
+                pred = _run(model, crops, device, amp, channels_last, compile).to(x.device)
+                for k, (i, ys, xs) in enumerate(group):
+                    w = _window(windows, ys, xs, overlap, height, width, x.device)
+                    out[i, :, ys[0] : ys[1], xs[0] : xs[1]] += pred[k] * w
     return out.div_(weight_sum)
+
+
+def _tile_batches(x: torch.Tensor, by_shape: dict[tuple[int, int], list], batch_size: int) -> Iterator[tuple]:
+    """``(group, crops)``: jobs ``(image, rows, cols)`` of one tile shape, ``batch_size`` at a time, with their
+    crops of ``x`` stacked (``B×3×h×w``); made as consumed, so only one batch of crops exists at a time."""
+    for same_shape in by_shape.values():
+        for group in _chunks(same_shape, batch_size):
+            yield group, torch.stack([x[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in group])
 
 
 def _window(
