@@ -37,8 +37,9 @@ from derain.checkpoint import load_derainer
 from derain.config import load_config
 from derain.imageio import write_image
 from derain.inference import derain_paths
-from downstream.datasets import load_task_dataset, yolo_label_path
+from downstream.datasets import yolo_label_path
 from downstream.detection import offline_ultralytics
+from downstream.tasks import load_task_dataset
 from eval.bench import BenchConfig, DatasetSpec, rainy_image, run_bench
 
 

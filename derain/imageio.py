@@ -169,6 +169,16 @@ def write_image(path: str | Path, image: np.ndarray | torch.Tensor, bit_depth: i
             raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
 
 
+def write_mask(path: str | Path, mask: np.ndarray | torch.Tensor) -> None:
+    """Write an ``H×W`` map of integer ids in 0..255 (class ids, 255 = ignore) as a single-channel PNG, atomically."""
+    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if arr.ndim != 2 or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+        raise ValueError(f"a mask is H×W of ids in 0..255, got shape {arr.shape}, range "
+                         f"{(arr.min(), arr.max()) if arr.size else ()}")
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(arr.astype(np.uint8)).save(tmp, format="PNG")
+
+
 def quantize_uint8(arr: np.ndarray) -> np.ndarray:
     """Float in [0, 1] -> uint8 with rounding (the quantization every saved PNG goes through)."""
     return np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)

@@ -21,10 +21,10 @@ COMMANDS: dict[str, str] = {
     "score": "PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth",
     "models": "list the registered derainers and their parameter counts",
     "convert": "the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)",
-    "scenes": "generate labelled scenes (detection: YOLO + COCO JSON; segmentation: masks), seeded",
-    "train-task": "train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset",
-    "bench": "score clean / rainy / derained images with a detector or segmenter (mAP, mIoU, PSNR/SSIM)",
-    "joint": "fine-tune a derainer with a detection or segmentation loss (task-driven deraining)",
+    "scenes": "generate labelled scenes (boxes and instance polygons: YOLO + COCO JSON; masks), seeded",
+    "train-task": "train a task model offline: YOLO detector or instance segmenter, smp segmenter",
+    "bench": "score clean / rainy / derained images with a task model (mAP, mask mAP, mIoU, PSNR/SSIM)",
+    "joint": "fine-tune a derainer with a task loss (task-driven deraining)",
     "report": "tables (Markdown, HTML, LaTeX, CSV), plots and image grids from one or several bench runs",
 }
 

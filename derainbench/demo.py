@@ -253,8 +253,8 @@ def _train_detector(cfg: DemoConfig, scenes: dict[str, str], root: Path) -> str:
 
 
 def _train_segmenter(cfg: DemoConfig, scenes: dict[str, str], root: Path, progress: bool) -> str:
-    from downstream.datasets import load_task_dataset
     from downstream.segmentation import SegmenterConfig, train_segmenter
+    from downstream.tasks import load_task_dataset
 
     r = cfg.segmenter
     train = load_task_dataset("segmentation", "masks", scenes["seg"], "train")
@@ -315,7 +315,7 @@ def _joint(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], forc
                                            init=models["mspfn-lite"]),
         task="detection", data=JointDataConfig(format="yolo", path=scenes["det_yaml"]),
         task_model=models["detector"], presets=list(cfg.severities),
-        weights=JointWeights(restore=1.0, det=det_weight), optim=OptimConfig(lr=r.lr, decay_steps=10**6),
+        weights=JointWeights(restore=1.0, task=det_weight), optim=OptimConfig(lr=r.lr, decay_steps=10**6),
     )
     run_dir = Path(jcfg.out) / jcfg.name
     result = JointTrainer(jcfg, resume=_resumable(run_dir, force), progress=progress).run()

@@ -504,41 +504,33 @@ class MaskSegmentationDataset:
         return f"MaskSegmentationDataset({len(self)} images, {len(self.classes)} classes, {self.images_dir})"
 
 
-# ----------------------------------------------------------------------------------------------- factory
-
-TASKS = {"detection": "detection", "det": "detection", "segmentation": "segmentation", "seg": "segmentation"}
-FORMATS = {"detection": ("yolo", "coco"), "segmentation": ("masks",)}
+# ----------------------------------------------------------------------------------------------- path specs
 
 
-def load_task_dataset(task: str, format: str, path: Any, split: str = "val") -> DetectionDataset | \
-        MaskSegmentationDataset:
-    """Open a task dataset.
-
-    - ``yolo``: ``path`` = the ``data.yaml``; ``split`` picks the YAML's split.
-    - ``coco``: ``path`` = ``{"images": DIR, "annotations": FILE}``.
-    - ``masks``: ``path`` = ``{"images": DIR, "masks": DIR, "classes": [names] or FILE}``, or a root folder with
-      ``{split}/images``, ``{split}/masks`` and ``classes.txt`` (the CamVid / ``derainbench scenes`` layout).
-
-    In ``coco``/``masks`` dicts, ``{split}`` inside a path string is replaced by ``split``.
-    """
-    kind = TASKS.get(task)
-    if kind is None:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    if format not in FORMATS[kind]:
-        raise ValueError(f"format {format!r} is not for {kind}; expected one of {FORMATS[kind]}")
-    if format == "yolo":
-        return YoloDetectionDataset(path, split)
-    if format == "coco":
-        spec = _path_spec(path, ("images", "annotations"), split)
-        return CocoDetectionDataset(spec["images"], spec["annotations"])
-    if isinstance(path, (str, Path)):
-        root = Path(path)
-        path = {"images": root / split / "images", "masks": root / split / "masks", "classes": root / "classes.txt"}
-    spec = _path_spec(path, ("images", "masks", "classes"), split)
-    return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
-
-
-def _path_spec(path: Any, keys: tuple[str, ...], split: str) -> dict[str, Any]:
+def path_spec(path: Any, keys: tuple[str, ...], split: str) -> dict[str, Any]:
+    """A dataset's ``{key: path}`` mapping with ``{split}`` inside each string replaced by ``split``."""
     if not isinstance(path, Mapping) or any(k not in path for k in keys):
         raise ValueError(f"path must be a mapping with keys {list(keys)}, got {path!r}")
     return {k: (v.replace("{split}", split) if isinstance(v, str) else v) for k, v in path.items()}
+
+
+def open_mask_dataset(path: Any, split: str = "val") -> MaskSegmentationDataset:
+    """``path`` = ``{"images": DIR, "masks": DIR, "classes": [names] or FILE}`` (``{split}`` replaced), or a root
+    folder with ``{split}/images``, ``{split}/masks`` and ``classes.txt`` (the CamVid / ``derainbench scenes``
+    layout)."""
+    if isinstance(path, (str, Path)):
+        root = Path(path)
+        path = {"images": root / split / "images", "masks": root / split / "masks", "classes": root / "classes.txt"}
+    spec = path_spec(path, ("images", "masks", "classes"), split)
+    return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
+
+
+def open_detection_dataset(format: str, path: Any, split: str = "val") -> DetectionDataset:
+    """``yolo``: ``path`` = the ``data.yaml``, ``split`` picks its split; ``coco``: ``path`` = ``{"images": DIR,
+    "annotations": FILE}`` (``{split}`` replaced)."""
+    if format == "yolo":
+        return YoloDetectionDataset(path, split)
+    if format == "coco":
+        spec = path_spec(path, ("images", "annotations"), split)
+        return CocoDetectionDataset(spec["images"], spec["annotations"])
+    raise ValueError(f"detection datasets are 'yolo' or 'coco', got {format!r}")

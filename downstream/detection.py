@@ -11,15 +11,19 @@ Every entry point calls :func:`offline_ultralytics` before ultralytics is import
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from downstream.tasks import MetricSpec, Task, register_task
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
 RECT_PAD = 0.5  # ultralytics' validator pads rect batch shapes by half a stride
@@ -202,13 +206,13 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
                     device=device)
 
 
-def class_count_check(detector: Detector, dataset: DetectionDataset) -> None:
-    """Raise ``ValueError`` when the detector's class count differs from the dataset's."""
-    if detector.nc != len(dataset.names):
+def class_count_check(detector: Detector, names: Sequence[str]) -> None:
+    """Raise ``ValueError`` when the detector's class count differs from the dataset's (its class ``names``)."""
+    if detector.nc != len(names):
         raise ValueError(
             f"class count mismatch: detector predicts {detector.nc} classes ({detector.names[:5]}...) but the "
-            f"dataset has {len(dataset.names)} ({list(dataset.names)[:5]}...); train or load a detector for this "
-            f"dataset, or build it from a .yaml with nc={len(dataset.names)}"
+            f"dataset has {len(names)} ({list(names)[:5]}...); train or load a detector for this "
+            f"dataset, or build it from a .yaml with nc={len(names)}"
         )
 
 
@@ -221,12 +225,15 @@ def train_detector(
     out_dir: str | Path = "runs/detect",
     device: str = "cpu",
     seed: int = 0,
+    task: str = "detect",
     **overrides: Any,
 ) -> Path:
     """Train a YOLO detector with ultralytics, offline, and return the path of its best ``.pt``.
 
     Runs go to ``out_dir/train`` (overwritten). Defaults: ``plots=False``, ``workers=0``, ``amp=False`` on
     CPU (ultralytics' AMP check would download a model), ``val=True``; ``overrides`` go to ``YOLO.train``.
+    ``task="segment"`` trains an instance segmentation model (a ``-seg`` model on a YOLO-seg data.yaml with
+    polygon labels; see ``downstream.instance``).
     """
     offline_ultralytics()
     data_yaml = Path(data_yaml)
@@ -256,7 +263,7 @@ def train_detector(
         device=device,
         seed=seed,
     )
-    yolo = YOLO(str(model), task="detect")
+    yolo = YOLO(str(model), task=task)
     threads = torch.get_num_threads()
     try:
         yolo.train(**args)
@@ -265,3 +272,127 @@ def train_detector(
     trainer = yolo.trainer
     best = Path(trainer.best)
     return best if best.is_file() else Path(trainer.last)
+
+
+# ------------------------------------------------------------------------------------------------------- the task
+@dataclass
+class DetectorRecipe:
+    """How `derainbench train-task` trains a detector: an ultralytics YOLO model ``.yaml`` (shipped with ultralytics)
+    or a local ``.pt`` to start from, trained offline by :func:`train_detector`."""
+
+    model: str = "yolo11n.yaml"
+    epochs: int = 30
+    imgsz: int = 320
+    yolo: dict[str, Any] = field(default_factory=dict)  # more ultralytics train arguments, e.g. warmup_epochs: 0
+
+
+class DetectionTask(Task):
+    """Object detection: ultralytics YOLO models, COCO mAP through pycocotools; labels are ``{"boxes": N×4 xyxy
+    pixels, "classes": N}`` (predictions add ``"scores"``)."""
+
+    name = "detection"
+    title = "Detection"
+    aliases = ("det",)
+    formats = ("yolo", "coco")
+    metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"))
+    per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5")}
+    val_metric = "map50"
+    image_metric = MetricSpec("map50", "AP@.5")
+    scoring_options = ("conf", "iou")
+    scoring_text = "COCO mAP (pycocotools), conf ≥ {conf}, NMS IoU {iou}"
+    grid_text = ("the k highest-scoring boxes with confidence >= {conf:g} (k = ground-truth objects; boxes "
+                 "overlapping a higher-scoring one by IoU > {iou:g} skipped), labelled class and score.")
+    model_help = "a local YOLO .pt or a model .yaml such as yolo11n.yaml"
+    recipe = DetectorRecipe
+
+    def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
+        from downstream.datasets import open_detection_dataset
+
+        return open_detection_dataset(format, path, split)
+
+    def collate(self, labels: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
+        return [{"boxes": torch.as_tensor(np.asarray(t["boxes"], np.float32)).reshape(-1, 4),
+                 "classes": torch.as_tensor(np.asarray(t["classes"], np.int64)).reshape(-1)} for t in labels]
+
+    def crop(self, label: Any, top: int, left: int, size: int, shape: tuple[int, int],
+             min_keep: float = 0.4) -> dict[str, np.ndarray]:
+        """Boxes shifted and clipped to the window; a box stays when at least ``min_keep`` of its area is inside."""
+        return crop_boxes(label, top, left, size, shape, min_keep)
+
+    def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Detector:
+        from_yaml = str(path).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
+        detector = load_detector(path, nc=len(names) if from_yaml else None, device=device)
+        class_count_check(detector, names)
+        return detector
+
+    def module(self, model: Detector) -> torch.nn.Module:
+        return model.model
+
+    def for_inference(self, model: Detector, channels_last: bool = False) -> Detector:
+        model.model.fuse(verbose=False)  # Conv+BN folded for inference, as ultralytics' validator does
+        return super().for_inference(model, channels_last)
+
+    def predict(self, model: Detector, images: torch.Tensor, imgsz: int | None = None, conf: float = 0.001,
+                iou: float = 0.7) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.cpu() for k, v in p.items()} for p in model.predict(images, imgsz=imgsz, conf=conf, iou=iou)]
+
+    def evaluator(self, names: Sequence[str]) -> Any:
+        from downstream.metrics import DetectionEvaluator
+
+        return DetectionEvaluator(names)
+
+    def loss(self, model: Detector, freeze: bool = True) -> Any:
+        from downstream.task_losses import DetectionLoss
+
+        criterion = DetectionLoss(model, freeze=freeze)
+        return lambda images, labels: criterion(images, labels)[0]
+
+    def features(self, model: Detector, images: torch.Tensor) -> list[torch.Tensor]:
+        from downstream.task_losses import detector_features
+
+        return detector_features(model, images)
+
+    def save_label(self, folder: Path, stem: str, label: Any) -> None:
+        from derain.fileio import atomic_write_text, to_jsonable
+
+        atomic_write_text(folder / f"{stem}.json", json.dumps(to_jsonable(label)))
+
+    def load_label(self, folder: Path, stem: str) -> dict | None:
+        path = folder / f"{stem}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def describe(self, label: Any) -> str:
+        return f"{len(label['boxes'])} objects"
+
+    def draw(self, ax: Any, image: Any, label: Any, names: Sequence[str], color_of: Any, objects: int | None = None,
+             conf: float = 0.25, px_per_pt: float = 1.0) -> set[int]:
+        from downstream.drawing import DEFAULT_DRAWN, display_boxes, draw_boxes
+
+        ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
+        shown = display_boxes(label, objects or DEFAULT_DRAWN, conf=conf) if "scores" in label else label
+        draw_boxes(ax, shown, names, color_of, px_per_pt)
+        return {int(c) for c in shown["classes"]}
+
+    def train(self, recipe: DetectorRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
+              progress: bool = True) -> Path:
+        return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
+                              out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),
+                              seed=seed, **recipe.yolo)
+
+
+def crop_boxes(label: Any, top: int, left: int, size: int, shape: tuple[int, int],
+               min_keep: float = 0.4) -> dict[str, np.ndarray]:
+    """``label``'s boxes (xyxy px) in the ``size``×``size`` window at (top, left) of an image of ``shape``: shifted,
+    clipped, and kept when at least ``min_keep`` of a box's area lies inside (other keys are filtered alike)."""
+    hh, ww = min(size, shape[0] - top), min(size, shape[1] - left)
+    boxes = np.asarray(label["boxes"], np.float32).reshape(-1, 4)
+    moved = boxes - np.array([left, top, left, top], np.float32)
+    clipped = np.stack([moved[:, 0].clip(0, ww), moved[:, 1].clip(0, hh),
+                        moved[:, 2].clip(0, ww), moved[:, 3].clip(0, hh)], axis=1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = kept >= min_keep * np.maximum(area, 1e-6)
+    return {"boxes": clipped[keep], "classes": np.asarray(label["classes"]).reshape(-1)[keep]}
+
+
+register_task(DetectionTask())

@@ -1,7 +1,9 @@
-"""Task-driven deraining: fine-tune a derainer jointly with a detection or segmentation loss.
+"""Task-driven deraining: fine-tune a derainer jointly with a task loss (any registered task: detection,
+segmentation, instance segmentation; see :mod:`downstream.tasks`).
 
-``loss = λ_restore · MSPFN loss(derained, clean) + λ_det · YOLO training loss(derained) + λ_seg · CE(derained)
-+ λ_feat · feature consistency`` (MSE between the task model's features of derained and clean images, see
+``loss = λ_restore · MSPFN loss(derained, clean) + λ_task · task training loss(derained) + λ_feat · feature
+consistency`` (the task's own loss: YOLO's detection or segmentation loss, pixel cross-entropy; feature consistency:
+MSE between the task model's features of derained and clean images, see
 :func:`downstream.task_losses.feature_consistency`); a zero weight skips that term. The task model is frozen
 by default (eval mode, no parameter updates), but gradients flow through it into the derainer.
 :class:`JointTrainer` reuses :class:`derain.train.Trainer`'s loop: progress bar, ``log.csv`` (with one column
@@ -14,9 +16,9 @@ them on the fly with a seeded preset. Images of one batch must share a size (tru
 the ignore label) when a dataset's sizes differ. With ``unfreeze_task`` under ``torchrun`` the task model's
 gradients are averaged over ranks (its BatchNorm layers use per-rank batch statistics, as in plain DDP).
 Validation (before training, every ``val_every`` steps and at the end) rains the val split deterministically,
-derains it, and scores the task metric (detection mAP50 / segmentation mIoU) plus PSNR-Y against clean;
-``best/`` is the best task metric. ``summary.json`` holds ``{task, metric, before, after, psnr_y_before,
-psnr_y_after}`` (``after`` = the final derainer).
+derains it, and scores the task's validation metric (``Task.val_metric``: detection mAP50, segmentation mIoU,
+instance mask mAP50) plus PSNR-Y against clean; ``best/`` is the best task metric. ``summary.json`` holds
+``{task, metric, before, after, psnr_y_before, psnr_y_after}`` (``after`` = the final derainer).
 """
 
 from __future__ import annotations
@@ -38,16 +40,14 @@ from derain.imageio import to_tensor
 from derain.runtime import all_reduce_grads, autocast, barrier, eval_mode
 from derain.synth import image_seed, synthesize
 from derain.train import ModelConfig, OptimConfig, RunLogger, Trainer, TrainResult
-from downstream.datasets import IGNORE_INDEX, TASKS, load_task_dataset
-
-METRICS = {"detection": "map50", "segmentation": "miou"}
+from downstream.tasks import Task, get_task, load_task_dataset
 
 
 @dataclass
 class JointDataConfig:
-    """The labelled dataset (see :func:`downstream.datasets.load_task_dataset`)."""
+    """The labelled dataset (see :func:`downstream.tasks.load_task_dataset`)."""
 
-    format: str = "yolo"  # yolo | coco (detection), masks (segmentation)
+    format: str = "yolo"  # one of the task's formats: yolo | coco (detection, instance), masks (segmentation)
     path: Any = None  # data.yaml, a coco {images, annotations} dict, or a masks root / dict
     train_split: str = "train"
     val_split: str = "val"
@@ -58,8 +58,7 @@ class JointWeights:
     """Loss weights λ; 0 skips the term."""
 
     restore: float = 1.0
-    det: float = 0.0
-    seg: float = 0.0
+    task: float = 0.0  # the task's training loss
     feat: float = 0.0  # feature consistency through the task model
 
 
@@ -78,9 +77,9 @@ class JointConfig:
     save_every: int = 500
     val_limit: int | None = None  # validate on at most this many val images
     derainer: ModelConfig = field(default_factory=ModelConfig)  # init: checkpoint folder or weights file
-    task: str = "segmentation"  # detection | segmentation
+    task: str = "segmentation"  # a registered task: detection | segmentation | instance
     data: JointDataConfig = field(default_factory=JointDataConfig)
-    task_model: str | None = None  # detection: .pt or model .yaml; segmentation: segmenter folder
+    task_model: str | None = None  # detection, instance: .pt or model .yaml; segmentation: segmenter folder
     presets: list[str] = field(default_factory=lambda: ["heavy"])  # rain presets drawn per image
     weights: JointWeights = field(default_factory=JointWeights)
     unfreeze_task: bool = False  # also train the task model
@@ -97,41 +96,21 @@ class JointConfig:
 
 
 def crop_sample(
-    rainy: np.ndarray, clean: np.ndarray, target: Any, size: int, rng: np.random.Generator, min_keep: float = 0.4
+    task: Task, rainy: np.ndarray, clean: np.ndarray, label: Any, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The same random ``size``×``size`` window of ``rainy``, ``clean`` (H×W×3, [0, 1]) and ``target``.
-
-    A side shorter than ``size`` is zero-padded (masks with the ignore label). Detection boxes (xyxy pixels) are
-    shifted and clipped; a box keeps its place when at least ``min_keep`` of its area stays inside.
-    """
+    """The same random ``size``×``size`` window of ``rainy``, ``clean`` (H×W×3, [0, 1]) and ``label`` (cut by
+    ``task.crop``: boxes shifted and clipped, masks padded with the ignore label). A side shorter than ``size`` is
+    zero-padded."""
     h, w = clean.shape[:2]
     top, left = int(rng.integers(0, max(h - size, 0) + 1)), int(rng.integers(0, max(w - size, 0) + 1))
     hh, ww = min(size, h), min(size, w)
 
-    def cut(a: np.ndarray, fill: float) -> np.ndarray:
-        out = np.full((size, size, *a.shape[2:]), fill, a.dtype)
+    def cut(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((size, size, *a.shape[2:]), a.dtype)
         out[:hh, :ww] = a[top:top + hh, left:left + ww]
         return out
 
-    if isinstance(target, dict):
-        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)
-        moved = boxes - np.array([left, top, left, top], np.float32)
-        clipped = np.stack([moved[:, 0].clip(0, ww), moved[:, 1].clip(0, hh),
-                            moved[:, 2].clip(0, ww), moved[:, 3].clip(0, hh)], axis=1)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        keep = kept >= min_keep * np.maximum(area, 1e-6)
-        target = {"boxes": clipped[keep], "classes": np.asarray(target["classes"]).reshape(-1)[keep]}
-    else:
-        target = cut(np.asarray(target), IGNORE_INDEX)
-    return cut(rainy, 0.0), cut(clean, 0.0), target
-
-
-def _collate_targets(items: list[Any], task: str) -> Any:
-    if task == "detection":
-        return [{"boxes": torch.as_tensor(np.asarray(t["boxes"], np.float32)).reshape(-1, 4),
-                 "classes": torch.as_tensor(np.asarray(t["classes"], np.int64)).reshape(-1)} for t in items]
-    return torch.stack([torch.as_tensor(np.asarray(m, np.int64)) for m in items])
+    return cut(rainy), cut(clean), task.crop(label, top, left, size, (h, w))
 
 
 class JointTrainer(Trainer):
@@ -140,24 +119,21 @@ class JointTrainer(Trainer):
     cfg: JointConfig  # type: ignore[assignment]
 
     def __init__(self, cfg: JointConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
-        task = TASKS.get(cfg.task)
-        if task is None:
-            raise ValueError(f"task must be detection or segmentation, got {cfg.task!r}")
-        cfg.task = task
+        self.task = get_task(cfg.task)
+        cfg.task = self.task.name
         if not cfg.presets:
             raise ValueError("presets must name at least one rain preset (light, medium, heavy)")
         if cfg.task_model is None:
-            raise ValueError("task_model is required (detection: .pt or model .yaml; segmentation: segmenter folder)")
+            raise ValueError(f"task_model is required ({self.task.name}: {self.task.model_help})")
         if cfg.data.path is None:
             raise ValueError("data.path is required")
         w = cfg.weights
-        if min(w.restore, w.det, w.seg, w.feat) < 0 or not (w.restore or w.det or w.seg or w.feat):
+        if min(w.restore, w.task, w.feat) < 0 or not (w.restore or w.task or w.feat):
             raise ValueError(f"loss weights must be >= 0 and not all zero, got {w}")
-        if task == "detection" and w.seg or task == "segmentation" and w.det:
-            raise ValueError(f"weights: task {task} has no {'seg' if task == 'detection' else 'det'} loss; set it to 0")
         super().__init__(cfg, resume=resume, progress=progress, overwrite=overwrite)  # type: ignore[arg-type]
         self.cfg = cfg
-        self.metric = METRICS[task]
+        self.metric = self.task.val_metric
+        self.metric_mode = "max" if self.task.metric(self.metric).higher_is_better else "min"
         self.extra_log_fields = ("loss_restore", "loss_task", "loss_feat", f"val_{self.metric}")
         self.before: dict[str, float] | None = None
         self.latest: tuple[int, dict[str, float]] | None = None
@@ -188,29 +164,10 @@ class JointTrainer(Trainer):
         self.val_src = load_task_dataset(cfg.task, cfg.data.format, cfg.data.path, cfg.data.val_split)
         if len(self.train_src) == 0:
             raise ValueError(f"{cfg.data.path} ({cfg.data.train_split}) has no images")
-        if cfg.task == "detection":
-            from downstream.detection import load_detector
-            from downstream.task_losses import DetectionLoss
-
-            names = list(self.train_src.names)
-            path = str(cfg.task_model)
-            nc = len(names) if path.endswith((".yaml", ".yml")) else None
-            self.detector = load_detector(path, nc=nc, device=self.device)
-            if self.detector.nc != len(names):
-                raise ValueError(f"detector predicts {self.detector.nc} classes, the dataset has {len(names)}")
-            self.task_net: nn.Module = self.detector.model
-            if cfg.unfreeze_task:
-                self.task_net.train().requires_grad_(True)
-            self.det_loss = DetectionLoss(self.detector, freeze=not cfg.unfreeze_task)
-        else:
-            from downstream.segmentation import load_segmenter
-
-            self.segmenter = load_segmenter(cfg.task_model, device=self.device)
-            if self.segmenter.num_classes != len(self.train_src.names):
-                raise ValueError(f"segmenter predicts {self.segmenter.num_classes} classes, the dataset has "
-                                 f"{len(self.train_src.names)}")
-            self.task_net = self.segmenter
-            self.task_net.train(cfg.unfreeze_task).requires_grad_(cfg.unfreeze_task)
+        self.task_model = self.task.load_model(cfg.task_model, self.train_src.names, device=self.device)
+        self.task_loss = self.task.loss(self.task_model, freeze=not cfg.unfreeze_task)
+        self.task_net = self.task.module(self.task_model)
+        self.task_net.train(cfg.unfreeze_task).requires_grad_(cfg.unfreeze_task)
 
     def param_groups(self) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
@@ -238,7 +195,7 @@ class JointTrainer(Trainer):
             self.task_net.load_state_dict(state["task_model"])
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """``(rainy, clean, targets)``: B×3×H×W [0, 1] on the device; targets = box dicts or B×H×W int64 masks."""
+        """``(rainy, clean, targets)``: B×3×H×W [0, 1] on the device; targets as the task collates them."""
         cfg = self.cfg
         n, b = len(self.train_src), cfg.batch_size // self.dist.world_size
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 3))
@@ -251,7 +208,7 @@ class JointTrainer(Trainer):
             r, _ = synthesize(image, cfg.presets[presets[j]], seed=derive_seed(cfg.seed, step, j, 4))
             if cfg.crop:
                 rng = np.random.default_rng(derive_seed(cfg.seed, step, j, 5))
-                r, image, target = crop_sample(r, image, target, cfg.crop, rng)
+                r, image, target = crop_sample(self.task, r, image, target, cfg.crop, rng)
             elif clean and image.shape[:2] != tuple(clean[0].shape[-2:]):
                 raise ValueError(
                     f"joint training needs equal image sizes within a batch: {self.train_src.image_path(index)} "
@@ -260,16 +217,7 @@ class JointTrainer(Trainer):
             rainy.append(to_tensor(r))
             clean.append(to_tensor(image))
             targets.append(target)
-        return (torch.stack(rainy).to(self.device), torch.stack(clean).to(self.device),
-                _collate_targets(targets, cfg.task))
-
-    def task_loss(self, images: torch.Tensor, targets: Any) -> torch.Tensor:
-        """The task loss of ``images`` (B×3×H×W, [0, 1], with grad) against batch ``targets`` (see :meth:`_sample`)."""
-        if self.cfg.task == "detection":
-            return self.det_loss(images, targets)[0]
-        from downstream.task_losses import segmentation_ce
-
-        return segmentation_ce(self.segmenter.logits(images), targets.to(images.device))
+        return torch.stack(rainy).to(self.device), torch.stack(clean).to(self.device), self.task.collate(targets)
 
     def train_step(self, batch: Any) -> float:
         rainy, clean, targets = batch
@@ -284,16 +232,14 @@ class JointTrainer(Trainer):
             total = total + w.restore * restore
             self.log_extra["loss_restore"] = float(restore.detach())
         shown = derained.clamp(0, 1)  # what the task model sees at test time
-        task_weight = w.det if self.cfg.task == "detection" else w.seg
-        if task_weight:
+        if w.task:
             task = self.task_loss(shown, targets)
-            total = total + task_weight * task
+            total = total + w.task * task
             self.log_extra["loss_task"] = float(task.detach())
         if w.feat:
             from downstream.task_losses import feature_consistency
 
-            model = self.detector if self.cfg.task == "detection" else self.segmenter
-            feat = feature_consistency(model, shown, clean)
+            feat = feature_consistency(lambda x: self.task.features(self.task_model, x), shown, clean)
             total = total + w.feat * feat
             self.log_extra["loss_feat"] = float(feat.detach())
         return self.optimize(total)
@@ -326,14 +272,7 @@ class JointTrainer(Trainer):
         cfg = self.cfg
         n = len(self.val_src) if cfg.val_limit is None else min(cfg.val_limit, len(self.val_src))
         model = unwrap(self.model)
-        if cfg.task == "detection":
-            from eval.detection import DetectionEvaluator
-
-            scorer: Any = DetectionEvaluator(self.detector.names)
-        else:
-            from eval.segmentation import ConfusionMatrix
-
-            scorer = ConfusionMatrix(self.segmenter.num_classes)
+        scorer = self.task.evaluator(self.train_src.names)
         psnr, count = 0.0, 0
         task_mode = self.task_net.training
         with eval_mode(model), torch.inference_mode():
@@ -346,15 +285,9 @@ class JointTrainer(Trainer):
                     pred = pred.float().clamp(0, 1)
                     psnr += float(compute_metrics(pred, to_tensor(clean).unsqueeze(0).to(self.device))["psnr_y"][0])
                     count += 1
-                    if cfg.task == "detection":
-                        boxes = _collate_targets([target], "detection")
-                        scorer.update(self.detector.predict(pred), boxes, [i * len(cfg.presets) + k])
-                    else:
-                        scorer.update(self.segmenter.predict(pred, amp=cfg.amp).cpu(),
-                                      torch.as_tensor(np.asarray(target, np.int64)).unsqueeze(0))
+                    scorer.update(self.task.predict(self.task_model, pred), [target], [i * len(cfg.presets) + k])
         self.task_net.train(task_mode)
-        value = float(scorer.compute()["map50"]) if cfg.task == "detection" else float(scorer.miou())
-        return {self.metric: value, "psnr_y": psnr / max(count, 1)}
+        return {self.metric: float(scorer.compute()[self.metric]), "psnr_y": psnr / max(count, 1)}
 
     def after_training(self, result: TrainResult) -> None:
         """Write ``summary.json`` when the run reached ``iters`` (under the run folder's lock)."""

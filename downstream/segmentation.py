@@ -36,6 +36,8 @@ from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
 from downstream.datasets import IGNORE_INDEX
+from downstream.metrics import ConfusionMatrix
+from downstream.tasks import MetricSpec, Task, register_task
 
 META_FILE = "segmenter.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -193,31 +195,6 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     return seg.to(resolve_device(device)).eval()
 
 
-# --------------------------------------------------------------------------------------------- metrics core
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``K×K`` int64 counts, rows = target class, columns = predicted class; ignored target pixels skipped."""
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    keep = target != ignore_index
-    pred, target = pred[keep], target[keep]
-    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(f"target ids outside [0, {num_classes}) and not {ignore_index}")
-    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"predicted ids outside [0, {num_classes})")
-    flat = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes).cpu()
-
-
-def iou_from_confusion(matrix: torch.Tensor) -> torch.Tensor:
-    """Per-class IoU = TP / (TP + FP + FN) as float64; NaN for classes absent from prediction and target."""
-    m = matrix.double()
-    tp = m.diagonal()
-    union = m.sum(0) + m.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-
-
 # ------------------------------------------------------------------------------------------------- training
 class RandomCrops(torch.utils.data.Dataset):
     """Sample ``k`` is a seeded random crop (+ horizontal flip) of a random dataset item.
@@ -254,13 +231,12 @@ def _pad_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarra
 
 def evaluate_miou(seg: Segmenter, dataset: SegDataset, limit: int | None = None) -> float:
     """Dataset mIoU (confusion matrix summed over all images, one image at a time, ignore 255)."""
-    total = torch.zeros(seg.num_classes, seg.num_classes, dtype=torch.int64)
+    total = ConfusionMatrix(seg.num_classes)
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
         image, mask = dataset[i]
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))[None]
-        pred = seg.predict(x)[0].cpu()
-        total += confusion_counts(pred, torch.as_tensor(np.asarray(mask, np.int64)), seg.num_classes)
-    return float(torch.nanmean(iou_from_confusion(total)))
+        total.update(seg.predict(x)[0].cpu(), torch.as_tensor(np.asarray(mask, np.int64)))
+    return total.miou()
 
 
 def train_segmenter(
@@ -339,3 +315,121 @@ def train_segmenter(
 def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack ``H×W×3`` float arrays in [0, 1] into a ``B×3×H×W`` float32 tensor."""
     return torch.stack([to_tensor(np.asarray(im, np.float32)) for im in images])
+
+
+# ------------------------------------------------------------------------------------------------------- the task
+@dataclass
+class SegmenterRecipe:
+    """How `derainbench train-task` trains a segmenter: an smp model with ``encoder_weights=None`` (or ``weights``: a
+    local file for the encoder or the whole model), trained by :func:`train_segmenter`."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    weights: str | None = None
+    iters: int = 1500
+    crop: int = 256
+    lr: float = 1e-3
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation: smp models, mIoU from the confusion matrix summed over the dataset; labels are ``H×W``
+    int64 class maps (255 = ignore)."""
+
+    name = "segmentation"
+    title = "Segmentation"
+    aliases = ("seg",)
+    formats = ("masks",)
+    metrics = (MetricSpec("miou", "mIoU"), MetricSpec("pixel_acc", "pixel accuracy", "pixel acc."))
+    per_class = {"iou_per_class": MetricSpec("iou", "IoU")}
+    val_metric = "miou"
+    image_metric = MetricSpec("miou", "mIoU")
+    scoring_text = "mIoU from the summed confusion matrix, 255 ignored"
+    grid_text = "the predicted mask tinted over the image in grey (background untinted)."
+    model_help = "a segmenter checkpoint folder (model.safetensors + segmenter.json)"
+    recipe = SegmenterRecipe
+
+    def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
+        from downstream.datasets import open_mask_dataset
+
+        return open_mask_dataset(path, split)
+
+    def collate(self, labels: Sequence[Any]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(np.asarray(m, np.int64)) for m in labels])
+
+    def crop(self, label: Any, top: int, left: int, size: int, shape: tuple[int, int]) -> np.ndarray:
+        """The mask window, padded with the ignore label where it reaches past the image."""
+        mask = np.asarray(label)
+        out = np.full((size, size), IGNORE_INDEX, mask.dtype)
+        window = mask[top:top + size, left:left + size]
+        out[:window.shape[0], :window.shape[1]] = window
+        return out
+
+    def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Segmenter:
+        seg = load_segmenter(path, device=device)
+        if seg.num_classes != len(names):
+            raise ValueError(f"the dataset has {len(names)} classes but the segmenter {path} predicts "
+                             f"{seg.num_classes}; train one for this dataset with `derainbench train-task`")
+        return seg
+
+    def module(self, model: Segmenter) -> nn.Module:
+        return model
+
+    def predict(self, model: Segmenter, images: torch.Tensor, imgsz: int | None = None, conf: float = 0.001,
+                iou: float = 0.7) -> list[torch.Tensor]:
+        return list(model.predict(images).cpu())
+
+    def evaluator(self, names: Sequence[str]) -> Any:
+        from downstream.metrics import SegmentationEvaluator
+
+        return SegmentationEvaluator(names)
+
+    def loss(self, model: Segmenter, freeze: bool = True) -> Any:
+        from downstream.task_losses import segmentation_ce
+
+        if freeze:
+            model.eval().requires_grad_(False)
+        return lambda images, labels: segmentation_ce(model.logits(images), labels.to(images.device))
+
+    def features(self, model: Segmenter, images: torch.Tensor) -> list[torch.Tensor]:
+        """The smp encoder's outputs without the first one (the normalised input itself)."""
+        from downstream.task_losses import tap
+
+        with tap(model.model.encoder) as found:
+            model.logits(images)
+        return found[1:]
+
+    def save_label(self, folder: Path, stem: str, label: Any) -> None:
+        from derain.imageio import write_mask
+
+        write_mask(folder / f"{stem}.mask.png", np.asarray(label))
+
+    def load_label(self, folder: Path, stem: str) -> np.ndarray | None:
+        from downstream.datasets import read_mask
+
+        path = folder / f"{stem}.mask.png"
+        return read_mask(path) if path.is_file() else None
+
+    def describe(self, label: Any) -> str:
+        return "label mask"
+
+    def draw(self, ax: Any, image: Any, label: Any, names: Sequence[str], color_of: Any, objects: int | None = None,
+             conf: float = 0.25, px_per_pt: float = 1.0) -> set[int]:
+        from downstream.drawing import mask_overlay
+
+        ax.imshow(np.clip(mask_overlay(image, label, names, color_of), 0, 1), interpolation="nearest")
+        return {int(k) for k in np.unique(label) if k != IGNORE_INDEX}
+
+    def train(self, recipe: SegmenterRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
+              progress: bool = True) -> Path:
+        train = self.load_dataset("masks", data, split="train")
+        try:
+            val = self.load_dataset("masks", data, split="val")
+        except (FileNotFoundError, ValueError):
+            val = None
+        cfg = SegmenterConfig(arch=recipe.arch, encoder=recipe.encoder, num_classes=len(train.names),
+                              classes=list(train.names), weights=recipe.weights)
+        return train_segmenter(train, cfg, out, iters=recipe.iters, batch_size=batch, lr=recipe.lr,
+                               crop_size=recipe.crop, device=device, seed=seed, val_dataset=val, progress=progress)
+
+
+register_task(SegmentationTask())

@@ -4,8 +4,8 @@
 for end-to-end heads) so a detector's training loss on derained images can be back-propagated into the
 derainer; the detector is frozen by default (eval-mode BatchNorm, ``requires_grad=False``).
 ``segmentation_ce`` is the matching pixel-wise cross-entropy for segmentation, and ``feature_consistency`` the
-distance between a task model's internal features of derained and clean images (YOLO: the P3–P5 maps entering
-the Detect head; smp: the encoder's feature pyramid).
+distance between a task model's internal features of derained and clean images (each task's ``features``; YOLO: the
+P3–P5 maps entering the Detect head, :func:`detector_features`; smp: the encoder's feature pyramid).
 
 Scaling: ultralytics returns the gain-weighted ``(box, cls, dfl)`` vector multiplied by the batch size, and its
 trainer back-propagates the sum of that. We return that sum divided by the batch size, i.e. the per-image mean
@@ -15,7 +15,7 @@ trainer back-propagates the sum of that. We return that sum divided by the batch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -158,26 +158,21 @@ def tap(module: nn.Module, inputs: bool = False) -> Iterator[list[torch.Tensor]]
         handle.remove()
 
 
-def task_features(task_model: Detector | nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """A task model's multi-scale features of ``images`` (B×3×H×W, [0, 1]), differentiable w.r.t. the images.
-
-    Detector: the feature maps its Detect head receives (P3–P5). Segmenter: the smp encoder's outputs without
-    the first one (the normalised input itself).
-    """
-    if isinstance(task_model, Detector):
-        with tap(task_model.model.model[-1], inputs=True) as found:
-            task_model.model(pad_to_stride(images.to(task_model.device, torch.float32), task_model.stride))
-        return found
-    with tap(task_model.model.encoder) as found:
-        task_model.logits(images)
-    return found[1:]
+def detector_features(detector: Detector, images: torch.Tensor) -> list[torch.Tensor]:
+    """The feature maps a YOLO model's head receives (P3–P5) for ``images`` (B×3×H×W, [0, 1]), differentiable
+    w.r.t. the images."""
+    with tap(detector.model.model[-1], inputs=True) as found:
+        detector.model(pad_to_stride(images.to(detector.device, torch.float32), detector.stride))
+    return found
 
 
-def feature_consistency(task_model: Detector | nn.Module, derained: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Mean over feature levels of the MSE between the task features of ``derained`` and of ``clean`` (no grad)."""
+def feature_consistency(features: Callable[[torch.Tensor], list[torch.Tensor]], derained: torch.Tensor,
+                        clean: torch.Tensor) -> torch.Tensor:
+    """Mean over feature levels of the MSE between ``features(derained)`` and ``features(clean)`` (the latter without
+    grad); ``features`` is a task's :meth:`~downstream.tasks.Task.features` bound to its model."""
     with torch.no_grad():
-        reference = task_features(task_model, clean)
-    features = task_features(task_model, derained)
-    if not features or len(features) != len(reference):
-        raise RuntimeError(f"task model gave {len(features)} feature maps for derained, {len(reference)} for clean")
-    return sum(F.mse_loss(f, r) for f, r in zip(features, reference, strict=True)) / len(features)
+        reference = features(clean)
+    found = features(derained)
+    if not found or len(found) != len(reference):
+        raise RuntimeError(f"task model gave {len(found)} feature maps for derained, {len(reference)} for clean")
+    return sum(F.mse_loss(f, r) for f, r in zip(found, reference, strict=True)) / len(found)

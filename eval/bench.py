@@ -47,9 +47,12 @@ from derain.runtime import (
     resolve_device,
 )
 from derain.synth import PRESETS, image_seed, synthesize
-from downstream.datasets import load_task_dataset
+from downstream.tasks import get_task, load_task_dataset
 
-TASK_METRICS = {"detection": ("map", "map50"), "segmentation": ("miou", "pixel_acc")}
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The dataset metrics ``task`` reports in results.csv (the first is its headline)."""
+    return get_task(task).metric_keys()
 
 
 @dataclass
@@ -66,10 +69,10 @@ class DatasetSpec:
     """One task dataset and the task model that scores it."""
 
     name: str
-    task: str  # detection | segmentation
-    format: str  # yolo | coco | masks
+    task: str  # a registered task (downstream.tasks): detection | segmentation | instance
+    format: str  # one of the task's formats: yolo | coco (detection, instance), masks (segmentation)
     path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
-    model: str  # detection: local .pt or model .yaml; segmentation: segmenter checkpoint folder
+    model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
     split: str = "val"
     imgsz: int | None = None  # detector inference size (default: the image's long side)
     limit: int | None = None  # score at most this many images
@@ -169,25 +172,24 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
         "task_model": _content_digest(spec.model, hashes),
         "rain": rain,
         "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, cfg.derain_amp)],
-        "detector": [cfg.conf, cfg.iou] if spec.task == "detection" else None,
+        "detector": [getattr(cfg, k) for k in get_task(spec.task).scoring_options] or None,
         "intervals": cfg.bootstrap > 0,
-        "scoring_code": scoring_code_digest(),
+        "scoring_code": scoring_code_digest(spec.task),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-SCORING_MODULES = ("derain.metrics", "downstream.detection", "downstream.segmentation", "eval.detection",
-                   "eval.segmentation", "eval.bootstrap")
+SCORING_MODULES = ("derain.metrics", "downstream.metrics", "eval.bootstrap")
 
 
 @functools.cache
-def scoring_code_digest() -> str:
-    """Digest of the source of the modules that turn images into numbers (task-model inference, COCO mAP, mIoU,
-    PSNR/SSIM, bootstrap statistics): cells scored by another version of them are recomputed."""
+def scoring_code_digest(task: str) -> str:
+    """Digest of the source of the modules that turn images into numbers for ``task`` (its module: task-model
+    inference; COCO mAP, mIoU; PSNR/SSIM; bootstrap statistics): cells scored by another version are recomputed."""
     import importlib
 
     h = hashlib.sha256()
-    for name in SCORING_MODULES:
+    for name in (*SCORING_MODULES, type(get_task(task)).__module__):
         h.update(name.encode() + Path(importlib.import_module(name).__file__ or "").read_bytes())
     return h.hexdigest()[:16]
 
@@ -323,13 +325,17 @@ def validate(cfg: BenchConfig) -> None:
             raise ValueError(f"dataset {ds.name!r}: imgsz must be a positive number of pixels, got {ds.imgsz}")
         if ds.limit is not None and ds.limit < 1:
             raise ValueError(f"dataset {ds.name!r}: limit must be >= 1, got {ds.limit}")
-        if ds.task not in TASK_METRICS:
-            raise ValueError(f"dataset {ds.name!r}: task must be one of {list(TASK_METRICS)}, got {ds.task!r}")
+        try:
+            task = get_task(ds.task)
+        except ValueError as exc:
+            raise ValueError(f"dataset {ds.name!r}: {exc}") from exc
+        if ds.format not in task.formats:
+            raise ValueError(f"dataset {ds.name!r}: format {ds.format!r} is not for {task.name}; expected one of "
+                             f"{task.formats}")
         if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):
             raise FileNotFoundError(
-                f"dataset {ds.name!r}: task model not found: {ds.model}. Supply a local file "
-                "(detection: a trained .pt; segmentation: a segmenter checkpoint folder), e.g. from "
-                "`derainbench train-task`; nothing is ever downloaded."
+                f"dataset {ds.name!r}: task model not found: {ds.model}. Supply {task.model_help} (e.g. trained "
+                "with `derainbench train-task`); nothing is ever downloaded."
             )
 
 
@@ -412,25 +418,15 @@ def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:
 
 
 def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """The dataset's detector (Conv+BN fused) or segmenter, its weights in NHWC when ``channels_last`` (the convs
-    then run NHWC on NCHW inputs; measured 1.8x (YOLO11n) and 3x (U-Net) faster at 160 px on 2 CPU cores)."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    if spec.task == "detection":
-        from downstream.detection import class_count_check, load_detector
-
-        from_yaml = str(spec.model).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
-        detector = load_detector(spec.model, nc=len(dataset.names) if from_yaml else None, device=device)
-        class_count_check(detector, dataset)
-        detector.model.fuse(verbose=False)  # Conv+BN folded for inference, as ultralytics' validator does
-        detector.model.to(memory_format=layout)
-        return detector
-    from downstream.segmentation import load_segmenter
-
-    seg = load_segmenter(spec.model, device=device)
-    if seg.num_classes != len(dataset.names):
-        raise ValueError(f"dataset {spec.name!r} has {len(dataset.names)} classes but the segmenter {spec.model} "
-                         f"predicts {seg.num_classes}; train one for this dataset with `derainbench train-task`")
-    return seg.to(memory_format=layout)
+    """The dataset's task model made ready for scoring (YOLO: Conv+BN fused), its weights in NHWC when
+    ``channels_last`` (the convs then run NHWC on NCHW inputs; measured 1.8x (YOLO11n) and 3x (U-Net) faster at
+    160 px on 2 CPU cores)."""
+    task = get_task(spec.task)
+    try:
+        model = task.load_model(spec.model, dataset.names, device=device)
+    except ValueError as exc:
+        raise ValueError(f"dataset {spec.name!r}: {exc}") from exc
+    return task.for_inference(model, channels_last)
 
 
 def _load_derainer(spec: DerainerSpec, device: torch.device) -> torch.nn.Module:
@@ -597,12 +593,10 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     Images are read (and rain synthesized) by DataLoader workers while the models run; derainer outputs come from
     the run's derain cache when another cell (another task, another dataset with the same pixels) already made
     them, and are scored as 8-bit images either way."""
-    from eval.detection import DetectionEvaluator, predictions_to_coco
     from eval.image_cache import ImageCache
-    from eval.segmentation import ConfusionMatrix
 
     t0 = time.perf_counter()
-    detection = spec.task == "detection"
+    task = get_task(spec.task)
     clean_input = cell.severity == "none" or bool(spec.real_rain)
     digest = derainer_digest(dspec, rt.hashes, rt.amp) if dspec is not None else None
     cache = ImageCache(rt.cache_root if digest else None, f"derained/{digest}")
@@ -621,19 +615,14 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         else:
             xs = [b.x for b in batch]
         x = torch.stack(xs).to(rt.device)
-        if detection:
-            preds: list[Any] = [{k: v.cpu() for k, v in p.items()} for p in task_model.predict(
-                x, imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)]
-        else:
-            preds = list(task_model.predict(x).cpu())
+        preds = task.predict(task_model, x, imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)
         for (i, name, image, label, _, key, _), y, pred in zip(batch, xs, preds, strict=True):
             row: dict[str, Any] = {"image": name}
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
                 row.update(_restoration_scores(y, image, None if key is None else f"{digest}:{key}", rt))
             items.append((i, row, pred, label))
             if i < cfg.samples and cell.rep == 0:
-                _save_sample(out, cell, name, y, pred)
-                _save_truth(out, cell.dataset, name, label)
+                _save_sample(out, cell, task, name, y, pred, label)
         bar.update(len(batch))
     bar.close()
     items = _gather(items, dist)
@@ -641,25 +630,13 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
-    image_stats: Any = None  # what the bootstrap resamples (see eval.bootstrap)
-    if detection:
-        evaluator = DetectionEvaluator(dataset.names)
-        for i, _, pred, label in items:
-            evaluator.update([pred], [label], [i])
-        metrics = evaluator.compute(image_stats=cfg.bootstrap > 0)
-        image_stats = metrics.pop("image_stats", None)
-        coco_rows = predictions_to_coco([p for _, _, p, _ in items], [i for i, _, _, _ in items])
-        atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(coco_rows))
-    else:
-        from eval.bootstrap import segmentation_image_stats
-
-        matrix = ConfusionMatrix(len(dataset.names))
-        image_stats = []
-        for _, _, pred, label in items:
-            image = ConfusionMatrix(len(dataset.names)).update(pred[None], torch.from_numpy(label)[None])
-            matrix.merge(image)
-            image_stats.append(segmentation_image_stats(image.matrix.numpy()))
-        metrics = matrix.as_dict(dataset.names)
+    evaluator = task.evaluator(dataset.names)
+    for i, _, pred, label in items:
+        evaluator.update([pred], [label], [i])
+    metrics = evaluator.compute(image_stats=cfg.bootstrap > 0)
+    image_stats = metrics.pop("image_stats", None)  # what the bootstrap resamples (see eval.bootstrap)
+    if hasattr(evaluator, "results"):  # COCO-protocol tasks: the predictions as COCO result rows
+        atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(evaluator.results()))
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
     result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": to_jsonable(metrics),
@@ -691,32 +668,16 @@ def _gather(items: list, dist: DistInfo) -> list:
     return [item for part in parts for item in part] if dist.is_main else []
 
 
-def _save_sample(out: Path, cell: Cell, name: str, image: torch.Tensor, pred: Any) -> None:
-    """The image the task model saw (PNG) and its prediction (JSON boxes or PNG mask) for reports."""
+def _save_sample(out: Path, cell: Cell, task: Any, name: str, image: torch.Tensor, pred: Any, label: Any) -> None:
+    """For reports: the image the task model saw (PNG) and its prediction under ``samples/<dataset>/<severity>/
+    <method>/``, and once per image its ground truth under ``samples/<dataset>/truth/`` (as the task saves them)."""
     folder = out / "samples" / cell.dataset / cell.severity / cell.method
     stem = Path(name).stem
     write_image(folder / f"{stem}.png", image)
-    if isinstance(pred, dict):
-        atomic_write_text(folder / f"{stem}.json", json.dumps(to_jsonable(pred)))
-    else:
-        from PIL import Image
-
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pred.numpy().astype(np.uint8)).save(folder / f"{stem}.mask.png")
-
-
-def _save_truth(out: Path, dataset: str, name: str, label: Any) -> None:
-    """A sample's ground truth (JSON boxes or PNG mask) under ``samples/<dataset>/truth/``, written once."""
-    folder = out / "samples" / dataset / "truth"
-    stem = Path(name).stem
-    if isinstance(label, dict):
-        if not (folder / f"{stem}.json").is_file():
-            atomic_write_text(folder / f"{stem}.json", json.dumps(to_jsonable(label)))
-    elif not (folder / f"{stem}.mask.png").is_file():
-        from PIL import Image
-
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(label).astype(np.uint8)).save(folder / f"{stem}.mask.png")
+    task.save_label(folder, stem, pred)
+    truth = out / "samples" / cell.dataset / "truth"
+    if task.load_label(truth, stem) is None:
+        task.save_label(truth, stem, label)
 
 
 RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high", "std", "seeds"]
@@ -788,7 +749,7 @@ def _replicate(table: dict[tuple, Any], rep: int) -> dict[tuple, Any]:
 def _cell_rows(key: tuple[str, str, str], data: dict[str, Any]) -> list[dict[str, Any]]:
     """Tidy rows (restoration and task metrics) of one cell."""
     base = {"dataset": key[0], "task": data["task"], "severity": key[1], "method": key[2]}
-    values = {**data["restoration"], **{k: data["metrics"][k] for k in TASK_METRICS[data["task"]]}}
+    values = {**data["restoration"], **{k: data["metrics"][k] for k in task_metrics(data["task"])}}
     return [{**base, "metric": k, "value": v} for k, v in values.items()]
 
 
@@ -817,15 +778,14 @@ def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-PER_CLASS_METRICS = {"per_class": "ap", "per_class50": "ap50", "iou_per_class": "iou"}
-
-
 def per_class_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tidy per-class rows (metric ``ap``/``ap50`` for detection, ``iou`` for segmentation) of one cell JSON."""
+    """Tidy per-class rows of one cell JSON (the task's per-class metrics: ``ap``/``ap50`` for detection, ``iou``
+    for segmentation, ...)."""
     base = {"dataset": cell["cell"]["dataset"], "task": cell["task"], "severity": cell["cell"]["severity"],
             "method": cell["cell"]["method"]}
-    return [{**base, "class": name, "metric": metric, "value": value}
-            for key, metric in PER_CLASS_METRICS.items() for name, value in cell["metrics"].get(key, {}).items()]
+    return [{**base, "class": name, "metric": spec.key, "value": value}
+            for key, spec in get_task(cell["task"]).per_class.items()
+            for name, value in cell["metrics"].get(key, {}).items()]
 
 
 SUMMARY_SEVERITY = "mean"  # the ``severity`` of robustness rows (averages over the run's rain severities)
@@ -836,7 +796,7 @@ def gain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
     out = []
     for r in rows:
-        if r["severity"] == "none" or r["method"] == "rainy" or r["metric"] not in TASK_METRICS[r["task"]]:
+        if r["severity"] == "none" or r["method"] == "rainy" or r["metric"] not in task_metrics(r["task"]):
             continue
         rainy = value.get((r["dataset"], r["severity"], "rainy", r["metric"]))
         if rainy is not None:
@@ -851,7 +811,7 @@ def difference_rows(rows: list[dict[str, Any]], derainers: Sequence[str]) -> lis
     out = []
     for (ds, sev, method, metric), r in value.items():
         base_metric = metric.removesuffix("_pc")
-        if method not in derainers or base_metric not in TASK_METRICS[r["task"]]:
+        if method not in derainers or base_metric not in task_metrics(r["task"]):
             continue
         if (sev == SUMMARY_SEVERITY) != metric.endswith("_pc"):
             continue
@@ -867,7 +827,7 @@ def bootstrap_samples(cells: dict[CellKey, dict[str, Any]],
                       cfg: BenchConfig) -> dict[tuple[str, str, str, int, str], np.ndarray]:
     """Per (dataset, severity, method, replicate, metric): the metric on ``cfg.bootstrap`` resamples of the images,
     the same resamples for every cell of a dataset (paired); PSNR/SSIM too (means of per-image values)."""
-    from eval.bootstrap import METRIC_FNS, resample_weights
+    from eval.bootstrap import resample_weights, resampled_metrics
 
     out: dict[tuple[str, str, str, int, str], np.ndarray] = {}
     for ds in dict.fromkeys(k[0] for k in cells):
@@ -878,7 +838,7 @@ def bootstrap_samples(cells: dict[CellKey, dict[str, Any]],
         n = sizes.pop()
         weights = resample_weights(n, cfg.bootstrap, seed=[cfg.seed, zlib.crc32(ds.encode())])
         for key, data in mine.items():
-            for metric, samples in METRIC_FNS[data["task"]](data["image_stats"], weights).items():
+            for metric, samples in resampled_metrics(data["image_stats"], weights).items():
                 out[(*key, metric)] = samples
             for metric in ("psnr_y", "ssim_y"):
                 if data["per_image"] and metric in data["per_image"][0]:
@@ -963,7 +923,7 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ds, task in tasks.items():  # synthetic severities only: rain sources are not a severity ladder
         severities = sorted({k[1] for k in value if k[0] == ds and k[2] == "rainy" and k[1] in PRESETS})
         methods = list(dict.fromkeys(k[2] for k in value if k[0] == ds and k[1] != "none"))
-        for metric in TASK_METRICS[task]:
+        for metric in task_metrics(task):
             clean = value.get((ds, "none", "clean", metric))
             if clean is None or not severities:
                 continue
@@ -989,7 +949,7 @@ def _drop_recovery(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (ds, sev, method, metric), v in value.items():
         task = next(r["task"] for r in rows if r["dataset"] == ds)
-        if sev == "none" or metric not in TASK_METRICS[task]:
+        if sev == "none" or metric not in task_metrics(task):
             continue
         clean, rainy = value.get((ds, "none", "clean", metric)), value.get((ds, sev, "rainy", metric))
         if clean is None or rainy is None:

@@ -20,53 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from downstream.metrics import unpack_flags
+
 R_THRESHOLDS = np.linspace(0.0, 1.00, 101)  # COCO's recall thresholds
 LEVEL = 0.95
 
 
 # -- detection ----------------------------------------------------------------------------------------------------
-def detection_image_stats(ev: Any, image_ids: Sequence[int], max_det: int = 100) -> dict[str, Any]:
-    """Per-category detection statistics from an evaluated ``COCOeval`` (``ev.evaluate()`` has run), for
-    :func:`detection_metrics`: the arrays COCO's ``accumulate`` uses (area "all", ``max_det`` detections per image),
-    with each detection's image as an index into ``image_ids``. JSON-serialisable (lists)."""
-    index = {int(i): n for n, i in enumerate(image_ids)}
-    n_area = len(ev.params.areaRng)
-    n_img = len(ev.params.imgIds)
-    cats = []
-    for k in range(len(ev.params.catIds)):
-        scores, images, matches, ignores = [], [], [], []
-        npos = np.zeros(len(image_ids), dtype=np.int64)
-        for i, image_id in enumerate(ev.params.imgIds):  # COCO's order: categories outer, areas, images inner
-            e = ev.evalImgs[k * n_area * n_img + i]  # area index 0 = "all"
-            if e is None:
-                continue
-            if e["maxDet"] != max_det:
-                raise ValueError(f"COCOeval was run with maxDet {e['maxDet']}, expected {max_det}")
-            n = min(len(e["dtScores"]), max_det)
-            scores += list(e["dtScores"][:n])
-            images += [index[int(image_id)]] * n
-            matches.append(np.asarray(e["dtMatches"])[:, :n] > 0)
-            ignores.append(np.asarray(e["dtIgnore"])[:, :n].astype(bool))
-            npos[index[int(image_id)]] += int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
-        cats.append({
-            "scores": [float(x) for x in scores],
-            "images": images,
-            "tp": _pack(np.concatenate(matches, axis=1).T) if matches else [],
-            "ignore": _pack(np.concatenate(ignores, axis=1).T) if ignores else [],
-            "npos": npos.tolist(),
-        })
-    return {"categories": cats, "iou_thresholds": list(map(float, ev.params.iouThrs)), "images": len(image_ids)}
-
-
-def _pack(flags: np.ndarray) -> list[int]:
-    """``(D, T)`` booleans -> D ints, bit ``j`` = IoU threshold ``j`` (keeps cell files small)."""
-    return (flags.astype(np.int64) << np.arange(flags.shape[1])).sum(axis=1).tolist()
-
-
-def _unpack(bits: Sequence[int], t: int) -> np.ndarray:
-    return ((np.asarray(bits, dtype=np.int64).reshape(-1, 1) >> np.arange(t)) & 1).astype(bool)
-
-
 def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, np.ndarray]:
     """``{"map": (B,), "map50": (B,)}`` for image weights ``(B, N)`` (counts of each image in each resample)."""
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
@@ -82,8 +42,8 @@ def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, n
         scores = np.asarray(cat["scores"], dtype=np.float64)
         if scores.size:
             order = np.argsort(-scores, kind="mergesort")
-            tp = _unpack(cat["tp"], t)[order]  # (D, T)
-            ig = _unpack(cat["ignore"], t)[order]
+            tp = unpack_flags(cat["tp"], t)[order]  # (D, T)
+            ig = unpack_flags(cat["ignore"], t)[order]
             w = weights[:, np.asarray(cat["images"], dtype=np.int64)[order]]  # (B, D)
             if w.sum(axis=1).max() < 2**24:  # integer counts: exact in float32, and half the memory traffic
                 w = w.astype(np.float32)
@@ -127,13 +87,6 @@ def _interpolated_ap(tps: np.ndarray, fps: np.ndarray, npos: np.ndarray) -> np.n
 
 
 # -- segmentation -------------------------------------------------------------------------------------------------
-def segmentation_image_stats(confusion: np.ndarray) -> list[list[int]]:
-    """One image's ``[tp_1..tp_K, fp_1..fp_K, fn_1..fn_K]`` from its ``K×K`` confusion (rows = target)."""
-    c = np.asarray(confusion, dtype=np.int64)
-    tp = np.diag(c)
-    return [tp.tolist(), (c.sum(axis=0) - tp).tolist(), (c.sum(axis=1) - tp).tolist()]
-
-
 def segmentation_metrics(stats: Sequence[Sequence[Sequence[int]]], weights: np.ndarray) -> dict[str, np.ndarray]:
     """``{"miou": (B,), "pixel_acc": (B,)}`` for per-image ``[tp, fp, fn]`` stats and weights ``(B, N)``."""
     s = np.asarray(stats, dtype=np.float64)  # (N, 3, K)
@@ -173,4 +126,15 @@ def excludes_zero(ci: tuple[float, float]) -> bool:
 
 
 MetricFn = Callable[[Any, np.ndarray], dict[str, np.ndarray]]
-METRIC_FNS: dict[str, MetricFn] = {"detection": detection_metrics, "segmentation": segmentation_metrics}
+STAT_KINDS: dict[str, MetricFn] = {"coco": detection_metrics, "confusion": segmentation_metrics}
+
+
+def resampled_metrics(image_stats: Sequence[dict[str, Any]], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric an evaluator's ``image_stats`` entries (``downstream.metrics``) recompute, for image weights
+    ``(B, N)``: ``{prefix + metric: (B,)}``."""
+    out: dict[str, np.ndarray] = {}
+    for entry in image_stats:
+        if entry["kind"] not in STAT_KINDS:
+            raise ValueError(f"unknown image statistics kind {entry['kind']!r}; known: {sorted(STAT_KINDS)}")
+        out |= {entry["prefix"] + k: v for k, v in STAT_KINDS[entry["kind"]](entry["stats"], weights).items()}
+    return out

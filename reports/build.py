@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derain.fileio import atomic_write_text
+from downstream.drawing import DISPLAY_CONF, DISPLAY_IOU
+from downstream.tasks import get_task
 from reports import grids, plots
 from reports.document import Block, Bullets, Figure, Heading, Paragraph, TableBlock
 from reports.html import render_html
@@ -25,10 +27,10 @@ from reports.runs import Combined, load_runs
 from reports.stats import primary_metric, psnr_task_correlation
 from reports.summary import summary_tables
 from reports.tables import (
-    METRIC_NAMES,
     MIN_DROP,
     PROTOCOL,
     Table,
+    metric_name,
     restoration_table,
     robustness_tables,
     task_tables,
@@ -40,12 +42,16 @@ FORMATS = ("md", "html", "tex", "csv")
 TITLE = "derainbench report"
 GRIDS_TEXT = (
     "Per sample image (rows): the ground truth, then each condition exactly as the task model saw it (clean, rainy, "
-    "each derainer's output). Detection: the k highest-scoring boxes with confidence >= {conf:g} (k = ground-truth "
-    f"objects; boxes overlapping a higher-scoring one by IoU > {grids.DISPLAY_IOU:g} skipped), labelled class and "
-    "score. Segmentation: the predicted mask tinted over the image in grey (background untinted). Under each panel: "
-    "PSNR-Y / SSIM-Y against the clean image and the task score of that single image (AP@.5 or mIoU), which is "
-    "noisy: the tables hold the dataset scores."
+    "each derainer's output). {drawing} Under each panel: PSNR-Y / SSIM-Y against the clean image and the task score "
+    "of that single image ({scores}), which is noisy: the tables hold the dataset scores."
 )
+
+
+def grids_text(tasks: Sequence[str], conf: float) -> str:
+    """The grids' caption: how each task of the report draws its predictions and scores one image."""
+    found = [get_task(t) for t in tasks]
+    drawing = " ".join(f"{t.title}: {t.grid_text.format(conf=conf, iou=DISPLAY_IOU)}" for t in found)
+    return GRIDS_TEXT.format(drawing=drawing, scores=" or ".join(dict.fromkeys(t.image_metric.heading for t in found)))
 
 
 @dataclass
@@ -88,7 +94,7 @@ def build_report(
     formats: str | Sequence[str] = FORMATS,
     images: int = 3,
     min_drop: float = MIN_DROP,
-    display_conf: float = grids.DISPLAY_CONF,
+    display_conf: float = DISPLAY_CONF,
 ) -> Report:
     """Load and combine the runs, then write the report files under ``out`` (see the module docstring).
 
@@ -125,7 +131,7 @@ def build_report(
 
 
 def make_figures(
-    combined: Combined, out: Path, images: int = 3, display_conf: float = grids.DISPLAY_CONF
+    combined: Combined, out: Path, images: int = 3, display_conf: float = DISPLAY_CONF
 ) -> list[Figure]:
     """Draw every figure the runs have data for into ``out/figures``; returns them with captions."""
     colors = plots.method_colors(combined.methods)
@@ -178,7 +184,7 @@ def report_blocks(
     results: list[Table],
     figures: list[Figure],
     formats: Sequence[str],
-    display_conf: float = grids.DISPLAY_CONF,
+    display_conf: float = DISPLAY_CONF,
 ) -> list[Block]:
     """The report's sections in reading order."""
     runs = ", ".join(f"{r.name} ({r.path})" for r in combined.runs)
@@ -215,7 +221,7 @@ def report_blocks(
     grid_figs = [f for f in figures if f.path.name.startswith("grid_")]
     blocks.append(Heading("Qualitative examples"))
     blocks += (
-        [Paragraph(GRIDS_TEXT.format(conf=display_conf)), *grid_figs]
+        [Paragraph(grids_text(list(dict.fromkeys(combined.datasets.values())), display_conf)), *grid_figs]
         if grid_figs
         else [Paragraph("The runs saved no sample images (bench config `samples: 0`).")]
     )
@@ -231,7 +237,7 @@ def _correlations(combined: Combined) -> str:
     parts = []
     for ds, task in combined.datasets.items():
         metric = primary_metric(task)
-        parts.append(f"{ds}: PSNR-Y vs {METRIC_NAMES[metric]}: {psnr_task_correlation(combined, ds, metric).text()}.")
+        parts.append(f"{ds}: PSNR-Y vs {metric_name(metric)}: {psnr_task_correlation(combined, ds, metric).text()}.")
     return " ".join(parts) + (
         " The points span rain severities, so a high correlation mostly says that heavier "
         "rain hurts both; compare methods within a severity in the tables above."

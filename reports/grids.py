@@ -1,28 +1,25 @@
 """Qualitative grids from a run's ``samples/``: per image a row ground truth | clean | rainy | each derainer, with
-the detector's boxes (class, score) or the segmenter's mask drawn on the image the task model saw, each panel
-titled with that image's PSNR-Y / SSIM-Y and task score (AP@.5 or mIoU of the single image)."""
+the task model's prediction drawn on the image it saw (by the dataset's task: boxes with class and score, class
+masks, instance masks), each panel titled with that image's PSNR-Y / SSIM-Y and task score (the task's per-image
+metric, e.g. AP@.5 or mIoU of the single image)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from derain.imageio import read_image
-from downstream.datasets import read_mask
+from downstream.drawing import DEFAULT_DRAWN, DISPLAY_CONF, is_background
+from downstream.tasks import Task, get_task
 from reports.plots import PALETTE, save_figure
 from reports.runs import Combined, Run
 
-MAX_BOXES = 10
-DEFAULT_BOXES = 5  # boxes drawn per panel when the ground truth (and so its object count) is unknown
-DISPLAY_IOU = 0.5  # drawn boxes overlap each other at most this much
-DISPLAY_CONF = 0.25  # boxes below this confidence are not drawn (scoring keeps them: the COCO protocol needs them)
-BACKGROUND_NAMES = {"background", "bg", "_background_"}
+MAX_OBJECTS = 10  # instances drawn per panel at most
 
 
 @dataclass
@@ -31,8 +28,7 @@ class Panel:
 
     title: str
     image: np.ndarray
-    boxes: dict | None = None  # {"boxes", "scores"?, "classes"}
-    mask: np.ndarray | None = None
+    label: Any = None  # a prediction or the ground truth, as the task saved it
     caption: str = ""
 
 
@@ -55,14 +51,6 @@ def class_names(run: Run, dataset: str) -> list[str]:
     return list(dict.fromkeys(rows["class"])) if not rows.empty else []
 
 
-def _read_prediction(folder: Path, stem: str) -> tuple[dict | None, np.ndarray | None]:
-    if (folder / f"{stem}.json").is_file():
-        return json.loads((folder / f"{stem}.json").read_text()), None
-    if (folder / f"{stem}.mask.png").is_file():
-        return None, read_mask(folder / f"{stem}.mask.png")
-    return None, None
-
-
 def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str) -> dict[str, float]:
     """PSNR-Y / SSIM-Y of one sample image from the run's ``per_image.csv``."""
     pi = run.per_image
@@ -81,33 +69,14 @@ def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str)
     return {k: float(hit.iloc[0][k]) for k in ("psnr_y", "ssim_y") if k in hit.columns and np.isfinite(hit.iloc[0][k])}
 
 
-def image_task_score(
-    boxes: dict | None,
-    mask: np.ndarray | None,
-    truth_boxes: dict | None,
-    truth_mask: np.ndarray | None,
-    names: list[str],
-) -> tuple[str, float] | None:
-    """The task score of one image against its ground truth: AP@.5 (COCO protocol on the single image) or mIoU."""
-    if boxes is not None and truth_boxes is not None:
-        from eval.detection import DetectionEvaluator
-
-        evaluator = DetectionEvaluator(names or [str(i) for i in range(_n_classes(boxes, truth_boxes))])
-        evaluator.update([boxes], [truth_boxes], [0])
-        return "AP@.5", float(evaluator.compute()["map50"])
-    if mask is not None and truth_mask is not None:
-        import torch
-
-        from eval.segmentation import ConfusionMatrix
-
-        n = max(len(names), int(max(mask.max(), truth_mask[truth_mask != 255].max(initial=0))) + 1)
-        matrix = ConfusionMatrix(n).update(torch.from_numpy(mask), torch.from_numpy(truth_mask))
-        return "mIoU", matrix.miou()
-    return None
-
-
-def _n_classes(*labels: dict) -> int:
-    return int(max((max(lab["classes"], default=-1) for lab in labels), default=-1)) + 1
+def image_task_score(task: Task, pred: Any, truth: Any, names: list[str]) -> tuple[str, float] | None:
+    """The task score of one image against its ground truth: the task's per-image metric (AP@.5 with the COCO
+    protocol on the single image, mIoU, ...)."""
+    if pred is None or truth is None or not names:
+        return None
+    evaluator = task.evaluator(names)
+    evaluator.update([pred], [truth], [0])
+    return task.image_metric.heading, float(evaluator.compute()[task.image_metric.key])
 
 
 def _caption(scores: dict[str, float], task: tuple[str, float] | None) -> str:
@@ -119,31 +88,6 @@ def _caption(scores: dict[str, float], task: tuple[str, float] | None) -> str:
     if task is not None and np.isfinite(task[1]):
         parts.append(f"{task[0]} {task[1]:.3f}")
     return "\n".join([" · ".join(parts[:2]), *parts[2:]]) if parts else ""
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
-def display_boxes(pred: dict, k: int, overlap: float = DISPLAY_IOU, conf: float = DISPLAY_CONF) -> dict:
-    """Up to ``k`` boxes to draw: highest score first, none below ``conf``, skipping any that overlaps a kept one
-    by IoU > ``overlap`` whatever its class (the detector keeps such duplicates of other classes; drawn, they hide
-    each other). Boxes without scores (ground truth) are all candidates."""
-    scores = np.asarray(pred.get("scores", [1.0] * len(pred["boxes"])), dtype=float)
-    kept: list[int] = []
-    for i in np.argsort(-scores, kind="stable"):
-        if len(kept) == k or scores[i] < conf:
-            break
-        if all(_iou(pred["boxes"][i], pred["boxes"][j]) <= overlap for j in kept):
-            kept.append(int(i))
-    return {
-        "boxes": [pred["boxes"][i] for i in kept],
-        "scores": scores[kept].tolist(),
-        "classes": [pred["classes"][i] for i in kept],
-    }
 
 
 def grid_panels(
@@ -167,86 +111,34 @@ def grid_panels(
     stems = [s for s in _stems(folders["clean"][2]) if s in common][:images]
     clean_run = folders["clean"][0]
     names = class_names(clean_run, dataset)
+    task = get_task(combined.datasets[dataset])
     truth_dir = clean_run.path / "samples" / dataset / "truth"
     rows = []
     for stem in stems:
-        truth_boxes, truth_mask = _read_prediction(truth_dir, stem)
-        n_boxes = min(len(truth_boxes["boxes"]), MAX_BOXES) if truth_boxes else DEFAULT_BOXES
+        truth = task.load_label(truth_dir, stem)
         clean_image = read_image(folders["clean"][2] / f"{stem}.png")
         row = []
-        if truth_boxes is not None or truth_mask is not None:
-            n_obj = f"{len(truth_boxes['boxes'])} objects" if truth_boxes else "label mask"
-            row.append(Panel("ground truth", clean_image, truth_boxes, truth_mask, n_obj))
+        if truth is not None:
+            row.append(Panel("ground truth", clean_image, truth, task.describe(truth)))
         for method, (run, name, folder) in folders.items():
-            boxes, mask = _read_prediction(folder, stem)
-            task = image_task_score(boxes, mask, truth_boxes, truth_mask, names)
+            pred = task.load_label(folder, stem)
+            score = image_task_score(task, pred, truth, names)
             sev = "none" if method == "clean" else severity
             scores = _image_scores(run, dataset, sev, name, stem)
-            shown = display_boxes(boxes, max(n_boxes, 1), conf=conf) if boxes is not None else None
-            row.append(Panel(method, read_image(folder / f"{stem}.png"), shown, mask, _caption(scores, task)))
+            row.append(Panel(method, read_image(folder / f"{stem}.png"), pred, _caption(scores, score)))
         rows.append(row)
     return stems, rows
+
+
+def _objects(label: Any) -> int:
+    """How many instances a panel may draw: the ground truth's count (at most MAX_OBJECTS), else DEFAULT_DRAWN."""
+    boxes = label.get("boxes") if isinstance(label, dict) else None
+    return max(min(len(boxes), MAX_OBJECTS), 1) if boxes is not None else DEFAULT_DRAWN
 
 
 def class_color(k: int) -> str:
     """The colour of class ``k`` in grids (boxes and mask overlays)."""
     return PALETTE[k % len(PALETTE)]
-
-
-LABEL_PT = 5.5  # box label font size (points)
-
-
-def _label_spot(box: Sequence[float], size: tuple[float, float], taken: list[tuple[float, ...]]) -> tuple[float, float]:
-    """Top-left corner (image pixels) for a box's label: inside its top edge, else inside its bottom edge, else
-    above it — the first spot that does not cover a label already placed."""
-    x1, y1, x2, y2 = box
-    w, h = size
-    spots = [(x1 + 1, y1 + 1), (x1 + 1, y2 - h - 1), (x1, y1 - h - 1), (x1 + 1, y1 + h + 2)]
-    for x, y in spots:
-        if all(x + w <= a or a + c <= x or y + h <= b or b + d <= y for a, b, c, d in taken):
-            return x, y
-    return spots[0]
-
-
-def _draw_boxes(ax: object, pred: dict, names: list[str], px_per_pt: float) -> None:
-    """Boxes in their class colour, labelled ``class score``; labels are moved so they do not cover each other."""
-    scores = pred.get("scores")
-    taken: list[tuple[float, ...]] = []
-    for i, (box, cls) in enumerate(zip(pred["boxes"], pred["classes"], strict=True)):
-        x1, y1, x2, y2 = box
-        color = class_color(int(cls))
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.4))
-        name = names[int(cls)] if int(cls) < len(names) else str(int(cls))
-        text = f"{name} {scores[i]:.2f}" if scores is not None else name
-        size = ((0.62 * len(text) + 0.6) * LABEL_PT * px_per_pt, 1.5 * LABEL_PT * px_per_pt)
-        x, y = _label_spot(box, size, taken)
-        taken.append((x, y, *size))
-        ax.text(
-            x,
-            y,
-            text,
-            fontsize=LABEL_PT,
-            color="white",
-            va="top",
-            ha="left",
-            clip_on=True,
-            bbox={"facecolor": color, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
-        )
-
-
-def _mask_overlay(image: np.ndarray, mask: np.ndarray, names: list[str], alpha: float = 0.6) -> np.ndarray:
-    """The image in grey (so the scene's own colours cannot pass for classes) with every non-background class
-    tinted in its colour."""
-    from matplotlib.colors import to_rgb
-
-    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    out = np.repeat(grey[..., None], 3, axis=2)
-    for k in np.unique(mask):
-        if k == 255 or (k < len(names) and names[k].lower() in BACKGROUND_NAMES):
-            continue
-        sel = mask == k
-        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(to_rgb(class_color(int(k))))
-    return out
 
 
 def sample_grid(
@@ -258,6 +150,7 @@ def sample_grid(
         return None
     src = _source(combined, "clean")
     names = class_names(src[0], dataset) if src else []
+    task = get_task(combined.datasets[dataset])
     ncols = max(len(r) for r in rows)
     h, w = rows[0][0].image.shape[:2]
     panel_w = 2.3
@@ -265,16 +158,14 @@ def sample_grid(
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     used: set[int] = set()
     for r, (stem, row) in enumerate(zip(stems, rows, strict=True)):
+        objects = _objects(row[0].label) if row[0].title == "ground truth" else DEFAULT_DRAWN
         for c, panel in enumerate(row):
             ax = axes[r][c]
-            image = panel.image
-            if panel.mask is not None:
-                image = _mask_overlay(image, panel.mask, names)
-                used |= {int(k) for k in np.unique(panel.mask) if k != 255}
-            ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
-            if panel.boxes is not None:
-                _draw_boxes(ax, panel.boxes, names, px_per_pt=w / (panel_w * 72))
-                used |= {int(k) for k in panel.boxes["classes"]}
+            if panel.label is None:
+                ax.imshow(np.clip(panel.image, 0, 1), interpolation="nearest")
+            else:
+                used |= task.draw(ax, panel.image, panel.label, names, class_color, objects=objects, conf=conf,
+                                  px_per_pt=w / (panel_w * 72))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -288,7 +179,7 @@ def sample_grid(
     legend = [
         Patch(color=class_color(k), label=names[k] if k < len(names) else str(k))
         for k in sorted(used)
-        if not (k < len(names) and names[k].lower() in BACKGROUND_NAMES)
+        if not is_background(k, names)
     ]
     if legend:
         fig.legend(handles=legend, loc="outside right upper", title="class", frameon=False, fontsize=8)

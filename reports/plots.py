@@ -14,10 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from derain.fileio import atomic_path
-from eval.bench import TASK_METRICS
+from downstream.tasks import get_task
+from eval.bench import task_metrics
 from reports.runs import Combined, is_finite
 from reports.stats import correlation, primary_metric, psnr_task_points, worst_severity
-from reports.tables import METRIC_NAMES
+from reports.tables import metric_name
 from reports.training import TrainingLog
 
 DPI = 150
@@ -66,7 +67,7 @@ def severity_marker(severity: str, severities: Sequence[str]) -> str:
 
 def metric_axis_label(metric: str) -> str:
     """Axis label with its unit: dB for PSNR, the 0–1 range for ratios."""
-    name = METRIC_NAMES.get(metric, metric)
+    name = metric_name(metric)
     return name if "(dB)" in name else name + UNIT_FREE
 
 
@@ -101,14 +102,14 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
     datasets = [d for d in combined.datasets if len(combined.severities_of(d)) > 1]
     if not datasets:
         return None
-    ncols = max(len(TASK_METRICS[combined.datasets[d]]) for d in datasets)
+    ncols = max(len(task_metrics(combined.datasets[d])) for d in datasets)
     fig = Figure(figsize=(4.3 * ncols + 1.8, 3.1 * len(datasets)), layout="constrained")
     axes = fig.subplots(len(datasets), ncols, squeeze=False)
     handles, labels = [], []
     for row, ds in zip(axes, datasets, strict=True):
         severities = [s for s in combined.severities_of(ds) if s != "none"]
         x = np.arange(len(severities))
-        for ax, metric in zip(row, TASK_METRICS[combined.datasets[ds]], strict=False):
+        for ax, metric in zip(row, task_metrics(combined.datasets[ds]), strict=False):
             clean = combined.value(ds, "none", "clean", metric)
             if clean and is_finite(clean[0]):
                 ax.axhline(clean[0], color=colors["clean"], linestyle="--", linewidth=1.2, label="clean (no rain)")
@@ -132,11 +133,11 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
             ax.set_xlim(-0.4, len(severities) - 0.6)
             ax.set_xlabel("rain severity (synthetic preset)")
             ax.set_ylabel(metric_axis_label(metric))
-            ax.set_title(f"{ds}: {METRIC_NAMES[metric]}", fontsize=10)
+            ax.set_title(f"{ds}: {metric_name(metric)}", fontsize=10)
             ax.grid(alpha=0.3)
             h, lab = ax.get_legend_handles_labels()
             handles, labels = handles + h, labels + lab
-        for ax in row[len(TASK_METRICS[combined.datasets[ds]]) :]:
+        for ax in row[len(task_metrics(combined.datasets[ds])) :]:
             ax.set_visible(False)
     _legend_outside(fig, *_unique(handles, labels), title="method")
     return save_figure(fig, path)
@@ -211,7 +212,7 @@ def per_class_bars(combined: Combined, colors: dict[str, str], path: Path) -> Pa
     panels = []
     for ds, task in combined.datasets.items():
         sev = worst_severity(combined, ds)
-        metric = "ap" if task == "detection" else "iou"
+        metric = next(iter(get_task(task).per_class.values())).key  # the task's headline per-class metric
         pc = combined.per_class
         rows = pc[(pc.dataset == ds) & (pc.metric == metric) & pc.severity.isin(["none", sev])]
         if sev is not None and not rows.empty:
@@ -243,8 +244,8 @@ def per_class_bars(combined: Combined, colors: dict[str, str], path: Path) -> Pa
             )
         headline = primary_metric(task)
         drop = combined.value(ds, sev, "rainy", f"drop_{headline}")
-        drop_text = f"; clean − rainy {METRIC_NAMES[headline]} = {drop[0]:.3f}" if drop and is_finite(drop[0]) else ""
-        ax.set_title(f"{ds}: per-class {METRIC_NAMES[metric]} at {sev} rain (worst severity{drop_text})", fontsize=10)
+        drop_text = f"; clean − rainy {metric_name(headline)} = {drop[0]:.3f}" if drop and is_finite(drop[0]) else ""
+        ax.set_title(f"{ds}: per-class {metric_name(metric)} at {sev} rain (worst severity{drop_text})", fontsize=10)
         ax.set_xticks(x, classes, rotation=30 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center")
         ax.set_xlabel("class")
         ax.set_ylabel(metric_axis_label(metric))
@@ -309,7 +310,7 @@ def _validation_axes(ax: object, log: TrainingLog, color: str) -> None:
             "--s",
             color=TWIN_COLOR,
             markersize=4,  # not the method colour:
-            label=f"val {METRIC_NAMES.get(metric, metric)} (right axis)",
+            label=f"val {metric_name(metric)} (right axis)",
         )  # lines may coincide
         twin.set_ylabel(f"validation {metric_axis_label(metric)}")
         twin_axis = True

@@ -19,6 +19,7 @@ import pandas as pd
 
 from derain.config import read_yaml
 from derain.synth import PRESETS
+from downstream.tasks import get_task
 from eval.bench import SUMMARY_SEVERITY
 
 RESULT_COLUMNS = ["dataset", "task", "severity", "method", "metric", "value"]
@@ -26,7 +27,6 @@ CLASS_COLUMNS = ["dataset", "task", "severity", "method", "class", "metric", "va
 BASELINES = ("clean", "rainy")
 # What makes two runs score a dataset the same way (so their rows may share a table).
 SCORING_KEYS = ("task", "format", "path", "split", "limit", "imgsz", "model")
-DETECTION_KEYS = ("conf", "iou")
 DERAINER_KEYS = ("model", "weights", "options", "tile", "overlap")
 
 
@@ -273,8 +273,7 @@ def scoring(run: Run, dataset: str) -> dict[str, Any]:
     if entry is None:
         return {"task": task}
     spec = {k: entry.get(k) for k in SCORING_KEYS}
-    if task == "detection":
-        spec.update({k: run.config.get(k) for k in DETECTION_KEYS})
+    spec.update({k: run.config.get(k) for k in get_task(task).scoring_options})
     return spec
 
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from eval.bench import TASK_METRICS
+from downstream.tasks import get_task
 from reports.runs import Combined, is_finite
 
 
 def primary_metric(task: str) -> str:
-    """The headline task metric (COCO mAP@[.5:.95] for detection, mIoU for segmentation)."""
-    return TASK_METRICS[task][0]
+    """The task's headline metric (COCO mAP@[.5:.95] for detection, mIoU for segmentation, ...)."""
+    return get_task(task).metrics[0].key
 
 
 def worst_severity(combined: Combined, dataset: str) -> str | None:

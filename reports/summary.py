@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from derain.checkpoint import is_checkpoint, read_meta
+from downstream.tasks import get_task
 from reports.runs import BASELINES, Combined, Run
 from reports.tables import Column, Table
 
@@ -80,11 +81,8 @@ def datasets_table(combined: Combined) -> Table:
         run = next(r for r in combined.runs if name in set(r.results.dataset))
         spec = run.dataset(name) or {}
         data = f"{spec.get('path', '?')} ({spec.get('format', '?')})"
-        scoring = (
-            "COCO mAP (pycocotools), conf ≥ {}, NMS IoU {}".format(run.config.get("conf"), run.config.get("iou"))
-            if task == "detection"
-            else "mIoU from the summed confusion matrix, 255 ignored"
-        )
+        options = get_task(task).scoring_options
+        scoring = get_task(task).scoring_text.format(**{k: run.config.get(k) for k in options})
         if spec.get("imgsz"):
             scoring += f", imgsz {spec['imgsz']}"
         table.rows.append(

@@ -15,34 +15,31 @@ from pathlib import Path
 
 from derain.fileio import atomic_write_text
 from derain.synth import PRESETS
-from eval.bench import SUMMARY_SEVERITY, TASK_METRICS
+from downstream.tasks import get_task, list_tasks, metric_specs
+from eval.bench import SUMMARY_SEVERITY, task_metrics
 from eval.bootstrap import excludes_zero
 from reports.runs import Combined, is_finite, load_runs
 
 PROTOCOL = "Y channel, MATLAB rgb2ycbcr, no crop"
-METRIC_LABELS = {
-    "map": "mAP",
-    "map50": "mAP@.5",
-    "miou": "mIoU",
-    "pixel_acc": "pixel acc.",
-    "psnr_y": "PSNR-Y",
-    "ssim_y": "SSIM-Y",
-    "ap": "AP",
-    "ap50": "AP@.5",
-    "iou": "IoU",
-}
-METRIC_NAMES = {
-    "map": "mAP@[.5:.95]",
-    "map50": "mAP@.5",
-    "miou": "mIoU",
-    "pixel_acc": "pixel accuracy",
-    "psnr_y": "PSNR-Y (dB)",
-    "ssim_y": "SSIM-Y",
-    "ap": "AP@[.5:.95]",
-    "ap50": "AP@.5",
-    "iou": "IoU",
-}
-TASK_TABLES = {"detection": "Detection", "segmentation": "Segmentation"}
+RESTORATION_METRICS = {"psnr_y": ("PSNR-Y", "PSNR-Y (dB)"), "ssim_y": ("SSIM-Y", "SSIM-Y")}  # (heading, name)
+
+
+def metric_label(key: str) -> str:
+    """A metric's column heading ("mAP", "PSNR-Y"): restoration metrics here, task metrics from their task."""
+    if key in RESTORATION_METRICS:
+        return RESTORATION_METRICS[key][0]
+    spec = metric_specs().get(key)
+    return spec.heading if spec else key
+
+
+def metric_name(key: str) -> str:
+    """A metric's full name ("mAP@[.5:.95]", "PSNR-Y (dB)")."""
+    if key in RESTORATION_METRICS:
+        return RESTORATION_METRICS[key][1]
+    spec = metric_specs().get(key)
+    return spec.label if spec else key
+
+
 NOISE_MARK = "†"
 CI_MARK = "°"  # a difference whose 95 % paired-bootstrap interval contains 0
 MIN_DROP = 0.01  # |clean − rainy| below this (metric units, 0–1 scale) makes a recovery meaningless
@@ -202,7 +199,7 @@ def restoration_table(combined: Combined) -> Table:
     pairs = [(s, m) for s in combined.rain_severities() for m in ("psnr_y", "ssim_y")]
     columns = [
         Column(
-            f"{s}/{m}", METRIC_LABELS[m] + (" (dB)" if m == "psnr_y" else ""), group=s, digits=2 if m == "psnr_y" else 4
+            f"{s}/{m}", metric_label(m) + (" (dB)" if m == "psnr_y" else ""), group=s, digits=2 if m == "psnr_y" else 4
         )
         for s, m in pairs
     ]
@@ -237,20 +234,20 @@ def real_rain_datasets(combined: Combined) -> list[str]:
     return [
         ds
         for ds, task in combined.datasets.items()
-        if combined.value(ds, "none", "clean", TASK_METRICS[task][0]) is None
+        if combined.value(ds, "none", "clean", task_metrics(task)[0]) is None
     ]
 
 
 def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Table:
     """Task metrics per dataset × severity × method with drop (rainy rows) and recovery (derained rows)."""
-    metrics = TASK_METRICS[task]
-    columns = [Column(m, METRIC_LABELS[m]) for m in metrics]
-    columns += [Column(f"drop_{m}", METRIC_LABELS[m], group="drop", best=False) for m in metrics]
-    columns += [Column(f"recovery_{m}", METRIC_LABELS[m], group="recovery", digits=2) for m in metrics]
-    names = ", ".join(f"{METRIC_LABELS[m]} = {METRIC_NAMES[m]}" for m in metrics if METRIC_LABELS[m] != METRIC_NAMES[m])
+    metrics = task_metrics(task)
+    columns = [Column(m, metric_label(m)) for m in metrics]
+    columns += [Column(f"drop_{m}", metric_label(m), group="drop", best=False) for m in metrics]
+    columns += [Column(f"recovery_{m}", metric_label(m), group="recovery", digits=2) for m in metrics]
+    names = ", ".join(f"{metric_label(m)} = {metric_name(m)}" for m in metrics if metric_label(m) != metric_name(m))
     table = Table(
         task,
-        f"{TASK_TABLES[task]} ({', '.join(METRIC_LABELS[m] for m in metrics)}, drop, recovery)",
+        f"{get_task(task).title} ({', '.join(metric_label(m) for m in metrics)}, drop, recovery)",
         ["dataset", "severity", "method"],
         columns,
         notes=[
@@ -286,17 +283,17 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
 def robustness_table(combined: Combined, task: str) -> Table | None:
     """mPC, rPC and gap closed per dataset × method for ``task``'s metrics (the robustness-benchmark summary);
     None when the runs hold no summary rows for it."""
-    metrics = TASK_METRICS[task]
+    metrics = task_metrics(task)
     columns = []
     for m in metrics:
         columns += [
-            Column(f"{m}_pc", "mPC", group=METRIC_LABELS[m]),
-            Column(f"{m}_rpc", "rPC", group=METRIC_LABELS[m]),
-            Column(f"{m}_gap_closed", "gap closed", group=METRIC_LABELS[m], digits=2),
+            Column(f"{m}_pc", "mPC", group=metric_label(m)),
+            Column(f"{m}_rpc", "rPC", group=metric_label(m)),
+            Column(f"{m}_gap_closed", "gap closed", group=metric_label(m), digits=2),
         ]
     table = Table(
         f"robustness_{task}",
-        f"{TASK_TABLES[task]}: robustness over rain severities (mPC, rPC, gap closed)",
+        f"{get_task(task).title}: robustness over rain severities (mPC, rPC, gap closed)",
         ["dataset", "method"],
         columns,
         notes=[
@@ -336,14 +333,14 @@ def synthetic_severities(combined: Combined) -> list[str]:
 def robustness_tables(combined: Combined) -> list[Table]:
     """One robustness table per task with summary rows (detection first)."""
     tasks = set(combined.datasets.values())
-    tables = [robustness_table(combined, t) for t in TASK_METRICS if t in tasks]
+    tables = [robustness_table(combined, t) for t in list_tasks() if t in tasks]
     return [t for t in tables if t is not None]
 
 
 def task_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     """One task table per task present in the runs (detection first)."""
     tasks = set(combined.datasets.values())
-    return [task_table(combined, t, min_drop) for t in TASK_METRICS if t in tasks]
+    return [task_table(combined, t, min_drop) for t in list_tasks() if t in tasks]
 
 
 def table_csv(table: Table) -> str:
@@ -405,13 +402,13 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     """Per dataset: severity × method with the task metrics, PSNR-Y (dB), and drop / recovery of the headline metric."""
     tables = []
     for ds, task in combined.datasets.items():
-        metrics = TASK_METRICS[task]
+        metrics = task_metrics(task)
         first = metrics[0]
-        columns = [Column(m, METRIC_LABELS[m]) for m in metrics]
+        columns = [Column(m, metric_label(m)) for m in metrics]
         columns += [
             Column("psnr_y", "PSNR-Y", digits=2),
-            Column(f"drop_{first}", f"drop {METRIC_LABELS[first]}", best=False),
-            Column(f"recovery_{first}", f"recov. {METRIC_LABELS[first]}", digits=2),
+            Column(f"drop_{first}", f"drop {metric_label(first)}", best=False),
+            Column(f"recovery_{first}", f"recov. {metric_label(first)}", digits=2),
         ]
         table = Table(f"main_{ds}", f"{ds} ({task}; PSNR-Y in dB: {PROTOCOL})", ["severity", "method"], columns)
         noisy = False
@@ -442,8 +439,8 @@ def main_robustness_tables(combined: Combined) -> list[Table]:
     """Per dataset with robustness rows: mPC, rPC and gap closed of the headline metric."""
     tables = []
     for ds, task in combined.datasets.items():
-        m = TASK_METRICS[task][0]
-        label = METRIC_LABELS[m]
+        m = task_metrics(task)[0]
+        label = metric_label(m)
         columns = [
             Column(f"{m}_pc", f"mPC {label}"),
             Column(f"{m}_rpc", "rPC"),

@@ -12,7 +12,8 @@ Run the downstream benchmark described by a YAML config (see configs/bench_demo.
 for each dataset, the clean images (method "clean"), then for each rain severity the rainy images
 (method "rainy", rain synthesized with the run seed exactly as `derainbench synth` writes it) and each
 derainer's output go through the task model. Detection is scored with the COCO protocol (pycocotools:
-mAP@[.5:.95], mAP@.5), segmentation with mIoU over the dataset's summed confusion matrix (255 ignored);
+mAP@[.5:.95], mAP@.5), instance segmentation with COCO mask and box mAP, segmentation with mIoU over the
+dataset's summed confusion matrix (255 ignored);
 PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop) of rainy/derained images against the clean ones.
 
 Severities: the ladder 1-5 (severities=[1,2,3,4,5], the robustness-benchmark convention; 2 = light,
@@ -50,7 +51,7 @@ Examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark derainers on detection/segmentation", description=HELP,
+    p = sub.add_parser("bench", help="benchmark derainers on downstream tasks", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, "benchmark YAML (see configs/bench_demo.yaml)", required=True, force=True)
     p.set_defaults(func=run)

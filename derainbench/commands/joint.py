@@ -1,4 +1,4 @@
-"""``derainbench joint``: fine-tune a derainer jointly with a detection or segmentation loss."""
+"""``derainbench joint``: fine-tune a derainer jointly with a task loss (detection, segmentation, instance)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import argparse
 from derainbench.commands.common import add_config_arguments, interrupted_exit_code
 
 HELP = """\
-Task-driven deraining: loss = λ_restore·MSPFN loss + λ_det·YOLO training loss + λ_seg·cross-entropy of the
-derained images + λ_feat·feature consistency (MSE between the task model's features of derained and clean
-images) (weights.restore / .det / .seg / .feat; 0 skips a term). The task model is frozen by default
+Task-driven deraining: loss = λ_restore·MSPFN loss + λ_task·the task's training loss on the derained images
+(task=detection: YOLO's detection loss; segmentation: pixel cross-entropy; instance: YOLO's segmentation loss)
++ λ_feat·feature consistency (MSE between the task model's features of derained and clean images)
+(weights.restore / .task / .feat; 0 skips a term). The task model is frozen by default
 (gradients still flow through it into the derainer); unfreeze_task=true trains it too (task_lr).
 Clean labelled images are rained on the fly with the configured presets, seeded by (seed, step); crop=SIZE
 trains on random windows (needed when image sizes differ).
@@ -26,7 +27,7 @@ summary.json {task, metric, before, after, psnr_y_before, psnr_y_after}.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("joint", help="fine-tune a derainer with a detection/segmentation loss", description=HELP,
+    p = sub.add_parser("joint", help="fine-tune a derainer with a task loss", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, "YAML recipe (see configs/joint_demo.yaml)", resumable=True)
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""``derainbench train-task``: train a detector (ultralytics YOLO) or segmenter (smp) offline on a dataset."""
+"""``derainbench train-task``: train a task model (YOLO detector or instance segmenter, smp segmenter) offline."""
 
 from __future__ import annotations
 
@@ -8,29 +8,32 @@ from derainbench.commands.common import add_config_arguments
 
 HELP = """\
 Train the task model the benchmark scores with, so users without pretrained weights can make their own.
-Nothing is downloaded: detectors start from a model .yaml (e.g. yolo11n.yaml, shipped with ultralytics)
-or a local .pt; segmenters are smp models with encoder_weights=None (or segmentation.weights=LOCAL_FILE).
-Configured like train, joint and bench: a YAML file (configs/task_detection.yaml, configs/task_segmentation.yaml)
-plus key=value overrides with dotted keys; the run writes OUT/config.yaml.
+Nothing is downloaded: YOLO models start from a model .yaml (e.g. yolo11n.yaml, yolo11n-seg.yaml, shipped
+with ultralytics) or a local .pt; segmenters are smp models with encoder_weights=None (or recipe.weights=LOCAL_FILE).
+Configured like train, joint and bench: a YAML file (configs/task_*.yaml) plus key=value overrides with dotted
+keys; the run writes OUT/config.yaml.
 
-Keys: task (detection | segmentation), data, out (default runs/task), device, seed, batch (16);
-  detection.model (yolo11n.yaml), detection.epochs (30), detection.imgsz (320), detection.yolo.KEY (any
-    ultralytics train argument); data = a YOLO data.yaml; writes OUT/train/weights/best.pt
-  segmentation.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
+Keys: task (detection | segmentation | instance), data, out (default runs/task), device, seed, batch (16), and
+recipe.KEY for the task's recipe:
+  detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
+    argument); data = a YOLO data.yaml; writes OUT/train/weights/best.pt
+  instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
+  segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); writes OUT/best, OUT/last
 
-Short runs on small data: detection.yolo.warmup_epochs=0 (ultralytics otherwise warms up for at least 100
+Short runs on small data: recipe.yolo.warmup_epochs=0 (ultralytics otherwise warms up for at least 100
 iterations, and a few epochs of a small set learn nothing).
 
 Examples:
   derainbench scenes --n 200 --size 320 data/scenes
   derainbench train-task --config configs/task_detection.yaml data=data/scenes/det/data.yaml out=runs/det
-  derainbench train-task task=segmentation data=data/scenes/seg segmentation.iters=1500 out=runs/seg
+  derainbench train-task task=segmentation data=data/scenes/seg recipe.iters=1500 out=runs/seg
+  derainbench train-task --config configs/task_instance.yaml data=data/scenes/inst/data.yaml out=runs/inst
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-task", help="train a detector or segmenter (offline)", description=HELP,
+    p = sub.add_parser("train-task", help="train a task model (offline)", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, "YAML config (see configs/task_*.yaml); omitted = defaults plus the overrides")
     p.set_defaults(func=run)

@@ -44,7 +44,7 @@ def test_demo_runs_every_stage(demo_dir: Path, capsys: pytest.CaptureFixture[str
     assert summary["task"] == "detection" and summary["steps"] == 2
     det_cfg, ctrl_cfg = (yaml.safe_load((demo_dir / f"joint/{n}/config.yaml").read_text())
                          for n in ("mspfn-lite+det", "mspfn-lite+restore"))
-    assert det_cfg["weights"]["det"] > 0 and ctrl_cfg["weights"]["det"] == 0  # the control: restoration only
+    assert det_cfg["weights"]["task"] > 0 and ctrl_cfg["weights"]["task"] == 0  # the control: restoration only
     assert {k: v for k, v in det_cfg.items() if k not in ("name", "weights")} == {
         k: v for k, v in ctrl_cfg.items() if k not in ("name", "weights")}  # same steps, data, seed
 

@@ -23,7 +23,7 @@ def test_train_segmenter(scenes: Path, tmp_path: Path, capsys: pytest.CaptureFix
     from downstream.segmentation import load_segmenter
 
     assert main(["train-task", "--config", str(CONFIGS / "task_segmentation.yaml"), f"data={scenes / 'seg'}",
-                 "segmentation.iters=3", "batch=2", "segmentation.crop=32", "device=cpu", f"out={tmp_path}",
+                 "recipe.iters=3", "batch=2", "recipe.crop=32", "device=cpu", f"out={tmp_path}",
                  "--no-progress"]) == 0
     assert "best segmentation model" in capsys.readouterr().out
     seg = load_segmenter(tmp_path / "best")
@@ -34,9 +34,9 @@ def test_train_segmenter(scenes: Path, tmp_path: Path, capsys: pytest.CaptureFix
 def test_train_detector(scenes: Path, tmp_path: Path) -> None:
     from downstream.detection import load_detector
 
-    assert main(["train-task", "task=detection", f"data={scenes / 'det/data.yaml'}", "detection.epochs=1",
-                 "detection.imgsz=64", "batch=4", "device=cpu", f"out={tmp_path}",
-                 "detection.yolo.warmup_epochs=0", "detection.yolo.mosaic=0"]) == 0
+    assert main(["train-task", "task=detection", f"data={scenes / 'det/data.yaml'}", "recipe.epochs=1",
+                 "recipe.imgsz=64", "batch=4", "device=cpu", f"out={tmp_path}",
+                 "recipe.yolo.warmup_epochs=0", "recipe.yolo.mosaic=0"]) == 0
     pts = sorted(tmp_path.rglob("best.pt"))
     assert pts, "no best.pt written"
     assert load_detector(pts[0]).nc == 6
@@ -47,6 +47,8 @@ def test_missing_data_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture
                  f"out={tmp_path}"]) == 1
     assert "none.yaml" in capsys.readouterr().err
     assert main(["train-task", "data=x"]) == 1
-    assert "task must be detection or segmentation" in capsys.readouterr().err
-    assert main(["train-task", "task=segmentation", "segmentation.iterz=3"]) == 1
-    assert "iterz" in capsys.readouterr().err
+    assert "task is required: one of detection, " in capsys.readouterr().err
+    assert main(["train-task", "task=depth", "data=x"]) == 1
+    assert "unknown task 'depth'" in capsys.readouterr().err
+    assert main(["train-task", "task=segmentation", "recipe.iterz=3"]) == 1
+    assert "recipe.iterz" in capsys.readouterr().err

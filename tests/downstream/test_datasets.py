@@ -15,9 +15,9 @@ from downstream.datasets import (
     DatasetError,
     MaskSegmentationDataset,
     YoloDetectionDataset,
-    load_task_dataset,
     to_coco_dict,
 )
+from downstream.tasks import load_task_dataset
 
 
 def _png(path: Path, w: int = 40, h: int = 20, mode: str = "RGB") -> Path:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from downstream.detection import Detector, class_count_check, letterbox, load_detector, train_detector
-from eval.detection import coco_map, predictions_to_coco
+from downstream.metrics import coco_map, predictions_to_coco
 
 
 @pytest.fixture(autouse=True)
@@ -114,19 +114,14 @@ def test_unsupported_model(tmp_path: Path) -> None:
         load_detector(tmp_path / "model.onnx")
 
 
-class _Names:
-    def __init__(self, n: int) -> None:
-        self.names = [f"c{i}" for i in range(n)]
-
-
 def test_class_count_check(shared_data: Path) -> None:
     from downstream.datasets import YoloDetectionDataset
 
     coco8 = YoloDetectionDataset(shared_data / "coco8" / "data.yaml", split="val")
-    class_count_check(load_detector("yolo11n.yaml"), coco8)  # 80 = 80
+    class_count_check(load_detector("yolo11n.yaml"), coco8.names)  # 80 = 80
     with pytest.raises(ValueError, match="class count mismatch: detector predicts 2 classes.*dataset has 80"):
-        class_count_check(load_detector("yolo11n.yaml", nc=2), coco8)
-    class_count_check(load_detector("yolo11n.yaml", nc=3), _Names(3))
+        class_count_check(load_detector("yolo11n.yaml", nc=2), coco8.names)
+    class_count_check(load_detector("yolo11n.yaml", nc=3), ["a", "b", "c"])
 
 
 # --------------------------------------------------------------------------- ours vs ultralytics' validator
@@ -185,7 +180,7 @@ def test_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: py
 
     ds = YoloDetectionDataset(data, split="val")
     det = load_detector(best)
-    class_count_check(det, ds)
+    class_count_check(det, ds.names)
     preds = []
     for i in range(0, len(ds), 16):
         batch = torch.stack([torch.from_numpy(ds[j][0]).permute(2, 0, 1) for j in range(i, min(i + 16, len(ds)))])

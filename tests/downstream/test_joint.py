@@ -18,9 +18,10 @@ from derain.checkpoint import load_derainer, read_state_dict
 from derain.config import ConfigError, load_config
 from derain.imageio import read_image, to_tensor, write_image
 from downstream.datasets import read_mask
-from downstream.joint import JointConfig, JointTrainer, _collate_targets, crop_sample
+from downstream.joint import JointConfig, JointTrainer, crop_sample
 from downstream.scenes import generate_scenes
 from downstream.segmentation import SegmenterConfig, build_segmenter, load_segmenter, save_segmenter
+from downstream.tasks import get_task
 
 TINY = ["derainer.name=mspfn-lite", "derainer.options.channels=8", "derainer.options.cfm_channels=4",
         "derainer.options.lstm_channels=[4,8,8]", "derainer.options.units=1"]
@@ -60,14 +61,14 @@ def held_out_loss(trainer: JointTrainer, model: torch.nn.Module) -> float:
     """Task loss of ``model``'s deraining of the rained val images (a fixed batch never trained on)."""
     pairs = [trainer.val_pair(i, 0) for i in range(len(trainer.val_src))]
     rainy = torch.stack([to_tensor(r) for r, _, _ in pairs])
-    targets = _collate_targets([t for _, _, t in pairs], trainer.cfg.task)
+    targets = trainer.task.collate([t for _, _, t in pairs])
     model.eval()
     with torch.no_grad():
         return float(trainer.task_loss(model(rainy).clamp(0, 1), targets))
 
 
 def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> None:
-    cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.seg=1", "iters=30", "val_every=1000",
+    cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.task=1", "iters=30", "val_every=1000",
                   "save_every=1000", "optim.lr=1e-2", "name=seg")
     probe = JointTrainer(cfg, progress=False)
     probe.build()  # same seed -> the same initial derainer the run starts from
@@ -85,9 +86,9 @@ def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> No
 
     # the frozen segmenter is untouched
     original = load_segmenter(scenes / "segmenter")
-    for k, v in trainer.segmenter.state_dict().items():
+    for k, v in trainer.task_model.state_dict().items():
         assert torch.equal(v.cpu(), original.state_dict()[k]), k
-    assert not any(p.requires_grad for p in trainer.segmenter.parameters())
+    assert not any(p.requires_grad for p in trainer.task_model.parameters())
 
     summary = json.loads((tmp_path / "seg" / "summary.json").read_text())
     assert {"task", "metric", "before", "after", "psnr_y_before", "psnr_y_after"} <= set(summary)
@@ -100,24 +101,24 @@ def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> No
 
 
 def test_detection_loss_alone_changes_the_derainer(scenes: Path, tmp_path: Path) -> None:
-    cfg = det_cfg(scenes, tmp_path, "weights.restore=0", "weights.det=1", "iters=2", "val_limit=1",
+    cfg = det_cfg(scenes, tmp_path, "weights.restore=0", "weights.task=1", "iters=2", "val_limit=1",
                   "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=det")
     probe = JointTrainer(cfg, progress=False)
     probe.build()
     init = {k: v.clone() for k, v in probe.model.state_dict().items()}
-    det_init = {k: v.clone() for k, v in probe.detector.model.state_dict().items()}
+    det_init = {k: v.clone() for k, v in probe.task_model.model.state_dict().items()}
     trainer = JointTrainer(cfg, progress=False)
     trainer.run()
     after = read_state_dict(tmp_path / "det" / "last" / "model.safetensors")
     assert any(not torch.equal(v, init[k]) for k, v in after.items())
-    for k, v in trainer.detector.model.state_dict().items():  # same random init (seeded), never updated
+    for k, v in trainer.task_model.model.state_dict().items():  # same random init (seeded), never updated
         assert torch.equal(v, det_init[k]), k
     summary = json.loads((tmp_path / "det" / "summary.json").read_text())
     assert summary["metric"] == "map50" and 0.0 <= summary["after"] <= 1.0
 
 
 def test_resume_matches_uninterrupted(scenes: Path, tmp_path: Path) -> None:
-    common = ("weights.restore=1", "weights.seg=0.5", "unfreeze_task=true", "task_lr=1e-3", "val_limit=1",
+    common = ("weights.restore=1", "weights.task=0.5", "unfreeze_task=true", "task_lr=1e-3", "val_limit=1",
               "val_every=1000", "save_every=1", "optim.lr=1e-3")
     JointTrainer(seg_cfg(scenes, tmp_path, *common, "iters=4", "name=full"), progress=False).run()
     JointTrainer(seg_cfg(scenes, tmp_path, *common, "iters=2", "name=half"), progress=False).run()
@@ -143,14 +144,16 @@ def test_cli_and_config_errors(scenes: Path, tmp_path: Path, capsys: pytest.Capt
 
     args = [*TINY, "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}",
             f"task_model={scenes / 'segmenter'}", f"out={tmp_path}", "device=cpu", "iters=1", "batch_size=1",
-            "val_limit=1", "weights.seg=0.1", "name=cli", "derainer.init=null", "crop=null"]
+            "val_limit=1", "weights.task=0.1", "name=cli", "derainer.init=null", "crop=null"]
     assert main(["joint", "--config", "configs/joint_demo.yaml", "--no-progress", *args]) == 0
     assert '"psnr_y_after"' in capsys.readouterr().out
     assert load_derainer(tmp_path / "cli" / "best") is not None
     with pytest.raises(ConfigError):
         load_config(JointConfig, None, ["weights.bogus=1"])
-    with pytest.raises(ValueError, match="no det loss"):
-        JointTrainer(seg_cfg(scenes, tmp_path, "weights.det=1"))
+    with pytest.raises(ConfigError, match="unknown key 'weights.seg'"):  # one task weight, whatever the task
+        seg_cfg(scenes, tmp_path, "weights.seg=1")
+    with pytest.raises(ValueError, match="unknown task 'depth'"):
+        JointTrainer(seg_cfg(scenes, tmp_path, "task=depth"))
     assert main(["joint", *args, "task_model=" + str(tmp_path / "missing")]) == 1
 
 
@@ -158,7 +161,7 @@ def test_crop_sample_moves_boxes_and_pads_masks() -> None:
     rng = np.random.default_rng(0)
     image = np.random.default_rng(1).random((40, 30, 3)).astype(np.float32)
     target = {"boxes": np.array([[0, 0, 10, 10], [20, 30, 30, 40]], np.float32), "classes": np.array([1, 2])}
-    rainy, clean, out = crop_sample(image, image, target, 32, rng)
+    rainy, clean, out = crop_sample(get_task("detection"), image, image, target, 32, rng)
     assert rainy.shape == clean.shape == (32, 32, 3)
     assert np.all(clean[:, 30:] == 0)  # 30 px wide image, padded on the right
     top = next(t for t in range(9) if np.array_equal(clean[:, :30], image[t:t + 32]))
@@ -168,7 +171,7 @@ def test_crop_sample_moves_boxes_and_pads_masks() -> None:
         if (inside[2] - inside[0]) * (inside[3] - inside[1]) >= 0.4 * 100:
             assert any(np.allclose(b, inside) and c == cls for b, c in zip(out["boxes"], out["classes"], strict=True))
     mask = np.arange(40 * 30).reshape(40, 30) % 7
-    _, _, m = crop_sample(image, image, mask, 32, np.random.default_rng(0))
+    _, _, m = crop_sample(get_task("segmentation"), image, image, mask, 32, np.random.default_rng(0))
     assert m.shape == (32, 32) and np.all(m[:, 30:] == 255) and np.array_equal(m[:, :30], mask[top:top + 32])
 
 
@@ -181,7 +184,7 @@ def test_mixed_sizes_need_crop(scenes: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(read_mask(mask_path)[:48, :40].astype(np.uint8)).save(mask_path)
-    common = ("weights.seg=0.1", "iters=2", "batch_size=8", "val_limit=1", "val_every=1000", "save_every=1000")
+    common = ("weights.task=0.1", "iters=2", "batch_size=8", "val_limit=1", "val_every=1000", "save_every=1000")
     cfg = seg_cfg(scenes, tmp_path, *common, f"data.path={seg}", "name=nocrop")
     with pytest.raises(ValueError, match="crop="):
         JointTrainer(cfg, progress=False).run()
@@ -192,7 +195,7 @@ def test_mixed_sizes_need_crop(scenes: Path, tmp_path: Path) -> None:
 def test_ddp_two_cpu_processes_match_one_process(scenes: Path, tmp_path: Path, free_port: str) -> None:
     args = [*TINY, "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}",
             f"task_model={scenes / 'segmenter'}", "device=cpu", "iters=2", "batch_size=4", "val_limit=1",
-            "weights.seg=0.5", "val_every=1000", "save_every=1", "optim.lr=1e-3", "name=run"]
+            "weights.task=0.5", "val_every=1000", "save_every=1", "optim.lr=1e-3", "name=run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port,
            "-m", "derainbench", "joint", "--no-progress", f"out={tmp_path / 'ddp'}", *args]
@@ -218,7 +221,7 @@ def test_ddp_two_cpu_processes_match_one_process(scenes: Path, tmp_path: Path, f
 def test_feature_consistency_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> None:
     from downstream.task_losses import feature_consistency
 
-    cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.seg=0", "weights.feat=1", "iters=20",
+    cfg = seg_cfg(scenes, tmp_path, "weights.restore=0", "weights.task=0", "weights.feat=1", "iters=20",
                   "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=feat")
     probe = JointTrainer(cfg, progress=False)
     probe.build()
@@ -228,7 +231,8 @@ def test_feature_consistency_alone_trains_the_derainer(scenes: Path, tmp_path: P
 
     def held_out(model: torch.nn.Module) -> float:
         with torch.no_grad():
-            return float(feature_consistency(probe.segmenter, model.eval()(rainy).clamp(0, 1), clean))
+            return float(feature_consistency(lambda x: probe.task.features(probe.task_model, x),
+                                             model.eval()(rainy).clamp(0, 1), clean))
 
     before = held_out(probe.model)
     JointTrainer(cfg, progress=False).run()

@@ -120,7 +120,8 @@ def test_rain_over_det_images_keeps_label_names(scenes: dict, tmp_path: Path) ->
 
 def test_synth_with_labels_makes_complete_rainy_datasets(tmp_path: Path) -> None:
     from derain.synth import synthesize_folder
-    from downstream.datasets import MaskSegmentationDataset, YoloDetectionDataset, load_task_dataset
+    from downstream.datasets import MaskSegmentationDataset, YoloDetectionDataset
+    from downstream.tasks import load_task_dataset
 
     generate_scenes(tmp_path / "clean", n=6, size=48, seed=1, progress=False)
     synthesize_folder(tmp_path / "clean/det", tmp_path / "heavy/det", "heavy", seed=0, progress=False,

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from derain.imageio import list_images, read_image
+from downstream.metrics import ConfusionMatrix
 from downstream.segmentation import (
     RandomCrops,
     SegmenterConfig,
@@ -20,7 +21,6 @@ from downstream.segmentation import (
     save_segmenter,
     train_segmenter,
 )
-from eval.segmentation import ConfusionMatrix
 
 TINY = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 

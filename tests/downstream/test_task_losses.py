@@ -143,21 +143,28 @@ def _tiny_segmenter():
     return build_segmenter(cfg).eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("kind", ["detector", "segmenter"])
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
 def test_feature_consistency(kind: str, detector) -> None:
-    from downstream.task_losses import feature_consistency, task_features
+    """Each task's features (YOLO head inputs, smp encoder pyramid) feed the consistency term, grad to the images."""
+    from downstream.task_losses import feature_consistency
+    from downstream.tasks import get_task
 
-    model = detector if kind == "detector" else _tiny_segmenter()
-    if kind == "detector":
+    task = get_task(kind)
+    model = detector if kind == "detection" else _tiny_segmenter()
+    if kind == "detection":
         DetectionLoss(detector)  # freezes it (eval mode, no parameter grads)
     torch.manual_seed(1)
     clean = torch.rand(2, 3, 60, 70)
-    feats = task_features(model, clean)
+    feats = task.features(model, clean)
     assert len(feats) == 3 and all(f.ndim == 4 and f.shape[0] == 2 for f in feats)
-    assert float(feature_consistency(model, clean, clean)) == 0.0
+
+    def features(x: torch.Tensor) -> list[torch.Tensor]:
+        return task.features(model, x)
+
+    assert float(feature_consistency(features, clean, clean)) == 0.0
     derained = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1).requires_grad_(True)
-    loss = feature_consistency(model, derained, clean)
-    assert float(loss) > 0
+    loss = feature_consistency(features, derained, clean)
+    assert float(loss.detach()) > 0
     loss.backward()
     assert derained.grad is not None and derained.grad.abs().sum() > 0
-    assert all(p.grad is None for p in (model.model if kind == "detector" else model).parameters())
+    assert all(p.grad is None for p in task.module(model).parameters())

@@ -300,7 +300,7 @@ def test_cells_scored_by_other_scoring_code_are_recomputed(setup: dict, tmp_path
     cfg = _heavy_segmentation_run(setup, tmp_path / "run")
     run_bench(cfg, progress=False)
     assert "recomputing" not in capsys.readouterr().out
-    monkeypatch.setattr(bench, "scoring_code_digest", lambda: "another-version")
+    monkeypatch.setattr(bench, "scoring_code_digest", lambda task: "another-version")
     run_bench(cfg, progress=False)
     assert "recomputing 4 finished cell(s)" in capsys.readouterr().out
 

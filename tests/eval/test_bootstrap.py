@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from downstream.metrics import ConfusionMatrix, DetectionEvaluator, SegmentationEvaluator, segmentation_image_stats
 from eval.bootstrap import (
     detection_metrics,
     excludes_zero,
     interval,
     resample_weights,
-    segmentation_image_stats,
+    resampled_metrics,
     segmentation_metrics,
 )
-from eval.detection import DetectionEvaluator
-from eval.segmentation import ConfusionMatrix
 
 NAMES = ["a", "b", "c"]
 
@@ -52,11 +51,13 @@ def test_weighted_detection_equals_pycocotools_on_the_resampled_dataset() -> Non
     rng = np.random.default_rng(0)
     targets, preds = random_detection_set(rng)
     full = coco(targets, preds, image_stats=True)
-    ones = detection_metrics(full["image_stats"], np.ones((1, len(targets))))
+    [entry] = full["image_stats"]
+    assert (entry["kind"], entry["prefix"]) == ("coco", "")
+    ones = resampled_metrics(full["image_stats"], np.ones((1, len(targets))))
     assert ones["map"][0] == pytest.approx(full["map"], abs=1e-12)
     assert ones["map50"][0] == pytest.approx(full["map50"], abs=1e-12)
     weights = resample_weights(len(targets), 4, seed=1)
-    got = detection_metrics(full["image_stats"], weights)
+    got = detection_metrics(entry["stats"], weights)
     for b, w in enumerate(weights):  # the same resample built explicitly: images repeated w[i] times
         picks = [i for i in range(len(targets)) for _ in range(int(w[i]))]
         ref = coco([targets[i] for i in picks], [preds[i] for i in picks])
@@ -68,7 +69,7 @@ def test_no_detections_gives_zero() -> None:
     targets, _ = random_detection_set(np.random.default_rng(1))
     empty = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int)} for _ in targets]
     out = coco(targets, empty, image_stats=True)
-    assert detection_metrics(out["image_stats"], np.ones((2, len(targets))))["map"].tolist() == [0.0, 0.0]
+    assert detection_metrics(out["image_stats"][0]["stats"], np.ones((2, len(targets))))["map"].tolist() == [0.0, 0.0]
 
 
 def test_weighted_segmentation_equals_the_confusion_matrix_of_the_resampled_dataset() -> None:
@@ -81,6 +82,10 @@ def test_weighted_segmentation_equals_the_confusion_matrix_of_the_resampled_data
              for p, m in zip(preds, masks, strict=True)]
     weights = resample_weights(len(masks), 5, seed=3)
     got = segmentation_metrics(stats, weights)
+    evaluator = SegmentationEvaluator(["a", "b", "c", "d"])  # the bench's route: the evaluator's tagged statistics
+    evaluator.update(preds, masks, list(range(len(masks))))
+    via_evaluator = resampled_metrics(evaluator.compute(image_stats=True)["image_stats"], weights)
+    assert {k: v.tolist() for k, v in via_evaluator.items()} == {k: v.tolist() for k, v in got.items()}
     for b, w in enumerate(weights):
         ref = ConfusionMatrix(4)
         for i in range(len(masks)):

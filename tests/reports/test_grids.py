@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from downstream.datasets import read_mask
-from reports.grids import display_boxes, grid_panels, image_task_score
+from downstream.drawing import display_boxes
+from downstream.tasks import get_task
+from reports.grids import grid_panels, image_task_score
 from reports.runs import load_runs
 
 
@@ -33,11 +35,13 @@ def test_a_perfect_prediction_scores_one(tiny_bench_run: Path) -> None:
     perfect = {**truth, "scores": [1.0] * len(truth["classes"])}
     names = [str(i) for i in range(6)]
     if truth["classes"]:
-        assert image_task_score(perfect, None, truth, None, names) == ("AP@.5", pytest.approx(1.0))
+        assert image_task_score(get_task("detection"), perfect, truth, names) == ("AP@.5", pytest.approx(1.0))
     mask = read_mask(next((tiny_bench_run / "samples/seg/truth").glob("*.mask.png")))
-    assert image_task_score(None, mask, None, mask, names) == ("mIoU", pytest.approx(1.0))
+    seg, seg_names = get_task("segmentation"), [str(i) for i in range(int(mask.max()) + 2)]
+    assert image_task_score(seg, mask, mask, seg_names) == ("mIoU", pytest.approx(1.0))
     wrong = (mask + 1) % int(mask.max() + 2)
-    assert image_task_score(None, wrong, None, mask, names)[1] == pytest.approx(0.0)
+    assert image_task_score(seg, wrong, mask, seg_names)[1] == pytest.approx(0.0)
+    assert image_task_score(seg, None, mask, seg_names) is None  # no saved prediction: no score
 
 
 def test_display_boxes_skip_duplicates_of_any_class() -> None:
