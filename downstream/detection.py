@@ -304,6 +304,7 @@ class DetectionTask(Task):
                  "overlapping a higher-scoring one by IoU > {iou:g} skipped), labelled class and score.")
     model_help = "a local YOLO .pt or a model .yaml such as yolo11n.yaml"
     recipe = DetectorRecipe
+    yolo_task = "detect"  # what ultralytics calls the task (its trainer)
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
         from downstream.datasets import open_detection_dataset
@@ -317,7 +318,7 @@ class DetectionTask(Task):
     def crop(self, label: Any, top: int, left: int, size: int, shape: tuple[int, int],
              min_keep: float = 0.4) -> dict[str, np.ndarray]:
         """Boxes shifted and clipped to the window; a box stays when at least ``min_keep`` of its area is inside."""
-        return crop_boxes(label, top, left, size, shape, min_keep)
+        return crop_boxes(label, top, left, size, shape, min_keep)[0]
 
     def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Detector:
         from_yaml = str(path).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
@@ -377,13 +378,14 @@ class DetectionTask(Task):
               progress: bool = True) -> Path:
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),
-                              seed=seed, **recipe.yolo)
+                              seed=seed, task=self.yolo_task, **recipe.yolo)
 
 
 def crop_boxes(label: Any, top: int, left: int, size: int, shape: tuple[int, int],
-               min_keep: float = 0.4) -> dict[str, np.ndarray]:
+               min_keep: float = 0.4) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``label``'s boxes (xyxy px) in the ``size``×``size`` window at (top, left) of an image of ``shape``: shifted,
-    clipped, and kept when at least ``min_keep`` of a box's area lies inside (other keys are filtered alike)."""
+    clipped, and kept when at least ``min_keep`` of a box's area lies inside. Returns ``{"boxes", "classes"}`` of the
+    kept boxes and the boolean keep mask over the input's boxes."""
     hh, ww = min(size, shape[0] - top), min(size, shape[1] - left)
     boxes = np.asarray(label["boxes"], np.float32).reshape(-1, 4)
     moved = boxes - np.array([left, top, left, top], np.float32)
@@ -392,7 +394,7 @@ def crop_boxes(label: Any, top: int, left: int, size: int, shape: tuple[int, int
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = kept >= min_keep * np.maximum(area, 1e-6)
-    return {"boxes": clipped[keep], "classes": np.asarray(label["classes"]).reshape(-1)[keep]}
+    return {"boxes": clipped[keep], "classes": np.asarray(label["classes"]).reshape(-1)[keep]}, keep
 
 
 register_task(DetectionTask())

@@ -5,7 +5,17 @@ Each scene is a crop of one of the colour photos scikit-image ships (random crop
 rotated, partly out of frame and occluding one another (later objects cover earlier ones). Shapes are drawn
 from signed distance functions: the image edge is anti-aliased, the mask is exactly the pixels whose centre
 lies inside the topmost shape. Detection boxes are the tight boxes of each object's *visible* pixels; objects
-more than ``MAX_HIDDEN`` hidden get no box (they stay in the segmentation masks).
+more than ``MAX_HIDDEN`` hidden get no box (they stay in the segmentation masks). Instance masks are those visible
+pixels, for the same objects as the boxes, written as polygons traced with ``cv2.findContours``:
+
+- COCO: per visible part, the outline along pixel edges (pycocotools' convention), simplified with
+  ``cv2.approxPolyDP`` at 0.5 px; holes (a ring's, an occluder's) are joined to their part by ultralytics'
+  ``merge_multi_segment`` (a zero-width cut). Decoded with pycocotools they give back the visible pixels.
+- YOLO: one polygon through the centres of the boundary pixels (no simplification beyond collinear runs), all
+  parts and holes joined by ``merge_multi_segment`` as ultralytics' own COCO converter does. Rasterised the way
+  ultralytics does (``cv2.fillPoly`` on truncated coordinates) it gives back the visible pixels plus the 1-px
+  joining lines between separate parts; its box (the polygon's extent, as ultralytics derives boxes) runs from
+  the first to the last pixel centre, half a pixel inside the detection box on each side.
 
 Layout written by :func:`generate_scenes` under ``OUT``::
 
@@ -18,9 +28,15 @@ Layout written by :func:`generate_scenes` under ``OUT``::
     seg/classes.txt                          SEG_CLASSES: background first (id 0), then the objects (1..6)
     seg/{train,val}/images/scene_NNNNN.png   same pixels as det/images
     seg/{train,val}/masks/scene_NNNNN.png    uint8 class ids
+    inst/data.yaml                           as det/data.yaml, for the YOLO-seg labels below
+    inst/images/{train,val}/scene_NNNNN.png  same pixels as det/images
+    inst/labels/{train,val}/scene_NNNNN.txt  'cls x1 y1 ... xn yn' normalised polygons (YOLO-seg)
+    inst/annotations/instances_{train,val}.json  COCO JSON with polygon 'segmentation' (ids as in det/; bbox as
+                                             det's, area = visible pixel count)
 
 Determinism: scene ``i`` depends only on ``(seed, i, size)``; the train/val split only on ``(seed, n,
-val_fraction)``. Same arguments → byte-identical files.
+val_fraction)``. Same arguments → byte-identical files (``det/`` and ``seg/`` are the same as before ``inst/`` was
+added: the instance copy only reads what rendering computes anyway).
 """
 
 from __future__ import annotations
@@ -196,6 +212,13 @@ def render_scene(seed: int, index: int, size: int = 320) -> tuple[np.ndarray, np
     for objects) and the detection labels ``[(class, [x0, y0, x1, y1]), ...]`` in integer pixel edges (x1, y1
     exclusive) of each object's visible pixels, heavily occluded objects left out.
     """
+    img, seg, labels, _ = render_scene_instances(seed, index, size)
+    return img, seg, labels
+
+
+def render_scene_instances(seed: int, index: int, size: int = 320
+                           ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, list[int]]], np.ndarray]:
+    """:func:`render_scene` plus the labelled objects' visible pixels: bool N×H×W, one mask per label."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)
     inst = np.full((size, size), -1, dtype=np.int32)
@@ -203,13 +226,77 @@ def render_scene(seed: int, index: int, size: int = 320) -> tuple[np.ndarray, np
     objects = [_draw_object(img, inst, seg, k, rng) for k in range(rng.integers(OBJECTS_PER_IMAGE[0],
                                                                                   OBJECTS_PER_IMAGE[1] + 1))]
     img = np.clip(img + rng.normal(0, rng.uniform(0, 0.02), img.shape), 0, 1).astype(np.float32)  # sensor noise
-    labels = []
+    labels, visible = [], []
     for k, obj in enumerate(objects):
         ys, xs = np.nonzero(inst == k)
         if obj.area == 0 or len(xs) < (1 - MAX_HIDDEN) * obj.area or len(xs) < 4:
             continue
         labels.append((obj.cls, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]))
-    return img, seg, labels
+        visible.append(inst == k)
+    masks = np.stack(visible) if visible else np.zeros((0, size, size), dtype=bool)
+    return img, seg, labels, masks
+
+
+# ----------------------------------------------------------------------------------------------- polygons
+
+
+def _outlines(mask: np.ndarray, pixel_edges: bool) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """Each visible part of ``mask`` (H×W bool) as (outer contour, [hole contours]), K×2 float (x, y) arrays.
+
+    ``pixel_edges=False``: through the centres of the boundary pixels (pixel ``i`` at ``i + 0.5``).
+    ``pixel_edges=True``: along the pixel edges (pixel ``i`` spans ``[i, i + 1]``), traced on the mask upsampled
+    ×2, where the boundary sub-pixels ``2i`` and ``2i + 1`` map to the edges ``i`` and ``i + 1``.
+    Parts are sorted by area, largest first.
+    """
+    import cv2
+
+    m = mask.astype(np.uint8)
+    if pixel_edges:
+        m = np.kron(m, np.ones((2, 2), np.uint8))
+    contours, hierarchy = cv2.findContours(np.pad(m, 1), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    points = []
+    for c in contours:
+        p = c.reshape(-1, 2).astype(np.float64) - 1  # undo the padding
+        if pixel_edges:
+            p = (p + 1) // 2
+            p = p[np.r_[True, np.any(p[1:] != p[:-1], axis=1)]]  # drop repeated corners
+            simple = cv2.approxPolyDP(p.astype(np.float32).reshape(-1, 1, 2), 0.5, True).reshape(-1, 2)
+            p = simple.astype(np.float64) if len(simple) >= 3 else p
+        else:
+            p = p + 0.5
+        points.append(p)
+    parents = hierarchy[0][:, 3] if len(contours) else []
+    parts = [(points[i], [points[j] for j in range(len(points)) if parents[j] == i])
+             for i in range(len(points)) if parents[i] < 0]
+    return sorted(parts, key=lambda part: -cv2.contourArea(part[0].astype(np.float32)))
+
+
+def _merge(segments: list[np.ndarray]) -> np.ndarray:
+    """Join polygons into one (K×2) at their closest points with ultralytics' ``merge_multi_segment``."""
+    if len(segments) == 1:
+        return segments[0]
+    from downstream.detection import offline_ultralytics
+
+    offline_ultralytics()
+    from ultralytics.data.converter import merge_multi_segment
+
+    return np.concatenate(merge_multi_segment([s.reshape(-1) for s in segments]), axis=0)
+
+
+def coco_polygons(mask: np.ndarray) -> list[list[int]]:
+    """COCO ``segmentation`` polygons (pixel-edge corners, integers) of ``mask``'s visible parts, holes joined."""
+    return [_merge([outer, *holes]).astype(int).reshape(-1).tolist() for outer, holes in _outlines(mask, True)]
+
+
+def yolo_polygon(mask: np.ndarray) -> np.ndarray:
+    """One polygon (K×2 pixel coordinates) for a YOLO-seg label of ``mask``: through boundary pixel centres, parts
+    and holes joined. A mask one pixel thin (whose centre polygon would have no extent or fewer than 3 points) gets
+    its pixel-edge outline instead.
+    """
+    xy = _merge([s for outer, holes in _outlines(mask, False) for s in (outer, *holes)])
+    if len(xy) < 3 or np.ptp(xy, axis=0).min() == 0:
+        xy = _merge([s for outer, holes in _outlines(mask, True) for s in (outer, *holes)])
+    return xy
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -245,7 +332,7 @@ def _coco_json(entries: list[tuple[str, list[tuple[int, list[int]]]]], size: int
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    for sub in (out / "det", out / "seg"):
+    for sub in (out / "det", out / "seg", out / "inst"):
         if sub.exists() and any(sub.iterdir()):
             if not overwrite:
                 raise FileExistsError(f"{sub} exists and is not empty (use overwrite=True / --overwrite)")
@@ -256,21 +343,23 @@ def generate_scenes(out_dir: str | Path, n: int = 200, size: int = 320, seed: in
                     progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Write ``n`` labelled scenes of ``size``×``size`` px under ``out_dir`` (layout in the module docstring).
 
-    Returns a summary: paths (``det_yaml``, ``coco_json`` per split, ``seg_root``), ``names``, ``seg_classes``,
-    ``images`` and ``boxes`` per split. Existing non-empty ``det/``/``seg/`` folders are an error unless
-    ``overwrite`` (then they are removed first, so no stale files remain).
+    Returns a summary: paths (``det_yaml``, ``coco_json`` per split, ``seg_root``, ``inst_yaml``,
+    ``inst_coco_json`` per split), ``names``, ``seg_classes``, ``images`` and ``boxes`` per split (each box has an
+    instance). Existing non-empty ``det/``/``seg/``/``inst/`` folders are an error unless ``overwrite`` (then they
+    are removed first, so no stale files remain).
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 px, got {size}")
     out = Path(out_dir)
     splits = split_indices(n, val_fraction, seed)
     _prepare(out, overwrite)
-    det, seg = out / "det", out / "seg"
+    det, seg, inst = out / "det", out / "seg", out / "inst"
     split_of = {i: s for s, idx in splits.items() for i in idx}
     entries: dict[str, list[tuple[str, list[tuple[int, list[int]]]]]] = {"train": [], "val": []}
+    instances: dict[str, list[list[tuple[list[list[int]], int]]]] = {"train": [], "val": []}  # (polygons, area)
     for i in tqdm(range(n), desc="scenes", unit="img", disable=not progress):
         split, name = split_of[i], f"scene_{i:05d}"
-        img, mask, labels = render_scene(seed, i, size)
+        img, mask, labels, visible = render_scene_instances(seed, i, size)
         write_image(det / "images" / split / f"{name}.png", img)
         (det / "labels" / split).mkdir(parents=True, exist_ok=True)
         (det / "labels" / split / f"{name}.txt").write_text("".join(_yolo_line(c, b, size) + "\n" for c, b in labels))
@@ -279,11 +368,34 @@ def generate_scenes(out_dir: str | Path, n: int = 200, size: int = 320, seed: in
         (seg / split / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask).save(seg / split / "masks" / f"{name}.png")
         entries[split].append((f"{name}.png", labels))
-    return _write_metadata(out, entries, size, n, seed)
+        _write_instances(inst, split, name, labels, visible, size)
+        instances[split].append([(coco_polygons(m), int(m.sum())) for m in visible])
+    return _write_metadata(out, entries, size, n, seed, instances)
 
 
-def _write_metadata(out: Path, entries: dict[str, list[Any]], size: int, n: int, seed: int) -> dict[str, Any]:
-    det, seg = out / "det", out / "seg"
+def _write_instances(inst: Path, split: str, name: str, labels: list[tuple[int, list[int]]], visible: np.ndarray,
+                     size: int) -> None:
+    """The scene's image (copied from det/) and YOLO-seg label file under ``inst``."""
+    (inst / "images" / split).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(inst.parent / "det" / "images" / split / f"{name}.png", inst / "images" / split / f"{name}.png")
+    (inst / "labels" / split).mkdir(parents=True, exist_ok=True)
+    lines = [f"{cls} " + " ".join(f"{v:.6f}" for v in (yolo_polygon(m) / size).reshape(-1)) + "\n"
+             for (cls, _), m in zip(labels, visible, strict=True)]
+    (inst / "labels" / split / f"{name}.txt").write_text("".join(lines))
+
+
+def _coco_instances_json(entries: list[tuple[str, list[tuple[int, list[int]]]]],
+                         instances: list[list[tuple[list[list[int]], int]]], size: int) -> dict[str, Any]:
+    """The det/ COCO JSON of these scenes plus each object's polygon ``segmentation`` and visible pixel ``area``."""
+    data = _coco_json(entries, size)
+    for ann, (polygons, area) in zip(data["annotations"], [x for scene in instances for x in scene], strict=True):
+        ann["segmentation"], ann["area"] = polygons, area
+    return data
+
+
+def _write_metadata(out: Path, entries: dict[str, list[Any]], size: int, n: int, seed: int,
+                    instances: dict[str, list[Any]]) -> dict[str, Any]:
+    det, seg, inst = out / "det", out / "seg", out / "inst"
     header = f"# derainbench scenes: n={n} size={size} seed={seed}; paths relative to this file's folder\n"
     body = {"train": "images/train", "val": "images/val", "nc": len(OBJECT_CLASSES), "names": list(OBJECT_CLASSES)}
     (det / "data.yaml").write_text(header + yaml.safe_dump(body, sort_keys=False))
@@ -293,8 +405,15 @@ def _write_metadata(out: Path, entries: dict[str, list[Any]], size: int, n: int,
         coco[split] = det / "annotations" / f"instances_{split}.json"
         coco[split].write_text(json.dumps(_coco_json(items, size)) + "\n")
     (seg / "classes.txt").write_text("".join(f"{c}\n" for c in SEG_CLASSES))
+    (inst / "data.yaml").write_text(header + yaml.safe_dump(body, sort_keys=False))
+    (inst / "annotations").mkdir(parents=True, exist_ok=True)
+    inst_coco = {}
+    for split, items in entries.items():
+        inst_coco[split] = inst / "annotations" / f"instances_{split}.json"
+        inst_coco[split].write_text(json.dumps(_coco_instances_json(items, instances[split], size)) + "\n")
     return {
         "root": out, "det_yaml": det / "data.yaml", "coco_json": coco, "seg_root": seg,
+        "inst_yaml": inst / "data.yaml", "inst_coco_json": inst_coco,
         "names": list(OBJECT_CLASSES), "seg_classes": list(SEG_CLASSES),
         "images": {s: len(v) for s, v in entries.items()},
         "boxes": {s: sum(len(labels) for _, labels in v) for s, v in entries.items()},

@@ -27,7 +27,7 @@ import torch
 from downstream.metrics import Evaluator
 
 BUILTIN = {"detection": "downstream.detection", "segmentation": "downstream.segmentation",
-           }  # INSTANCE-PENDING
+           "instance": "downstream.instance"}
 _TASKS: dict[str, Task] = {}
 _ALIASES: dict[str, str] = {}
 

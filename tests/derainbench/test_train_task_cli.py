@@ -42,12 +42,24 @@ def test_train_detector(scenes: Path, tmp_path: Path) -> None:
     assert load_detector(pts[0]).nc == 6
 
 
+def test_train_instance_segmenter(scenes: Path, tmp_path: Path) -> None:
+    from downstream.instance import load_instance_segmenter
+
+    assert main(["train-task", "--config", str(CONFIGS / "task_instance.yaml"), f"data={scenes / 'inst/data.yaml'}",
+                 "recipe.epochs=1", "recipe.imgsz=64", "batch=4", "device=cpu", f"out={tmp_path}",
+                 "--no-progress"]) == 0
+    pts = sorted(tmp_path.rglob("best.pt"))
+    assert pts, "no best.pt written"
+    segmenter = load_instance_segmenter(pts[0])
+    assert segmenter.nc == 6 and "instance" in (tmp_path / "config.yaml").read_text()
+
+
 def test_missing_data_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train-task", "task=detection", f"data={tmp_path / 'none.yaml'}", "device=cpu",
                  f"out={tmp_path}"]) == 1
     assert "none.yaml" in capsys.readouterr().err
     assert main(["train-task", "data=x"]) == 1
-    assert "task is required: one of detection, " in capsys.readouterr().err
+    assert "task is required: one of detection, instance, segmentation" in capsys.readouterr().err
     assert main(["train-task", "task=depth", "data=x"]) == 1
     assert "unknown task 'depth'" in capsys.readouterr().err
     assert main(["train-task", "task=segmentation", "recipe.iterz=3"]) == 1

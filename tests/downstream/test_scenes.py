@@ -141,3 +141,100 @@ def test_synth_with_labels_makes_complete_rainy_datasets(tmp_path: Path) -> None
         assert rainy_seg.mask_path(i).read_bytes() == clean_seg.mask_path(i).read_bytes()  # masks untouched
         assert not np.array_equal(rainy_seg[i][0], clean_seg[i][0])
     assert (tmp_path / "heavy/det/annotations").is_dir()
+
+
+# ------------------------------------------------------------------------------------------ instance segmentation copy
+
+# sha256 over det/labels/**/*.txt and det/annotations/*.json (relative path + bytes, sorted) of the ``scenes`` fixture,
+# recorded before inst/ was added: writing the instance copy must leave det/ (and seg/) as they were, the demo's
+# results depend on them. A change of scikit-image's sample photos would also change it (the crops draw from the rng).
+DET_LABELS_SHA256 = "8e3f09272ce09cbb680b74054aca40c33ffc911aac317bc00dfbe9914277f571"
+
+
+def test_det_labels_unchanged_by_instance_output(scenes: dict) -> None:
+    import hashlib
+
+    root = scenes["root"]
+    h = hashlib.sha256()
+    for p in sorted([*(root / "det" / "labels").rglob("*.txt"), *(root / "det" / "annotations").glob("*.json")]):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    assert h.hexdigest() == DET_LABELS_SHA256
+
+
+def test_det_and_seg_files_are_the_rendered_scene(scenes: dict) -> None:
+    from PIL import Image
+
+    from derain.imageio import read_image
+
+    root = scenes["root"]
+    for split in ("train", "val"):
+        for path in sorted((root / "det" / "images" / split).glob("*.png")):
+            img, mask, labels = render_scene(3, int(path.stem.split("_")[1]), 64)
+            np.testing.assert_array_equal(np.round(read_image(path) * 255), np.round(img * 255))
+            np.testing.assert_array_equal(np.asarray(Image.open(root / "seg" / split / "masks" / path.name)), mask)
+            inst = root / "inst" / "images" / split / path.name
+            assert inst.read_bytes() == path.read_bytes()
+            assert len((root / "det" / "labels" / split / f"{path.stem}.txt").read_text().splitlines()) == len(labels)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_instance_copy_loads_and_matches_the_visible_pixels(scenes: dict, split: str) -> None:
+    from downstream.instance import CocoInstanceDataset, YoloInstanceDataset
+    from downstream.scenes import render_scene_instances
+
+    root = scenes["root"]
+    assert scenes["inst_yaml"] == root / "inst" / "data.yaml"
+    assert scenes["inst_coco_json"][split] == root / "inst" / "annotations" / f"instances_{split}.json"
+    det = YoloDetectionDataset(scenes["det_yaml"], split)
+    yolo = YoloInstanceDataset(scenes["inst_yaml"], split)
+    coco = CocoInstanceDataset(root / "inst" / "images" / split, scenes["inst_coco_json"][split])
+    assert yolo.names == coco.names == list(OBJECT_CLASSES) and len(yolo) == len(coco) == len(det)
+    assert coco.image_ids == det.image_ids and coco.category_ids == [k + 1 for k in range(len(OBJECT_CLASSES))]
+    single_part = 0
+    for i in range(len(det)):
+        assert yolo.image_path(i).name == coco.image_path(i).name == det.image_path(i).name
+        _, _, labels, visible = render_scene_instances(3, int(det.image_path(i).stem.split("_")[1]), 64)
+        dt, yt, ct = det.target(i), yolo.target(i), coco.target(i)
+        assert dt["classes"].tolist() == yt["classes"].tolist() == ct["classes"].tolist() == [c for c, _ in labels]
+        np.testing.assert_allclose(ct["boxes"], dt["boxes"], atol=1e-3)
+        assert (yt["boxes"][:, :2] >= dt["boxes"][:, :2] - 1e-3).all()  # polygon extent: within the pixel box
+        assert (yt["boxes"][:, 2:] <= dt["boxes"][:, 2:] + 1e-3).all()
+        for y, c, v in zip(yt["masks"], ct["masks"], visible, strict=True):
+            np.testing.assert_array_equal(c, v)  # COCO polygons along pixel edges decode exactly
+            assert (y >= v).all()  # YOLO: every visible pixel, plus the joining lines of separate parts
+            iou = (y & v).sum() / (y | v).sum()
+            assert iou > 0.8
+            if len(_parts(v)) == 1:
+                single_part += 1
+                assert iou > 0.9
+    assert single_part > 0
+
+
+def _parts(mask: np.ndarray) -> list:
+    from downstream.scenes import _outlines
+
+    return _outlines(mask, False)
+
+
+def test_instance_polygons_of_a_ring_and_split_object() -> None:
+    from pycocotools import mask as mask_utils
+
+    from downstream.instance import polygon_mask
+    from downstream.scenes import coco_polygons, yolo_polygon
+
+    yy, xx = np.mgrid[:40, :40] + 0.5
+    ring = np.abs(np.hypot(xx - 20, yy - 20) - 12) < 5  # a hole in the middle
+    split = ring.copy()
+    split[:, 18:23] = False  # two halves
+    for mask in (ring, split):
+        polygons = coco_polygons(mask)
+        assert len(polygons) == (1 if mask is ring else 2)
+        decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, 40, 40))).astype(bool)
+        np.testing.assert_array_equal(decoded, mask)
+        yolo = polygon_mask(yolo_polygon(mask), 40, 40)
+        assert (yolo >= mask).all() and (yolo & ~mask).sum() <= 12  # one joining line at most
+    line = np.zeros((10, 10), bool)
+    line[2:8, 4] = True  # one pixel wide: its centre polygon has no width, the pixel-edge outline is used
+    xy = yolo_polygon(line)
+    assert np.ptp(xy, axis=0).min() > 0 and (polygon_mask(xy, 10, 10) >= line).all()
