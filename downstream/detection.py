@@ -299,6 +299,7 @@ class DetectionTask(Task):
     val_metric = "map50"
     image_metric = MetricSpec("map50", "AP@.5")
     scoring_options = ("conf", "iou")
+    protocol_text = "COCO protocol (pycocotools)"
     scoring_text = "COCO mAP (pycocotools), conf ≥ {conf}, NMS IoU {iou}"
     grid_text = ("the k highest-scoring boxes with confidence >= {conf:g} (k = ground-truth objects; boxes "
                  "overlapping a higher-scoring one by IoU > {iou:g} skipped), labelled class and score.")

@@ -550,6 +550,7 @@ class InstanceTask(DetectionTask):
                  "per_class50": MetricSpec("mask_ap50", "mask AP@.5")}
     val_metric = "mask_map50"
     image_metric = MetricSpec("mask_map50", "mask AP@.5")
+    protocol_text = "COCO protocol for masks and boxes (pycocotools)"
     scoring_text = "COCO mask and box mAP (pycocotools), conf ≥ {conf}, NMS IoU {iou}"
     grid_text = ("the k highest-scoring instances with confidence >= {conf:g} (k = ground-truth objects; instances "
                  "whose boxes overlap a higher-scoring one by IoU > {iou:g} skipped): masks tinted in their class "

@@ -343,6 +343,7 @@ class SegmentationTask(Task):
     per_class = {"iou_per_class": MetricSpec("iou", "IoU")}
     val_metric = "miou"
     image_metric = MetricSpec("miou", "mIoU")
+    protocol_text = "mIoU from the confusion matrix summed over the dataset"
     scoring_text = "mIoU from the summed confusion matrix, 255 ignored"
     grid_text = "the predicted mask tinted over the image in grey (background untinted)."
     model_help = "a segmenter checkpoint folder (model.safetensors + segmenter.json)"

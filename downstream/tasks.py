@@ -59,6 +59,7 @@ class Task:
     val_metric: ClassVar[str] = ""  # what joint validation and checkpoint selection follow (a key of ``metrics``)
     image_metric: ClassVar[MetricSpec]  # one image's score in report grids (a key of the evaluator's output)
     scoring_options: ClassVar[tuple[str, ...]] = ()  # bench config keys that change its scores (conf, iou)
+    protocol_text: ClassVar[str] = ""  # the metric protocol in a phrase, for reports
     scoring_text: ClassVar[str] = ""  # how reports describe its scoring ({conf}, {iou}: the bench's thresholds)
     grid_text: ClassVar[str] = ""  # how report grids draw it ({conf}: display threshold, {iou}: display overlap)
     model_help: ClassVar[str] = ""  # what its task model is, for messages

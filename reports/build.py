@@ -188,12 +188,12 @@ def report_blocks(
 ) -> list[Block]:
     """The report's sections in reading order."""
     runs = ", ".join(f"{r.name} ({r.path})" for r in combined.runs)
+    tasks = list(dict.fromkeys(combined.datasets.values()))
     blocks: list[Block] = [
         Heading(TITLE, 1),
         Paragraph(
             f"Built from {len(combined.runs)} benchmark run(s): {runs}. Restoration metrics: {PROTOCOL}. "
-            "Detection: COCO protocol (pycocotools). Segmentation: mIoU from the confusion matrix summed over "
-            "the dataset."
+            + " ".join(f"{t.title}: {t.protocol_text}." for t in map(get_task, tasks))
         ),
         Heading("Configuration"),
         *(TableBlock(t) for t in summary),
@@ -221,7 +221,7 @@ def report_blocks(
     grid_figs = [f for f in figures if f.path.name.startswith("grid_")]
     blocks.append(Heading("Qualitative examples"))
     blocks += (
-        [Paragraph(grids_text(list(dict.fromkeys(combined.datasets.values())), display_conf)), *grid_figs]
+        [Paragraph(grids_text(tasks, display_conf)), *grid_figs]
         if grid_figs
         else [Paragraph("The runs saved no sample images (bench config `samples: 0`).")]
     )
