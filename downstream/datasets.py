@@ -525,12 +525,14 @@ def open_mask_dataset(path: Any, split: str = "val") -> MaskSegmentationDataset:
     return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
 
 
-def open_detection_dataset(format: str, path: Any, split: str = "val") -> DetectionDataset:
+def open_detection_dataset(format: str, path: Any, split: str = "val", yolo: type = YoloDetectionDataset,
+                           coco: type = CocoDetectionDataset) -> DetectionDataset:
     """``yolo``: ``path`` = the ``data.yaml``, ``split`` picks its split; ``coco``: ``path`` = ``{"images": DIR,
-    "annotations": FILE}`` (``{split}`` replaced)."""
+    "annotations": FILE}`` (``{split}`` replaced). ``yolo``/``coco``: the classes to open them with (subclasses add
+    what other tasks read, e.g. instance masks)."""
     if format == "yolo":
-        return YoloDetectionDataset(path, split)
+        return yolo(path, split)
     if format == "coco":
         spec = path_spec(path, ("images", "annotations"), split)
-        return CocoDetectionDataset(spec["images"], spec["annotations"])
-    raise ValueError(f"detection datasets are 'yolo' or 'coco', got {format!r}")
+        return coco(spec["images"], spec["annotations"])
+    raise ValueError(f"datasets of boxes are 'yolo' or 'coco', got {format!r}")

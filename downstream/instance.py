@@ -462,14 +462,7 @@ class InstanceSegmentationLoss(DetectionLoss):
         ultralytics' trainer loss divided by B; a scalar with grad) and the detached gain-weighted parts
         ``{"box", "seg", "cls", "dfl", "sem"}`` summing to it.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"got {images.shape[0]} images but {len(targets)} targets")
-        for i, t in enumerate(targets):
-            c = torch.as_tensor(t.get("classes", []))
-            if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.detector.nc):
-                raise ValueError(f"target {i}: class ids must lie in [0, {self.detector.nc}), got {c.tolist()}")
+        self.check(images, targets)
         x = self.pad(images.to(self.detector.device, torch.float32))
         ordered, masks = self.mask_batch(targets, tuple(images.shape[-2:]), tuple(x.shape[-2:]))
         batch = self.to_ultralytics_batch(ordered, tuple(x.shape[-2:]))
@@ -560,14 +553,9 @@ class InstanceTask(DetectionTask):
     yolo_task = "segment"
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
-        from downstream.datasets import path_spec
+        from downstream.datasets import open_detection_dataset
 
-        if format == "yolo":
-            return YoloInstanceDataset(path, split)
-        if format == "coco":
-            spec = path_spec(path, ("images", "annotations"), split)
-            return CocoInstanceDataset(spec["images"], spec["annotations"])
-        raise ValueError(f"instance datasets are 'yolo' or 'coco', got {format!r}")
+        return open_detection_dataset(format, path, split, yolo=YoloInstanceDataset, coco=CocoInstanceDataset)
 
     def collate(self, labels: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
         out = super().collate(labels)

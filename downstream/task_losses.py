@@ -106,14 +106,8 @@ class DetectionLoss:
         """Pad ``images`` to the detector's stride (see :func:`pad_to_stride`); box coordinates are unchanged."""
         return pad_to_stride(images, self.detector.stride)
 
-    def __call__(
-        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of ``images`` (B×3×H×W float in [0, 1], any H, W) against ``targets`` (B dicts, input pixels).
-
-        Returns the per-image mean of ``box·L_box + cls·L_cls + dfl·L_dfl`` (ultralytics' trainer loss divided
-        by B; a scalar with grad) and the detached gain-weighted parts ``{"box", "cls", "dfl"}`` summing to it.
-        """
+    def check(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
+        """Raise ``ValueError`` unless ``images`` is B×3×H×W with B targets whose class ids the model predicts."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
         if len(targets) != images.shape[0]:
@@ -122,6 +116,16 @@ class DetectionLoss:
             c = torch.as_tensor(t.get("classes", []))
             if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.detector.nc):
                 raise ValueError(f"target {i}: class ids must lie in [0, {self.detector.nc}), got {c.tolist()}")
+
+    def __call__(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of ``images`` (B×3×H×W float in [0, 1], any H, W) against ``targets`` (B dicts, input pixels).
+
+        Returns the per-image mean of ``box·L_box + cls·L_cls + dfl·L_dfl`` (ultralytics' trainer loss divided
+        by B; a scalar with grad) and the detached gain-weighted parts ``{"box", "cls", "dfl"}`` summing to it.
+        """
+        self.check(images, targets)
         x = self.pad(images.to(self.detector.device, torch.float32))
         batch = self.to_ultralytics_batch(targets, tuple(x.shape[-2:]))
         batch["img"] = x

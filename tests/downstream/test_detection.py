@@ -15,20 +15,6 @@ from downstream.detection import Detector, class_count_check, letterbox, load_de
 from downstream.metrics import coco_map, predictions_to_coco
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-
-
-@pytest.fixture
-def one_thread():
-    """Train on one core (the test machine is shared) and restore the thread count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class BrightBoxModel(nn.Module):
     """Stand-in detector: 'detects' the bright (> 0.75) region of each letterboxed input as class 0.
 

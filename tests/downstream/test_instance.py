@@ -25,20 +25,6 @@ from downstream.instance import (
 from downstream.metrics import coco_map, masks_to_rle, predictions_to_coco
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-
-
-@pytest.fixture
-def one_thread():
-    """Train on one core (the test machine is shared) and restore the thread count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _image(path: Path, w: int = 20, h: int = 10) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (w, h), (10, 10, 10)).save(path)

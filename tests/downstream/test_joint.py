@@ -27,11 +27,6 @@ TINY = ["derainer.name=mspfn-lite", "derainer.options.channels=8", "derainer.opt
         "derainer.options.lstm_channels=[4,8,8]", "derainer.options.units=1"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
@@ -100,19 +95,25 @@ def test_task_loss_alone_trains_the_derainer(scenes: Path, tmp_path: Path) -> No
     assert first["step"] == "0" and float(first["val_miou"]) == pytest.approx(summary["before"])
 
 
+def only_the_derainer_trains(probe: JointTrainer, run_dir: Path) -> None:
+    """Run a trainer of the built ``probe``'s config: the derainer's weights change, the frozen YOLO model's never
+    do."""
+    init = {k: v.clone() for k, v in probe.model.state_dict().items()}
+    task_init = {k: v.clone() for k, v in probe.task_model.model.state_dict().items()}
+    trainer = JointTrainer(probe.cfg, progress=False)
+    trainer.run()
+    after = read_state_dict(run_dir / "last" / "model.safetensors")
+    assert any(not torch.equal(v, init[k]) for k, v in after.items())
+    for k, v in trainer.task_model.model.state_dict().items():  # same random init (seeded), never updated
+        assert torch.equal(v, task_init[k]), k
+
+
 def test_detection_loss_alone_changes_the_derainer(scenes: Path, tmp_path: Path) -> None:
     cfg = det_cfg(scenes, tmp_path, "weights.restore=0", "weights.task=1", "iters=2", "val_limit=1",
                   "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=det")
     probe = JointTrainer(cfg, progress=False)
     probe.build()
-    init = {k: v.clone() for k, v in probe.model.state_dict().items()}
-    det_init = {k: v.clone() for k, v in probe.task_model.model.state_dict().items()}
-    trainer = JointTrainer(cfg, progress=False)
-    trainer.run()
-    after = read_state_dict(tmp_path / "det" / "last" / "model.safetensors")
-    assert any(not torch.equal(v, init[k]) for k, v in after.items())
-    for k, v in trainer.task_model.model.state_dict().items():  # same random init (seeded), never updated
-        assert torch.equal(v, det_init[k]), k
+    only_the_derainer_trains(probe, tmp_path / "det")
     summary = json.loads((tmp_path / "det" / "summary.json").read_text())
     assert summary["metric"] == "map50" and 0.0 <= summary["after"] <= 1.0
 
@@ -129,14 +130,7 @@ def test_instance_segmentation_loss_tunes_the_derainer_with_crops(scenes: Path, 
     probe.build()
     rainy, clean, targets = probe.sample(0)
     assert rainy.shape[-2:] == (48, 48) and all(t["masks"].shape[-2:] == (48, 48) for t in targets)
-    init = {k: v.clone() for k, v in probe.model.state_dict().items()}
-    seg_init = {k: v.clone() for k, v in probe.task_model.model.state_dict().items()}
-    trainer = JointTrainer(cfg, progress=False)
-    trainer.run()
-    after = read_state_dict(tmp_path / "inst" / "last" / "model.safetensors")
-    assert any(not torch.equal(v, init[k]) for k, v in after.items())
-    for k, v in trainer.task_model.model.state_dict().items():
-        assert torch.equal(v, seg_init[k]), k
+    only_the_derainer_trains(probe, tmp_path / "inst")
     summary = json.loads((tmp_path / "inst" / "summary.json").read_text())
     assert summary["task"] == "instance" and summary["metric"] == "mask_map50" and 0.0 <= summary["after"] <= 1.0
     header = (tmp_path / "inst" / "log.csv").read_text().splitlines()[0]

@@ -11,11 +11,6 @@ from downstream.detection import load_detector
 from downstream.task_losses import DetectionLoss, segmentation_ce, to_ultralytics_batch
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
