@@ -24,6 +24,7 @@ instance mask mAP50) plus PSNR-Y against clean; ``best/`` is the best task metri
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,22 +273,24 @@ class JointTrainer(Trainer):
         cfg = self.cfg
         n = len(self.val_src) if cfg.val_limit is None else min(cfg.val_limit, len(self.val_src))
         model = unwrap(self.model)
-        scorer = self.task.evaluator(self.train_src.names)
-        psnr, count = 0.0, 0
-        task_mode = self.task_net.training
-        with eval_mode(model), torch.inference_mode():
+        psnr: list[float] = []
+
+        def derained() -> Iterator[tuple[torch.Tensor, list[Any], list[int]]]:
             for i in range(n):
                 for k in range(len(cfg.presets)):
                     rainy, clean, target = self.val_pair(i, k)
-                    x = to_tensor(rainy).unsqueeze(0).to(self.device)
                     with autocast(self.device, cfg.amp):
-                        pred = model(x)
+                        pred = model(to_tensor(rainy).unsqueeze(0).to(self.device))
                     pred = pred.float().clamp(0, 1)
-                    psnr += float(compute_metrics(pred, to_tensor(clean).unsqueeze(0).to(self.device))["psnr_y"][0])
-                    count += 1
-                    scorer.update(self.task.predict(self.task_model, pred), [target], [i * len(cfg.presets) + k])
+                    clean_t = to_tensor(clean).unsqueeze(0).to(self.device)
+                    psnr.append(float(compute_metrics(pred, clean_t)["psnr_y"][0]))
+                    yield pred, [target], [i * len(cfg.presets) + k]
+
+        task_mode = self.task_net.training
+        with eval_mode(model), torch.inference_mode():
+            scores = self.task.evaluate(self.task_model, derained(), self.train_src.names)
         self.task_net.train(task_mode)
-        return {self.metric: float(scorer.compute()[self.metric]), "psnr_y": psnr / max(count, 1)}
+        return {self.metric: float(scores[self.metric]), "psnr_y": sum(psnr) / max(len(psnr), 1)}
 
     def after_training(self, result: TrainResult) -> None:
         """Write ``summary.json`` when the run reached ``iters`` (under the run folder's lock)."""

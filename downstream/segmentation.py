@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +36,6 @@ from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
 from downstream.datasets import IGNORE_INDEX
-from downstream.metrics import ConfusionMatrix
 from downstream.tasks import MetricSpec, Task, register_task
 
 META_FILE = "segmenter.json"
@@ -231,12 +230,12 @@ def _pad_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarra
 
 def evaluate_miou(seg: Segmenter, dataset: SegDataset, limit: int | None = None) -> float:
     """Dataset mIoU (confusion matrix summed over all images, one image at a time, ignore 255)."""
-    total = ConfusionMatrix(seg.num_classes)
-    for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
-        image, mask = dataset[i]
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))[None]
-        total.update(seg.predict(x)[0].cpu(), torch.as_tensor(np.asarray(mask, np.int64)))
-    return total.miou()
+    def batches() -> Iterator[tuple[torch.Tensor, list[np.ndarray], list[int]]]:
+        for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
+            image, mask = dataset[i]
+            yield to_tensor(np.asarray(image, np.float32))[None], [np.asarray(mask, np.int64)], [i]
+
+    return float(SegmentationTask().evaluate(seg, batches(), seg.classes)["miou"])
 
 
 def train_segmenter(

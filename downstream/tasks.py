@@ -17,7 +17,7 @@ Labels and predictions are per image. Images are ``B×3×H×W`` float RGB in [0,
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -104,6 +104,15 @@ class Task:
     def evaluator(self, names: Sequence[str]) -> Evaluator:
         """A fresh evaluator over classes ``names`` (see :mod:`downstream.metrics`)."""
         raise NotImplementedError
+
+    def evaluate(self, model: Any, batches: Iterable[tuple[torch.Tensor, Sequence[Any], Sequence[int]]],
+                 names: Sequence[str], image_stats: bool = False, **options: Any) -> dict[str, Any]:
+        """The evaluation loop: predict each batch ``(images B×3×H×W in [0, 1], labels, unique image ids)`` with
+        ``options`` (see :meth:`predict`), accumulate in the task's evaluator, and return its scores."""
+        evaluator = self.evaluator(names)
+        for images, labels, ids in batches:
+            evaluator.update(self.predict(model, images, **options), labels, ids)
+        return evaluator.compute(image_stats=image_stats)
 
     def metric_keys(self) -> tuple[str, ...]:
         return tuple(m.key for m in self.metrics)
