@@ -17,6 +17,7 @@ Labels and predictions are per image. Images are ``B×3×H×W`` float RGB in [0,
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,9 @@ class MetricSpec:
         return self.short or self.label
 
 
-class Task:
-    """Base class of a downstream task; see the module docstring. Subclasses set every class attribute."""
+class Task(ABC):
+    """Base class of a downstream task; see the module docstring. Subclasses set every class attribute and implement
+    every abstract method (a task missing one cannot be instantiated, so it fails when registered, not mid-run)."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""  # how reports head its tables ("Detection")
@@ -66,44 +68,44 @@ class Task:
     recipe: ClassVar[type]  # the dataclass of its train-task recipe
 
     # -- data ------------------------------------------------------------------------------------------------------
+    @abstractmethod
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
         """Open a labelled dataset: ``ds[i] -> (image H×W×3 float32 in [0, 1], label)``, ``ds.names``, ``len(ds)``,
         ``ds.image_path(i)``, ``ds.images_dir``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def collate(self, labels: Sequence[Any]) -> Any:
         """A batch of labels (of equally sized images) in the form :meth:`loss` takes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def crop(self, label: Any, top: int, left: int, size: int, shape: tuple[int, int]) -> Any:
         """The label of the ``size``×``size`` window at (top, left) of an image of ``shape`` (H, W); the window may
         reach past the image (zero padding), what lies outside is dropped or marked ignored."""
-        raise NotImplementedError
 
     # -- model -----------------------------------------------------------------------------------------------------
+    @abstractmethod
     def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Any:
         """The task model at ``path`` for a dataset with classes ``names`` (a mismatch is an error)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def module(self, model: Any) -> torch.nn.Module:
         """The ``nn.Module`` inside ``model`` (what is trained, frozen, saved)."""
-        raise NotImplementedError
 
     def for_inference(self, model: Any, channels_last: bool = False) -> Any:
         """``model`` made ready for scoring only (e.g. Conv+BN fused), weights in NHWC when ``channels_last``."""
         self.module(model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return model
 
+    @abstractmethod
     def predict(self, model: Any, images: torch.Tensor, imgsz: int | None = None, conf: float = 0.001,
                 iou: float = 0.7) -> list[Any]:
         """Per-image predictions (on the CPU) for ``images``; ``imgsz``/``conf``/``iou`` are the detectors'
         inference size and thresholds (tasks without them ignore them)."""
-        raise NotImplementedError
 
     # -- metrics ---------------------------------------------------------------------------------------------------
+    @abstractmethod
     def evaluator(self, names: Sequence[str]) -> Evaluator:
         """A fresh evaluator over classes ``names`` (see :mod:`downstream.metrics`)."""
-        raise NotImplementedError
 
     def evaluate(self, model: Any, batches: Iterable[tuple[torch.Tensor, Sequence[Any], Sequence[int]]],
                  names: Sequence[str], image_stats: bool = False, **options: Any) -> dict[str, Any]:
@@ -125,39 +127,39 @@ class Task:
         raise KeyError(f"task {self.name} has no metric {key!r}")
 
     # -- joint fine-tuning -----------------------------------------------------------------------------------------
+    @abstractmethod
     def loss(self, model: Any, freeze: bool = True) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``loss(images with grad, collated labels) -> scalar``: the task's training loss, differentiable w.r.t. the
         images. ``freeze``: the model stays in eval mode without parameter gradients."""
-        raise NotImplementedError
 
+    @abstractmethod
     def features(self, model: Any, images: torch.Tensor) -> list[torch.Tensor]:
         """The model's multi-scale features of ``images``, differentiable w.r.t. them (feature-consistency term)."""
-        raise NotImplementedError
 
     # -- samples and drawing ---------------------------------------------------------------------------------------
+    @abstractmethod
     def save_label(self, folder: Path, stem: str, label: Any) -> None:
         """Write a prediction or ground truth for reports under ``folder`` (file names start with ``stem``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_label(self, folder: Path, stem: str) -> Any | None:
         """What :meth:`save_label` wrote, or None."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self, label: Any) -> str:
         """A short caption for a ground-truth panel ("3 objects")."""
-        raise NotImplementedError
 
+    @abstractmethod
     def draw(self, ax: Any, image: Any, label: Any, names: Sequence[str], color_of: Callable[[int], str],
              objects: int | None = None, conf: float = 0.25, px_per_pt: float = 1.0) -> set[int]:
         """Show ``image`` (H×W×3 in [0, 1]) on matplotlib axes ``ax`` with ``label`` drawn over it (at most
         ``objects`` instances, none below confidence ``conf``); returns the class ids drawn (for the legend)."""
-        raise NotImplementedError
 
     # -- training --------------------------------------------------------------------------------------------------
+    @abstractmethod
     def train(self, recipe: Any, data: str, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True) -> Path:
         """Train the task model on ``data`` with ``recipe``; returns the path of the best model."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -169,6 +171,9 @@ def register_task(task: Task, *, override: bool = False) -> Task:
         raise ValueError(f"{type(task).__name__} must set name, formats, metrics and val_metric")
     if task.name in _TASKS and not override and type(_TASKS[task.name]) is not type(task):
         raise KeyError(f"a task named {task.name!r} is already registered (pass override=True to replace it)")
+    taken = [a for a in task.aliases if _ALIASES.get(a, task.name) != task.name]
+    if taken and not override:
+        raise KeyError(f"task {task.name!r}: alias {taken[0]!r} already names task {_ALIASES[taken[0]]!r}")
     _TASKS[task.name] = task
     for alias in (task.name, *task.aliases):
         _ALIASES[alias] = task.name

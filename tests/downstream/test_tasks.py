@@ -11,6 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from downstream.segmentation import SegmentationTask
 from downstream.tasks import BUILTIN, MetricSpec, Task, get_task, list_tasks, load_task_dataset, register_task
 
 # How each built-in task opens the generated scenes (``derainbench scenes`` writes one folder per task).
@@ -33,24 +34,28 @@ def test_a_registered_task_is_found_and_names_stay_unique(monkeypatch: pytest.Mo
     for table in ("_TASKS", "_ALIASES"):  # this test's task leaves with it
         monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
 
-    class Depth(Task):
+    class Depth(SegmentationTask):  # a new task may reuse an existing one's behaviour
         name = "depth-test"
-        formats = ("png",)
+        aliases = ()
         metrics = (MetricSpec("abs_rel", "AbsRel", higher_is_better=False),)
         val_metric = "abs_rel"
-        image_metric = MetricSpec("abs_rel", "AbsRel", higher_is_better=False)
 
     depth = register_task(Depth())
     assert get_task("depth-test") is depth and "depth-test" in list_tasks()
     assert not depth.metric("abs_rel").higher_is_better
+    assert get_task("seg").name == "segmentation"  # the base task keeps its name and aliases
 
     class Other(Depth):
         pass
 
     with pytest.raises(KeyError, match="already registered"):
         register_task(Other())
+    with pytest.raises(KeyError, match="alias 'seg' already names task 'segmentation'"):
+        register_task(type("Greedy", (Depth,), {"name": "greedy", "aliases": ("seg",)})())
+    with pytest.raises(TypeError, match="abstract method"):  # a task missing its methods cannot even be made
+        type("Incomplete", (Task,), {"name": "x"})()
     with pytest.raises(ValueError, match="must set name, formats, metrics and val_metric"):
-        register_task(type("Empty", (Task,), {})())
+        register_task(type("Unnamed", (Depth,), {"name": ""})())
 
 
 def _has_objects(label: Any) -> bool:
