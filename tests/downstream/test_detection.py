@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from torch import nn
 
 from downstream.detection import Detector, class_count_check, letterbox, load_detector, train_detector
@@ -75,7 +73,8 @@ def test_yaml_detector_predicts_batch_on_cpu() -> None:
             assert int(p["classes"].max()) < 2
 
 
-def test_missing_weights_fail_clearly_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_fail_clearly_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        shapes) -> None:
     import ultralytics.utils.downloads as downloads
 
     def no_network(*args, **kwargs):
@@ -89,7 +88,7 @@ def test_missing_weights_fail_clearly_without_download(tmp_path: Path, monkeypat
             load_detector(name)
         assert "local .pt" in str(err.value)
     with pytest.raises(FileNotFoundError, match=r"yolo11n\.pt"):
-        train_detector(_shapes_dataset(tmp_path / "ds", n=2), model="yolo11n.pt")
+        train_detector(shapes(tmp_path / "ds", n=2), model="yolo11n.pt")
     with pytest.raises(FileNotFoundError, match="data yaml not found"):
         train_detector(tmp_path / "missing.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing fetched or written
@@ -113,44 +112,16 @@ def test_class_count_check(shared_data: Path) -> None:
 # --------------------------------------------------------------------------- ours vs ultralytics' validator
 
 
-def _shapes_dataset(root: Path, n: int = 48, size: int = 64, seed: int = 0) -> Path:
-    """YOLO-layout set of ``n`` dark ``size``² images with 1–2 big shapes: red squares (0), blue discs (1).
-
-    train = val, so a few epochs give a detector that clearly works.
-    """
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    half = size // 2
-    for i in range(n):
-        img = Image.new("RGB", (size, size), (20, 20, 20))
-        draw = ImageDraw.Draw(img)
-        classes = rng.integers(0, 2, size=int(rng.integers(1, 3)))
-        lines = []
-        for j, c in enumerate(classes):
-            s = int(rng.integers(size // 4, half - 1))
-            lo = j * half if len(classes) == 2 else 0  # two shapes: one per half, never overlapping
-            hi = lo + (half if len(classes) == 2 else size) - s
-            x0, y0 = int(rng.integers(lo, hi + 1)), int(rng.integers(0, size - s + 1))
-            box = (x0, y0, x0 + s - 1, y0 + s - 1)
-            (draw.rectangle if c == 0 else draw.ellipse)(box, fill=(240, 40, 40) if c == 0 else (40, 80, 240))
-            lines.append(f"{c} {(x0 + s / 2) / size:.6f} {(y0 + s / 2) / size:.6f} {s / size:.6f} {s / size:.6f}")
-        img.save(root / "images" / "train" / f"{i:03d}.png")
-        (root / "labels" / "train" / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n  0: square\n  1: circle\n")
-    return data
-
-
 @pytest.mark.slow
-def test_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+def test_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread,
+                                                 shapes) -> None:
     """Train a tiny detector, then score it twice: our in-memory predict + pycocotools vs ``YOLO.val``."""
     from ultralytics import YOLO
 
     from downstream.datasets import YoloDetectionDataset, to_coco_dict
 
     monkeypatch.chdir(tmp_path)
-    data = _shapes_dataset(tmp_path / "shapes")
+    data = shapes(tmp_path / "shapes")
     t0 = time.perf_counter()
     best = train_detector(
         data, model="yolo11n.yaml", epochs=45, imgsz=64, batch=16, out_dir=tmp_path / "runs", seed=0,
@@ -179,7 +150,7 @@ def test_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: py
     assert ours["map"] == pytest.approx(float(metrics.box.map), abs=0.05)
 
 
-def test_train_detector_keeps_torch_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_detector_keeps_torch_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shapes) -> None:
     """ultralytics drops torch to cpu_count - 1 threads while training; the caller's setting comes back."""
     from ultralytics import YOLO
 
@@ -192,7 +163,7 @@ def test_train_detector_keeps_torch_threads(tmp_path: Path, monkeypatch: pytest.
     torch.set_num_threads(3)
     try:
         with pytest.raises(RuntimeError, match="stop after"):
-            train_detector(_shapes_dataset(tmp_path / "ds", n=2), model="yolo11n.yaml", out_dir=tmp_path / "runs")
+            train_detector(shapes(tmp_path / "ds", n=2), model="yolo11n.yaml", out_dir=tmp_path / "runs")
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

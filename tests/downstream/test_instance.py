@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from downstream.datasets import DatasetError
 from downstream.detection import train_detector
@@ -144,8 +144,8 @@ def _perfect(ds: YoloInstanceDataset) -> list[dict]:
     return preds
 
 
-def test_ground_truth_as_predictions_scores_one_and_evaluator_matches_coco_map(tmp_path: Path) -> None:
-    data = _shapes_dataset(tmp_path / "shapes", n=6)
+def test_ground_truth_as_predictions_scores_one_and_evaluator_matches_coco_map(tmp_path: Path, shapes) -> None:
+    data = shapes(tmp_path / "shapes", n=6, segments=True)
     ds = YoloInstanceDataset(data, "val")
     gt = to_coco_instances(ds)
     assert all("segmentation" in a and a["area"] > 0 for a in gt["annotations"])
@@ -268,42 +268,9 @@ def test_loss_is_finite_and_reaches_the_images() -> None:
 # --------------------------------------------------------------------------- ours vs ultralytics' validator
 
 
-def _shapes_dataset(root: Path, n: int = 48, size: int = 64, seed: int = 0) -> Path:
-    """YOLO-seg set of ``n`` dark ``size``² images with 1–2 big polygons: red squares (0), blue discs (1, 24-gons).
-
-    Images are drawn from the label polygons; train = val, so a few epochs give a model that clearly works.
-    """
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    half = size // 2
-    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-    for i in range(n):
-        img = Image.new("RGB", (size, size), (20, 20, 20))
-        draw = ImageDraw.Draw(img)
-        classes = rng.integers(0, 2, size=int(rng.integers(1, 3)))
-        lines = []
-        for j, c in enumerate(classes):
-            s = int(rng.integers(size // 4, half - 1))
-            lo = j * half if len(classes) == 2 else 0  # two shapes: one per half, never overlapping
-            hi = lo + (half if len(classes) == 2 else size) - s
-            x0, y0 = int(rng.integers(lo, hi + 1)), int(rng.integers(0, size - s + 1))
-            if c == 0:
-                poly = np.array([[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s]], dtype=float)
-            else:
-                poly = np.stack([x0 + s / 2 + s / 2 * np.cos(angles), y0 + s / 2 + s / 2 * np.sin(angles)], 1)
-            draw.polygon([tuple(p) for p in poly], fill=(240, 40, 40) if c == 0 else (40, 80, 240))
-            lines.append(f"{c} " + " ".join(f"{v:.6f}" for v in (poly / size).reshape(-1)))
-        img.save(root / "images" / "train" / f"{i:03d}.png")
-        (root / "labels" / "train" / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n  0: square\n  1: disc\n")
-    return data
-
-
 @pytest.mark.slow
 def test_mask_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      one_thread) -> None:
+                                                      one_thread, shapes) -> None:
     """Train a tiny YOLO-seg model, then score it twice: our predict + pycocotools (segm, bbox) vs ``YOLO.val``.
 
     Default masks vs the default validator (both score ¼-resolution masks, but ultralytics against its ¼-resolution
@@ -314,7 +281,7 @@ def test_mask_map50_agrees_with_ultralytics_validator(tmp_path: Path, monkeypatc
     from ultralytics import YOLO
 
     monkeypatch.chdir(tmp_path)
-    data = _shapes_dataset(tmp_path / "shapes")
+    data = shapes(tmp_path / "shapes", segments=True)
     t0 = time.perf_counter()
     best = train_detector(
         data, model="yolo11n-seg.yaml", task="segment", epochs=50, imgsz=64, batch=16, out_dir=tmp_path / "runs",
