@@ -79,7 +79,7 @@ class Detector:
         from ultralytics.utils.nms import non_max_suppression
 
         h0, w0 = images.shape[-2:]
-        x, (gain_y, gain_x), (top, left) = letterbox(images, imgsz or max(h0, w0), self.stride)
+        x, gains, pads = letterbox(images, imgsz or max(h0, w0), self.stride)
         self.model.eval()
         with torch.inference_mode():
             raw = self.model(x.to(self.device, torch.float32))
@@ -91,14 +91,19 @@ class Detector:
                 max_det=max_det,
                 end2end=bool(getattr(self.model, "end2end", False)),
             )
-        results = []
-        for det in out:
-            det = det.float().cpu()
-            boxes = det[:, :4].clone()
-            boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - left) / gain_x).clamp(0, w0)
-            boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - top) / gain_y).clamp(0, h0)
-            results.append({"boxes": boxes, "scores": det[:, 4].clone(), "classes": det[:, 5].long()})
-        return results
+        return [detections_to_input(det, gains, pads, (h0, w0)) for det in out]
+
+
+def detections_to_input(det: torch.Tensor, gains: tuple[float, float], pads: tuple[int, int],
+                        size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """NMS output rows ``x1 y1 x2 y2 score class ...`` in letterboxed pixels -> ``{"boxes", "scores", "classes"}`` on
+    the CPU, boxes in the input's pixels (``gains``/``pads``: (y, x) scale and (top, left) padding of
+    :func:`letterbox`; clipped to ``size`` = (H, W))."""
+    det = det.float().cpu()
+    boxes = det[:, :4].clone()
+    boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - pads[1]) / gains[1]).clamp(0, size[1])
+    boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - pads[0]) / gains[0]).clamp(0, size[0])
+    return {"boxes": boxes, "scores": det[:, 4].clone(), "classes": det[:, 5].long()}
 
 
 def letterbox(

@@ -54,6 +54,7 @@ from downstream.detection import (
     _names_list,
     class_count_check,
     crop_boxes,
+    detections_to_input,
     letterbox,
     load_detector,
     offline_ultralytics,
@@ -301,12 +302,7 @@ class InstanceSegmenter(Detector):
                 else:
                     masks = process_mask(protos, det[:, 6:], det[:, :4], shape=net_shape)
                 masks = _masks_to_input(masks, net_shape, gains, pads, (h0, w0))
-                det = det.float().cpu()
-                boxes = det[:, :4].clone()
-                boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - pads[1]) / gains[1]).clamp(0, w0)
-                boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - pads[0]) / gains[0]).clamp(0, h0)
-                results.append({"boxes": boxes, "scores": det[:, 4].clone(), "classes": det[:, 5].long(),
-                                "masks": masks.cpu()})
+                results.append({**detections_to_input(det, gains, pads, (h0, w0)), "masks": masks.cpu()})
         return results
 
 
