@@ -169,6 +169,9 @@ def register_task(task: Task, *, override: bool = False) -> Task:
     """Add ``task`` (an instance) to the registry under its name and aliases."""
     if not task.name or not task.metrics or not task.val_metric or not task.formats:
         raise ValueError(f"{type(task).__name__} must set name, formats, metrics and val_metric")
+    if task.val_metric not in task.metric_keys() or not isinstance(getattr(task, "image_metric", None), MetricSpec):
+        raise ValueError(f"{type(task).__name__}: val_metric must be one of its metrics {task.metric_keys()} and "
+                         "image_metric a MetricSpec")
     if task.name in _TASKS and not override and type(_TASKS[task.name]) is not type(task):
         raise KeyError(f"a task named {task.name!r} is already registered (pass override=True to replace it)")
     taken = [a for a in task.aliases if _ALIASES.get(a, task.name) != task.name]

@@ -154,9 +154,9 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
                      hashes: dict[str, str]) -> str:
     """A digest of everything that determines a cell's numbers: the dataset spec and its task model's weights,
     the rain (preset parameters, seed and synthesizer code, or the source folder), the derainer spec and its
-    weights' content, the detector thresholds and whether intervals are kept. A finished cell whose digest
-    differs is recomputed, so a config edited between runs never leaves stale numbers behind (``hashes`` caches
-    file digests)."""
+    weights' content, the task's scoring options (a detector's thresholds) and whether intervals are kept. A
+    finished cell whose digest differs is recomputed, so a config edited between runs never leaves stale numbers
+    behind (``hashes`` caches file digests)."""
     from dataclasses import asdict
 
     from eval.image_cache import synthesizer_digest
@@ -172,7 +172,7 @@ def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Der
         "task_model": _content_digest(spec.model, hashes),
         "rain": rain,
         "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, cfg.derain_amp)],
-        "detector": [getattr(cfg, k) for k in get_task(spec.task).scoring_options] or None,
+        "scoring_options": {k: getattr(cfg, k) for k in get_task(spec.task).scoring_options} or None,
         "intervals": cfg.bootstrap > 0,
         "scoring_code": scoring_code_digest(spec.task),
     }

@@ -91,10 +91,10 @@ def _caption(scores: dict[str, float], task: tuple[str, float] | None) -> str:
 
 
 def grid_panels(
-    combined: Combined, dataset: str, severity: str, images: int = 3, conf: float = DISPLAY_CONF
+    combined: Combined, dataset: str, severity: str, images: int = 3
 ) -> tuple[list[str], list[list[Panel]]]:
-    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity;
-    detections are drawn from confidence ``conf`` up."""
+    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity,
+    each with the label the run saved (all predictions: :func:`sample_grid` picks what is drawn)."""
     methods = ["clean", *[m for m in combined.methods_of(dataset, severity) if m != "clean"]]
     folders: dict[str, tuple[Run, str, Path]] = {}
     for method in methods:
@@ -145,7 +145,7 @@ def sample_grid(
     combined: Combined, dataset: str, severity: str, path: Path, images: int = 3, conf: float = DISPLAY_CONF
 ) -> Path | None:
     """Draw and save the grid of one dataset and severity; None when the runs saved no samples for it."""
-    stems, rows = grid_panels(combined, dataset, severity, images, conf)
+    stems, rows = grid_panels(combined, dataset, severity, images)
     if not rows:
         return None
     src = _source(combined, "clean")

@@ -56,6 +56,8 @@ def test_a_registered_task_is_found_and_names_stay_unique(monkeypatch: pytest.Mo
         type("Incomplete", (Task,), {"name": "x"})()
     with pytest.raises(ValueError, match="must set name, formats, metrics and val_metric"):
         register_task(type("Unnamed", (Depth,), {"name": ""})())
+    with pytest.raises(ValueError, match="val_metric must be one of its metrics"):
+        register_task(type("Unscored", (Depth,), {"name": "unscored", "val_metric": "miou"})())
 
 
 def _has_objects(label: Any) -> bool:
