@@ -54,9 +54,9 @@ def derain_tensor(
 
     Runs under ``torch.inference_mode()`` on the model's device (call ``model.eval()`` first; checkpoints from
     :func:`derain.checkpoint.load_derainer` already are). ``tile``: process ``tile × tile`` crops that share
-    ``overlap`` pixels with their neighbours (None: :func:`tile_overlap`'s default) (``tile=None``: the whole
-    image at once); ``batch_size`` crops (or whole
-    images) go through the model per call. ``amp``: bf16/fp16 autocast on CUDA (ignored on CPU).
+    ``overlap`` pixels with their neighbours (None: the model's default, :func:`tile_overlap`); ``tile=None``: the
+    whole image at once. ``batch_size`` crops (or whole images) go through the model per call. ``amp``: bf16/fp16
+    autocast on CUDA (ignored on CPU).
     ``channels_last``: NHWC memory format (converts the model's parameters in place). ``compile``: run the
     ``torch.compile``d model (:func:`derain.runtime.model_forward`; same results to float rounding).
     ``stat_passes``: for models whose output depends on whole-image statistics (MSPFN's channel attention), the

@@ -308,7 +308,7 @@ class Trainer:
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Hook: restore what :meth:`_extra_state` saved."""
+        """Hook: restore what :meth:`extra_state` saved."""
 
     def _load_state(self) -> None:
         last = self.run_dir / "last"
@@ -460,7 +460,7 @@ class Trainer:
         return rainy.to(self.device), clean.to(self.device)
 
     def train_step(self, batch: Any) -> float:
-        """One optimizer step on ``batch`` (from :meth:`_sample`); returns the rank-mean loss."""
+        """One optimizer step on ``batch`` (from :meth:`sample`); returns the rank-mean loss."""
         rainy, clean = batch
         with autocast(self.device, self.cfg.amp):
             pred = self.net(rainy)

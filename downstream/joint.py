@@ -186,10 +186,10 @@ class JointTrainer(Trainer):
             all_reduce_grads(self.task_net.parameters(), self.dist)
 
     def extra_state(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"best_metric": self.best_value}
-        if self.cfg.unfreeze_task:
-            extra["task_model"] = {k: v.detach().cpu() for k, v in self.task_net.state_dict().items()}
-        return extra
+        """The task model's weights when it trains too (the best value is the base state's ``best_value``)."""
+        if not self.cfg.unfreeze_task:
+            return {}
+        return {"task_model": {k: v.detach().cpu() for k, v in self.task_net.state_dict().items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.cfg.unfreeze_task and state.get("task_model") is not None:

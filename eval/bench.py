@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -511,13 +512,13 @@ class Runtime:
     cache_root: Path | None
     compile: bool | None = None  # derain_compile as configured (None: each derainer's policy default)
     amp: bool = False  # derain_amp as configured
+    hashes: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
 
     def derainer_policy(self, derainer: torch.nn.Module) -> InferencePolicy:
         """The inference policy for ``derainer`` on this device, with the run's configured overrides."""
         return inference_policy(self.device, model=derainer, channels_last=self.policy.channels_last,
                                 batch_size=self.policy.batch_size, compile=self.compile, amp=self.amp)
-    hashes: dict[str, str] = field(default_factory=dict)
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
 
     @classmethod
     def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
@@ -676,7 +677,7 @@ def _save_sample(out: Path, cell: Cell, task: Any, name: str, image: torch.Tenso
     write_image(folder / f"{stem}.png", image)
     task.save_label(folder, stem, pred)
     truth = out / "samples" / cell.dataset / "truth"
-    if task.load_label(truth, stem) is None:
+    if not any(truth.glob(f"{glob.escape(stem)}.*")):  # a task's files start with the stem (Task.save_label)
         task.save_label(truth, stem, label)
 
 

@@ -97,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
               "seconds once PyTorch has cached it; --no-compile skips it)", file=sys.stderr)
     written = derain_paths(
         model, args.input, args.output, tile=args.tile, overlap=overlap, stat_passes=args.tile_stat_passes,
-        batch_size=policy.batch_size,
-        device=args.device, amp=policy.amp, channels_last=policy.channels_last, compile=policy.compile,
-        progress=not args.no_progress,
+        batch_size=policy.batch_size, device=args.device, amp=policy.amp, channels_last=policy.channels_last,
+        compile=policy.compile, progress=not args.no_progress,
     )
     print(f"derained {len(written)} image(s) with {args.model} -> {args.output}", file=sys.stderr)
     return 0
