@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[dev,tensorboard,zoo]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -63,9 +63,19 @@ def file_sha256(path: str | Path) -> str:
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write tensors as safetensors atomically (:func:`derain.fileio.atomic_path`); moved to CPU, contiguous."""
+    """Write tensors as safetensors atomically (:func:`derain.fileio.atomic_path`); moved to CPU, contiguous. A
+    tensor shared by several keys (MPRNet reuses one PReLU) is written under each of them (safetensors refuses
+    shared storage; loading sets the one parameter to the same value from each key)."""
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().contiguous().cpu()
+        if v.numel() and v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        tensors[k] = v
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        save_file(tensors, str(tmp))
 
 
 @contextmanager
@@ -246,17 +256,27 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
 
 
 def load_derainer(model: str | Path, weights: str | Path | None = None, **overrides: Any) -> nn.Module:
-    """A derainer from a registered name (optionally with ``weights``) or from one of our checkpoints.
+    """A derainer from a registered name, one of our checkpoint folders, or a weights file as its authors publish it.
 
-    ``model`` may be a name such as ``"prenet"`` (random init unless ``weights`` is given) or a checkpoint
-    folder written by :func:`save_checkpoint`, whose ``model.json`` says which architecture to build.
+    ``model`` is looked up in this order (the rule for a file that could be read more than one way):
+
+    1. a registered name such as ``"prenet"`` (random init unless ``weights`` is given);
+    2. a checkpoint folder written by :func:`save_checkpoint`, whose ``model.json`` says which architecture to build;
+    3. a weights file (``.pth``/``.pt``/``.safetensors``, bare or wrapped in ``params``/``params_ema``/``state_dict``,
+       with or without ``module.``), read only with ``weights_only=True``: a built-in derainer whose default
+       configuration has exactly the file's keys and shapes (the authors' PReNet release), else the architecture
+       spandrel detects in it (:mod:`derain.zoo`: Restormer, MPRNet, NAFNet, ...; a non-commercial one warns).
+
     Returned in eval mode on the CPU.
     """
     model_str = str(model)
     if model_str not in list_models() and is_checkpoint(model_str):
         meta = read_meta(model_str)
-        net = build_model(meta["name"], **{**meta.get("config", {}), **overrides})
-        load_weights(net, weights or model_str)
+        if meta["name"] == "zoo" and weights is None:  # rebuilt from its weights, as spandrel detects them
+            net = _zoo_from_file(model_str, expect=meta.get("config", {}).get("arch"))
+        else:
+            net = build_model(meta["name"], **{**meta.get("config", {}), **overrides})
+            load_weights(net, weights or model_str)
         if weights is None:
             check_revision(net, meta, model_str)
         net.derain_checkpoint = meta  # type: ignore[attr-defined]
@@ -264,14 +284,86 @@ def load_derainer(model: str | Path, weights: str | Path | None = None, **overri
         net = build_model(model_str, **overrides)
         if weights is not None:
             load_weights(net, weights)
+    elif Path(model_str).is_file():
+        if weights is not None:
+            raise CheckpointError(f"--weights goes with a registered name; {model_str} is itself a weights file "
+                                  "(pass it alone)")
+        net = derainer_from_file(model_str, **overrides)
     else:
         p = Path(model_str)
-        hint = " (the path exists but has no model.json + model.safetensors)" if p.exists() else ""
+        hint = " (the folder has no model.json + model.safetensors)" if p.is_dir() else ""
         raise CheckpointError(
-            f"{model_str!r} is neither a registered derainer ({', '.join(list_models())}) "
-            f"nor a checkpoint folder{hint}"
+            f"{model_str!r} is neither a registered derainer ({', '.join(list_models())}), a checkpoint folder nor a "
+            f"weights file{hint}"
         )
     return net.eval()
+
+
+def derainer_from_file(path: str | Path, **overrides: Any) -> nn.Module:
+    """The derainer a foreign weights file holds: a built-in whose default configuration fits the file's keys and
+    shapes exactly, else the zoo architecture spandrel detects (rule 3 of :func:`load_derainer`)."""
+    state = read_state_dict(path)
+    for name in list_models():
+        if name == "zoo" or not _fits_exactly(name, state):
+            continue
+        net = build_model(name, **overrides)
+        net.load_state_dict(state)
+        return net
+    if overrides:
+        raise CheckpointError(f"{path}: options {sorted(overrides)} apply to built-in derainers; a zoo file's "
+                              "weights define its architecture")
+    return _zoo_from_file(path, state=state)
+
+
+def _fits_exactly(name: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the built-in ``name`` at its default configuration has exactly ``state``'s keys and shapes (built on
+    the meta device: no memory, no time)."""
+    try:
+        with torch.device("meta"):
+            own = build_model(name).state_dict()
+    except Exception:  # a model that needs options cannot be matched by default
+        return False
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+
+
+def _zoo_from_file(path: str | Path, state: Mapping[str, torch.Tensor] | None = None,
+                   expect: str | None = None) -> nn.Module:
+    """A zoo derainer from a weights file or one of our zoo checkpoint folders (:mod:`derain.zoo`)."""
+    from derain import zoo
+
+    try:
+        net = zoo.from_state_dict(read_state_dict(path) if state is None else state, str(path))
+    except zoo.ZooError as exc:
+        raise CheckpointError(str(exc)) from None
+    if expect is not None and net.zoo_arch != expect:
+        raise CheckpointError(f"{path}: model.json says {expect}, but its weights are a {net.zoo_arch} model")
+    zoo.licence_notice(net, str(path))
+    return net
+
+
+def build_derainer(name: str | None, options: Mapping[str, Any] | None = None,
+                   init: str | Path | None = None) -> nn.Module:
+    """The derainer a training config describes (``model.name``/``options``/``init``), in train mode on the CPU.
+
+    ``name`` None: the architecture ``init`` holds (a checkpoint folder's, a built-in's, or a zoo file's: a Restormer
+    release fine-tuned with ``init`` alone), else ``mspfn``. A name with ``init``: that architecture, ``init``'s
+    weights loaded into it (they must fit). ``zoo`` with ``init``: the file's zoo model (its ``arch`` option, if
+    given, must match).
+    """
+    options = dict(options or {})
+    if init is not None and (name is None or name == "zoo"):
+        net = load_derainer(init)
+        if name is None and options:  # the same architecture with other options (e.g. a built-in's units)
+            net = build_model(net.derain_name, **{**getattr(net, "derain_config", {}), **options})
+            load_weights(net, init)
+        if name == "zoo" and options.get("arch") not in (None, getattr(net, "zoo_arch", None)):
+            raise CheckpointError(f"model.init {init} holds a {getattr(net, 'zoo_arch', net.derain_name)} model, "
+                                  f"not model.options.arch={options['arch']}")
+        return net.train()
+    net = build_model(name or "mspfn", **options)
+    if init is not None:
+        load_weights(net, init)
+    return net.train()
 
 
 def check_revision(model: nn.Module, meta: Mapping[str, Any], where: str | Path) -> None:

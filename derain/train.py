@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 from derain.checkpoint import (
     CheckpointError,
     atomic_write_text,
+    build_derainer,
     folder_lock,
     is_checkpoint,
+    load_derainer,
     load_weights,
     read_meta,
     recover_dir,
@@ -42,7 +44,6 @@ from derain.config import ConfigError, check_name, save_config
 from derain.fileio import atomic_path
 from derain.imageio import to_tensor
 from derain.losses import LOSSES, build_loss
-from derain.registry import build_model
 from derain.runtime import (
     DistInfo,
     all_reduce_mean,
@@ -74,7 +75,9 @@ class SourceConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mspfn"  # a registered derainer (``derainbench models`` lists them)
+    # A registered derainer (``derainbench models`` lists them); None: the architecture ``init`` holds (a checkpoint
+    # folder's, or a weights file's as load_derainer reads it, e.g. a Restormer release), else mspfn.
+    name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # keyword overrides of its config
     init: str | None = None  # start from these weights (checkpoint folder or .safetensors/.pth)
 
@@ -256,9 +259,7 @@ class Trainer:
         if cfg.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} ranks")
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model.name, **cfg.model.options)
-        if cfg.model.init:
-            load_weights(self.model, cfg.model.init)
+        self.model = build_derainer(cfg.model.name, cfg.model.options, cfg.model.init)
         self.model.to(self.device).train()
         self.build_data()
         self.optimizer = torch.optim.Adam(self.param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -350,7 +351,8 @@ class Trainer:
                 "the last good save. Lower optim.lr or set optim.grad_clip, then --resume or start again.")
         extra = {f"best_{self.metric}": self.best_value, "train_config": self.cfg.name}
         with replace_dir(folder) as tmp:
-            save_checkpoint(tmp, self.model, name=self.cfg.model.name, config=self.cfg.model.options,
+            model = unwrap(self.model)  # the architecture it was built as (model.init may have chosen it)
+            save_checkpoint(tmp, model, name=model.derain_name, config=model.derain_config,
                             step=self.step, extra=extra)
             if which == "last":
                 state = {
@@ -436,9 +438,7 @@ class Trainer:
         """Score every test set once with best/ (or the final weights when there was no validation);
         writes ``test.json`` and prints one line per set."""
         which = "best" if self.val_src is not None and is_checkpoint(self.run_dir / "best") else "last"
-        model = build_model(self.cfg.model.name, **self.cfg.model.options)
-        load_weights(model, self.run_dir / which)
-        model.to(self.device)
+        model = load_derainer(self.run_dir / which).to(self.device)
         results: dict[str, dict[str, Any]] = {}
         for name, source in self.test_srcs.items():
             scores = evaluate(model, source, self.device, amp=self.cfg.amp)

@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "train": "train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides",
     "derain": "run a derainer (registered name or checkpoint) over an image or folder, optionally tiled",
     "score": "PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth",
-    "models": "list the registered derainers and their parameter counts",
+    "models": "list the built-in derainers and the zoo architectures (papers, licences)",
     "convert": "the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)",
     "scenes": "generate labelled scenes (boxes and instance polygons: YOLO + COCO JSON; masks), seeded",
     "train-task": "train a task model offline: YOLO detector or instance segmenter, smp segmenter",

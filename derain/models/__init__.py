@@ -8,3 +8,5 @@ for _name in ("identity", "mspfn", "prenet"):
     except ModuleNotFoundError as exc:  # a module still being written must not break the others
         if exc.name != f"derain.models.{_name}":
             raise
+
+importlib.import_module("derain.zoo")  # the derainer "zoo": any architecture spandrel detects

@@ -108,11 +108,22 @@ def test_derain_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_models_lists_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models"]) == 0
-    rows = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
-    assert sorted(rows) == list_models()
+    assert main(["models", "--no-zoo"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    rows = dict(line.split(maxsplit=1) for line in lines)
+    assert sorted(rows) == [n for n in list_models() if n != "zoo"]
     assert rows["prenet"].strip() == "168,963"
     assert rows["identity"].strip() == "0"
+
+
+def test_models_lists_the_zoo_with_licences(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("spandrel_extra_arches")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    zoo_rows = {line.split()[0]: line for line in out.split("derainer zoo")[1].splitlines()[1:] if line.strip()}
+    assert "2022  NC  Academic Public License" in zoo_rows["Restormer"]
+    assert "verified against the authors' code" in zoo_rows["MPRNet"]
+    assert "MIT; spandrel's word" in zoo_rows["NAFNet"] and " NC " not in zoo_rows["NAFNet"]
 
 
 def test_out_of_memory_suggests_tiling(rainy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
