@@ -15,10 +15,11 @@ from derainbench import __version__
 # `derainbench --help` answers without importing torch.
 COMMANDS: dict[str, str] = {
     "demo": "the main job, offline: scenes, rain, derainers, detector + segmenter, joint tuning, report",
-    "synth": "rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)",
+    "synth": "rain on a folder of clean images (seeded, versioned presets: rain100l, rain100h, ...; JSON sidecars)",
     "train": "train a derainer (MSPFN paper recipe by default) from a YAML config plus key=value overrides",
     "derain": "run a derainer (registered name or checkpoint) over an image or folder, optionally tiled",
     "score": "PSNR/SSIM (MATLAB Y channel and RGB) of predictions against ground truth",
+    "realism": "synthetic vs real paired rain, measured with a real-rain derainer (input PSNR, gain, ratio)",
     "models": "list the built-in derainers and the zoo architectures (papers, licences)",
     "convert": "the MSPFN authors' TensorFlow checkpoint -> a checkpoint folder (no TensorFlow needed)",
     "scenes": "generate labelled scenes (boxes and instance polygons: YOLO + COCO JSON; masks), seeded",

@@ -66,10 +66,11 @@ def test_shipped_configs_load(name: str) -> None:
     from downstream.joint import JointConfig
     from downstream.train_task import TaskTrainConfig, check_task_config
     from eval.bench import BenchConfig
+    from eval.realism import RealismConfig
 
     path = Path(__file__).parents[2] / "configs" / name
     kinds = {"mspfn": TrainConfig, "prenet": TrainConfig, "bench": BenchConfig, "joint": JointConfig,
-             "task": TaskTrainConfig}
+             "task": TaskTrainConfig, "realism": RealismConfig}
     kind = next((cls for prefix, cls in kinds.items() if name.startswith(prefix)), None)
     assert kind is not None, f"configs/{name}: add its config class to this test"
     cfg = load_config(kind, path)
