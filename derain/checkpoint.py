@@ -214,10 +214,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors come in many types
-            raise CheckpointError(
-                f"cannot load {path} safely with torch.load(weights_only=True): {exc}. "
-                "Only plain state dicts (tensors) are accepted."
-            ) from exc
+            raise CheckpointError(f"refused {path}: {_unpickling_reason(exc)}; only tensors, numbers, strings and "
+                                  "containers of them are read (torch.load weights_only=True), nothing in the file "
+                                  "was run") from None
     for key in ("state_dict", "model", "params", "params_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -225,6 +224,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """One line of torch's (long, multi-line) weights-only refusal: the object the file asked to build, if named."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line.split(" ", 3)[:3]]
+    reason = (named or lines or [type(exc).__name__])[0]
+    if "Weights only load failed" in reason and len(lines) > 1:
+        reason = next((line for line in lines[1:] if "weights_only" not in line), lines[1])
+    return reason.rstrip(".")[:300]
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

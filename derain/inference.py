@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from derain.imageio import is_image_file, list_images, read_tensor, write_image
-from derain.runtime import InferencePolicy, autocast, model_forward, resolve_device
+from derain.runtime import InferencePolicy, autocast, inference_policy, model_forward, resolve_device
 
 __all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
 
@@ -47,8 +47,8 @@ def tile_overlap(model: nn.Module, overlap: int | None = None) -> int:
 
 def derain_tensor(
     model: nn.Module, x: torch.Tensor, tile: int | None = None, overlap: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool = False, channels_last: bool = False, compile: bool = False,
-    stat_passes: int = DEFAULT_STAT_PASSES,
+    batch_size: int = DEFAULT_BATCH_SIZE, *, amp: bool | None = None, channels_last: bool | None = None,
+    compile: bool | None = None, stat_passes: int = DEFAULT_STAT_PASSES,
 ) -> torch.Tensor:
     """Derain ``x`` (``B×3×H×W``, float in [0, 1]) -> ``B×3×H×W`` float32 in [0, 1] on ``x``'s device.
 
@@ -58,7 +58,9 @@ def derain_tensor(
     whole image at once. ``batch_size`` crops (or whole images) go through the model per call. ``amp``: bf16/fp16
     autocast on CUDA (ignored on CPU).
     ``channels_last``: NHWC memory format (converts the model's parameters in place). ``compile``: run the
-    ``torch.compile``d model (:func:`derain.runtime.model_forward`; same results to float rounding).
+    ``torch.compile``d model (:func:`derain.runtime.model_forward`; same results to float rounding). ``amp``,
+    ``channels_last`` and ``compile`` left at None follow :func:`derain.runtime.inference_policy` for the model and
+    its device, the measured defaults the CLI and the bench use.
     ``stat_passes``: for models whose output depends on whole-image statistics (MSPFN's channel attention), the
     tiled passes that gather those statistics from the tiles before the output pass (0: a downscaled copy's).
     """
@@ -67,6 +69,8 @@ def derain_tensor(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model, x.device)
+    policy = inference_policy(device, model=model, channels_last=channels_last, amp=amp, compile=compile)
+    amp, channels_last, compile = policy.amp, policy.channels_last, policy.compile
     if channels_last:
         model.to(memory_format=torch.channels_last)
     with torch.inference_mode():

@@ -72,7 +72,8 @@ def inference_policy(device: torch.device, *, model: torch.nn.Module | None = No
             raise ValueError(f"{COMPILE_ENV} must be 0 or 1, got {env!r}")
         compile = env == "1" if env else cpu and bool(getattr(model, "compile_on_cpu", False))
     return InferencePolicy(
-        channels_last=cpu if channels_last is None else channels_last,
+        channels_last=(cpu and bool(getattr(model, "channels_last_on_cpu", True))) if channels_last is None
+        else channels_last,
         amp=(not cpu and bool(getattr(model, "bf16_inference", False)) and _has_bf16(device)) if amp is None else amp,
         batch_size=(None if cpu else 8) if batch_size is None else batch_size,
         compile=compile,

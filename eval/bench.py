@@ -85,7 +85,8 @@ class DatasetSpec:
 
 @dataclass
 class DerainerSpec:
-    """A derainer to compare: a registered name (plus weights) or a checkpoint folder."""
+    """A derainer to compare: a registered name (plus weights), a checkpoint folder, or a weights file as its authors
+    publish it (a zoo architecture such as Restormer: :func:`derain.checkpoint.load_derainer`)."""
 
     name: str
     model: str
@@ -297,9 +298,15 @@ def validate(cfg: BenchConfig) -> None:
     if clash:
         raise ValueError(f"derainer names must be unique and not 'clean'/'rainy': {sorted(clash)}")
     for d in cfg.derainers:
+        if Path(d.model).is_file() and d.model not in list_models():  # a weights file (load_derainer's rule 3)
+            if d.weights or d.options:
+                raise ValueError(f"derainer {d.name!r}: model {d.model} is a weights file; weights and options go "
+                                 "with registered names")
+            continue
         if d.model not in list_models() and not is_checkpoint(d.model):
             raise ValueError(f"derainer {d.name!r}: unknown model {d.model!r}; registered derainers are "
-                             f"{', '.join(list_models())}, or give a checkpoint folder")
+                             f"{', '.join(list_models())}, or give a checkpoint folder or a weights file (a zoo "
+                             "checkpoint such as Restormer's deraining.pth)")
         arch = d.model if d.model in list_models() else read_meta(d.model)["name"]
         valid = model_options(arch)
         unknown = sorted(set(d.options) - set(valid))
@@ -392,6 +399,8 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
         for cell, dspec, fingerprint in todo:
             if dspec is not None and dspec.name not in derainers:
                 derainers[dspec.name] = _load_derainer(dspec, device)
+                if dist.is_main:
+                    record_derainer(out, dspec, derainers[dspec.name], hashes)
             result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
                                out, progress and dist.is_main, dist, sources.get(cell.severity))
             if dist.is_main:
@@ -408,7 +417,7 @@ def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:
 
     packages = {}
     for name in ("derainbench", "torch", "torchvision", "ultralytics", "segmentation-models-pytorch", "pycocotools",
-                 "numpy"):
+                 "numpy", "spandrel", "spandrel-extra-arches"):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
@@ -432,6 +441,36 @@ def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device, chan
 
 def _load_derainer(spec: DerainerSpec, device: torch.device) -> torch.nn.Module:
     return load_derainer(spec.model, spec.weights, **spec.options).to(device)
+
+
+DERAINERS_FILE = "derainers.json"
+
+
+def describe_derainer(spec: DerainerSpec, model: torch.nn.Module, hashes: dict[str, str]) -> dict[str, Any]:
+    """What a report says of a derainer: its architecture, parameter count, the sha256 of its weights (file or
+    checkpoint folder), and for zoo architectures the paper and the licence of the original code."""
+    name = getattr(model, "derain_name", type(model).__name__)
+    zoo_arch = getattr(model, "zoo_arch", None)
+    info: dict[str, Any] = {
+        "architecture": f"{zoo_arch} (zoo)" if zoo_arch else name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_sha256": _content_digest(spec.weights or spec.model, hashes),
+    }
+    facts = getattr(model, "zoo_facts", None)
+    if facts is not None:
+        info.update(paper=facts.paper, year=facts.year, licence=facts.licence, non_commercial=facts.non_commercial)
+    return info
+
+
+def record_derainer(out: Path, spec: DerainerSpec, model: torch.nn.Module, hashes: dict[str, str]) -> None:
+    """Add ``spec``'s :func:`describe_derainer` to ``<out>/derainers.json`` (by derainer name)."""
+    path = out / DERAINERS_FILE
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        known = {}  # a damaged record is rewritten from the derainers loaded now
+    known[spec.name] = describe_derainer(spec, model, hashes)
+    atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
 
 
 def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.ndarray:

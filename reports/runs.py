@@ -41,6 +41,7 @@ class Run:
     per_image: pd.DataFrame
     environment: dict[str, Any] | None
     timings: dict[str, float]
+    derainer_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # derainers.json: architecture, weights...
 
     @property
     def name(self) -> str:
@@ -95,6 +96,7 @@ def load_run(path: str | Path) -> Run:
         per_image=_read_optional_csv(path / "per_image.csv"),
         environment=_read_json(path / "environment.json"),
         timings=_read_json(path / "timings.json") or {},
+        derainer_info=_read_json(path / "derainers.json") or {},
     )
 
 

@@ -107,19 +107,29 @@ def _checkpoint_info(run: Run, model: str) -> str:
 
 def methods_table(combined: Combined) -> Table:
     """One row per method: what produced its images and in which runs."""
-    table = Table("methods", "Methods", ["method"], _text_columns("model", "weights", "checkpoint", "tile", "runs"))
+    table = Table("methods", "Methods", ["method"], _text_columns("model", "weights", "checkpoint", "architecture",
+                                                                  "weights sha256", "licence", "tile", "runs"))
     for label in combined.methods:
         sources = combined.sources.get(label, [])
         runs = ", ".join(dict.fromkeys(r.name for r, _ in sources))
         if label in BASELINES:
             what = "the clean images" if label == "clean" else "rain synthesized with the run seed"
-            table.rows.append(([label], [what, "", "", "", runs]))
+            table.rows.append(([label], [what, "", "", "", "", "", "", runs]))
             continue
         run, name = sources[0]
         spec = run.derainer(name) or {}
+        info = run.derainer_info.get(name, {})
         tile = f"{spec['tile']} (overlap {spec.get('overlap')})" if spec.get("tile") else "whole image"
         model = str(spec.get("model", "?"))
-        table.rows.append(([label], [model, str(spec.get("weights") or ""), _checkpoint_info(run, model), tile, runs]))
+        arch = str(info.get("architecture", ""))
+        if info.get("paper"):
+            arch += f": {info['paper']}" + (f", {info['year']}" if info.get("year") else "")
+        licence = str(info.get("licence", ""))
+        if info.get("non_commercial"):
+            licence = f"{licence}: research and non-commercial use only"
+        digest = str(info.get("weights_sha256") or "")[:16]
+        table.rows.append(([label], [model, str(spec.get("weights") or ""), _checkpoint_info(run, model), arch, digest,
+                                     licence, tile, runs]))
     return table
 
 

@@ -15,7 +15,10 @@ from derain.inference import derain_tensor
 from derain.registry import build_model, list_models
 
 # Full width, fewer units, so every check takes seconds (the wiring and the per-class behaviour are the same).
-SMALL: dict[str, dict] = {"mspfn": {"units": 2}, "mspfn-m17n1": {"units": 2}}
+# The zoo entry as a small DnCNN (spandrel core: no extra needed; convolutions only, so tiles match exactly; the
+# zoo's Restormer and MPRNet are checked in test_zoo.py).
+SMALL: dict[str, dict] = {"mspfn": {"units": 2}, "mspfn-m17n1": {"units": 2},
+                          "zoo": {"arch": "DnCNN", "hyperparameters": {"in_nc": 3, "out_nc": 3, "nc": 8, "nb": 17}}}
 
 
 @pytest.fixture(params=list_models())
