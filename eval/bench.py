@@ -31,7 +31,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derain.checkpoint import folder_lock, load_derainer, read_meta, update_hash
+from derain.checkpoint import (
+    WEIGHTS_FILE,
+    file_sha256,
+    folder_lock,
+    is_checkpoint,
+    load_derainer,
+    read_meta,
+    update_hash,
+)
 from derain.config import check_name, save_config
 from derain.fileio import atomic_write_text, to_jsonable
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
@@ -271,7 +279,6 @@ def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
 
 def validate(cfg: BenchConfig) -> None:
     """Fail early, with what to do, on configs that cannot run."""
-    from derain.checkpoint import is_checkpoint
 
     if not cfg.datasets:
         raise ValueError("bench config has no datasets")
@@ -454,12 +461,25 @@ def describe_derainer(spec: DerainerSpec, model: torch.nn.Module, hashes: dict[s
     info: dict[str, Any] = {
         "architecture": f"{zoo_arch} (zoo)" if zoo_arch else name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "weights_sha256": _content_digest(spec.weights or spec.model, hashes),
+        "weights_sha256": _weights_sha256(Path(spec.weights or spec.model), hashes),
     }
     facts = getattr(model, "zoo_facts", None)
     if facts is not None:
         info.update(paper=facts.paper, year=facts.year, licence=facts.licence, non_commercial=facts.non_commercial)
     return info
+
+
+def _weights_sha256(path: Path, hashes: dict[str, str]) -> str | None:
+    """sha256 of a weights file (what ``sha256sum`` prints), or of a checkpoint folder's ``model.safetensors``; None
+    for registered names without weights."""
+    if path.is_dir() and is_checkpoint(path):
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    key = f"sha256:{path.resolve()}"
+    if key not in hashes:
+        hashes[key] = file_sha256(path)
+    return hashes[key]
 
 
 def record_derainer(out: Path, spec: DerainerSpec, model: torch.nn.Module, hashes: dict[str, str]) -> None:

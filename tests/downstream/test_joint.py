@@ -260,3 +260,27 @@ def test_feature_consistency_alone_trains_the_derainer(scenes: Path, tmp_path: P
     print(f"held-out feature loss {before:.4f} -> {after:.4f}")
     assert after < 0.8 * before, (before, after)
     assert "loss_feat" in (tmp_path / "feat" / "log.csv").read_text().splitlines()[0]
+
+
+def test_a_zoo_derainer_tuned_with_the_task_loss(scenes: Path, tmp_path: Path) -> None:
+    """``derainer.init=FILE`` alone (a Restormer as its authors save it): the joint run tunes that Restormer with the
+    segmentation loss and saves it as our checkpoint folder recording the architecture."""
+    from derain import zoo
+
+    if not zoo.extra_installed():
+        pytest.skip("spandrel-extra-arches not installed")
+    torch.manual_seed(0)
+    start = zoo.zoo("Restormer", {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+                                  "heads": [1, 1, 2, 2]})
+    torch.save({"params": start.state_dict()}, tmp_path / "deraining.pth")
+    cfg = load_config(JointConfig, None, [
+        "task=segmentation", "data.format=masks", f"data.path={scenes / 'seg'}", f"task_model={scenes / 'segmenter'}",
+        f"out={tmp_path}", "name=rst", "device=cpu", "batch_size=2", "log_every=1", "presets=[heavy]", "iters=2",
+        "val_every=2", "save_every=2", "weights.restore=0", "weights.task=1",
+        f"derainer.init={tmp_path}/deraining.pth"])
+    result = JointTrainer(cfg, progress=False).run()
+    assert result.step == 2
+    tuned = load_derainer(tmp_path / "rst/last")
+    assert tuned.zoo_arch == "Restormer" and tuned.derain_config["hyperparameters"]["dim"] == 8
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])]
+    assert changed, "the Restormer's weights did not change"

@@ -366,3 +366,47 @@ def test_instance_segmentation_bench_and_report(setup: dict, tmp_path: Path) -> 
     assert "Instance segmentation (mask mAP, mask mAP@.5, box mAP, box mAP@.5, drop, recovery)" in md
     assert (report.out / "tables/instance.csv").is_file() and (report.out / "figures/grid_inst_heavy.png").is_file()
     assert "masks tinted in their class colour" in md
+
+
+def test_zoo_derainers_bench_and_report(setup: dict, tmp_path: Path) -> None:
+    """A small Restormer and MPRNet, saved as their authors publish them, run as bench derainers beside PReNet, and the
+    report names each architecture, its weights digest and its licence."""
+    import hashlib
+
+    import torch
+
+    from derain import zoo
+    from reports.build import build_report
+
+    if not zoo.extra_installed():
+        pytest.skip("spandrel-extra-arches not installed")
+    torch.manual_seed(0)
+    restormer = zoo.zoo("Restormer", {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+                                      "heads": [1, 1, 2, 2]})
+    mprnet = zoo.zoo("MPRNet", {"n_feat": 8, "scale_unetfeats": 4, "scale_orsnetfeats": 4, "num_cab": 1})
+    torch.save({"params": restormer.state_dict()}, tmp_path / "deraining.pth")
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in mprnet.state_dict().items()}},
+               tmp_path / "model_deraining.pth")
+    root = setup["root"]
+    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=1", "bootstrap=0",
+                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                       f"model: {root}/seg-model}}]",
+                       f"derainers=[{{name: prenet, model: prenet}}, "
+                       f"{{name: restormer, model: {tmp_path}/deraining.pth}}, "
+                       f"{{name: mprnet, model: {tmp_path}/model_deraining.pth}}]")
+    out = run_bench(cfg, progress=False)
+    res = pd.read_csv(out / "results.csv")
+    assert {"prenet", "restormer", "mprnet"} <= set(res.method)
+    info = json.loads((out / "derainers.json").read_text())
+    assert info["restormer"]["architecture"] == "Restormer (zoo)" and info["restormer"]["non_commercial"]
+    mprnet_file = (tmp_path / "model_deraining.pth").read_bytes()
+    assert info["mprnet"]["weights_sha256"] == hashlib.sha256(mprnet_file).hexdigest()
+    assert info["prenet"]["architecture"] == "prenet" and "licence" not in info["prenet"]
+
+    report = build_report(out, tmp_path / "report", formats="md", images=1)
+    md = (report.out / "report.md").read_text()
+    methods = md[md.index("Methods"):]
+    for line_start, arch in (("| restormer", "Restormer (zoo)"), ("| mprnet", "MPRNet (zoo)")):
+        row = next(line for line in methods.splitlines() if line.startswith(line_start))
+        assert arch in row and "Academic Public License" in row and "non-commercial use only" in row
+    assert info["restormer"]["weights_sha256"][:16] in methods
