@@ -93,6 +93,23 @@ def _options(factory: Callable[..., nn.Module]) -> list[str]:
     return named
 
 
+PLUGIN_GROUP = "derainbench.derainers"  # entry points whose modules register derainers when imported
+_plugins_loaded = False
+
+
 def _ensure_builtin() -> None:
-    """Import the built-in model modules so their decorators have run."""
+    """Import the built-in model modules, and once the modules other packages name under the entry-point group
+    ``derainbench.derainers``, so their decorators have run (how an installed package adds a derainer to the CLI)."""
+    global _plugins_loaded
     from derain import models  # noqa: F401
+
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=PLUGIN_GROUP):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plugin must say which, not break every command obscurely
+                raise ImportError(f"derainer plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) "
+                                  f"failed to import: {type(exc).__name__}: {exc}") from exc

@@ -14,8 +14,17 @@ if TYPE_CHECKING:
 
 HELP = """\
 Derain an image or a folder of images with a registered derainer (optionally with foreign weights such as
-the authors' PReNet release) or one of our checkpoint folders. Every input is written as <stem>.png (8-bit)
-under --output, which must not be the input folder. Images of the same size are batched together.
+the authors' PReNet release), one of our checkpoint folders, or a weights file exactly as its authors publish it
+(the derainer zoo: Restormer's deraining.pth, MPRNet's model_deraining.pth, NAFNet, ... -- any architecture
+`derainbench models` lists; .pth/.pt/.safetensors, wrapped in params/params_ema/state_dict or bare, with or without
+module.). --model is read as: a registered name; else a checkpoint folder; else a weights file, which is a
+built-in when its keys and shapes fit one exactly (the authors' PReNet release), else what spandrel detects. Files
+are read with torch.load(weights_only=True): a pickle that would run code is refused and nothing in it runs. A zoo
+model runs by its authors' test protocol (Restormer: reflect-pad bottom/right to a multiple of 8 where needed and
+crop back; MPRNet: the first of its three outputs), checked against the authors' own code for Restormer and MPRNet.
+Architectures whose original code is non-commercial (Restormer, MPRNet) say so when loaded. Nothing is downloaded.
+Every input is written as <stem>.png (8-bit) under --output, which must not be the input folder. Images of the same
+size are batched together.
 
 Large images: --tile T runs the model on T×T crops sharing --tile-overlap pixels with their neighbours and
 blends them with smooth raised-cosine weights, so memory on the device depends on T, not on the image. The
@@ -35,15 +44,16 @@ Examples:
   derainbench derain --model prenet --weights PReNet_Rain100L_PReNet6.pth --input rainy/ --output derained/
   derainbench derain --model runs/mspfn/best --input photo.jpg --output out/ --tile 512
   derainbench derain --model identity --input rainy/ --output copies/      # the no-deraining baseline
+  derainbench derain --model pretrained_models/deraining.pth --input rainy/ --output restormer/   # Restormer
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("derain", help="run a derainer over an image or folder (optionally tiled)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="NAME_OR_CHECKPOINT",
-                   help="registered derainer (see `derainbench models`) or a checkpoint folder (model.json + "
-                        "model.safetensors)")
+    p.add_argument("--model", required=True, metavar="NAME_OR_CHECKPOINT_OR_FILE",
+                   help="registered derainer (see `derainbench models`), a checkpoint folder (model.json + "
+                        "model.safetensors), or an authors' weights file (zoo: Restormer, MPRNet, ...)")
     p.add_argument("--weights", type=Path, metavar="FILE",
                    help="weights for a registered name: .safetensors, or a plain .pth/.pt state dict "
                         "(loaded with weights_only=True); default: random init for names")

@@ -74,3 +74,26 @@ def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x)), name
+
+
+def test_entry_point_plugins_register_derainers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A package names a module under the entry-point group derainbench.derainers; importing it registers its
+    derainer before any name is looked up (how the CLI learns of it)."""
+    import sys
+    from importlib.metadata import EntryPoint
+
+    import derain.registry as registry
+
+    (tmp_path / "my_plugin.py").write_text(
+        "from torch import nn\nfrom derain.registry import register_model\n\n"
+        "@register_model('plugin-net')\nclass PluginNet(nn.Identity):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
+        EntryPoint("plugin-net", "my_plugin", group)] if group == registry.PLUGIN_GROUP else [])
+    try:
+        assert "plugin-net" in list_models()
+        assert type(build_model("plugin-net")).__name__ == "PluginNet"
+    finally:
+        registry._MODELS.pop("plugin-net", None)
+        sys.modules.pop("my_plugin", None)
