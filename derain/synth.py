@@ -1,11 +1,15 @@
-"""Seeded rain synthesis: Photoshop-style streak layers plus, for heavy rain, an accumulation veil.
+"""Seeded rain synthesis: Photoshop-style streak layers plus, optionally, a haze (accumulation) veil.
 
-Streak layer (the recipe behind Rain1400/Rain800/Rain12): sparse noise (random drop positions with random
-intensities) → drop size (the noise "upscale", done as a tent footprint of width ``drop_size`` px) → motion blur
-along an anti-aliased line of length L at angle θ → levels (black/white point, gamma) → blend (screen or
-additive) with opacity. Heavy rain (Rain100H, Li et al. CVPR'19) stacks several layers with different θ/L and
-adds the veil ``I = T·(B + S) + (1 − T)·A`` with ``T = exp(−β·d)``, ``d`` a pseudo-depth (far at the top,
-plus low-frequency noise) and ``A`` the atmospheric light in [0.25, 0.95].
+Streak layer (the recipe behind Rain1400/Rain800/Rain12 and Rain100L/H): sparse noise (random drop positions with
+random intensities) → drop size (the noise "upscale", done as a tent footprint of width ``drop_size`` px) → motion
+blur along an anti-aliased line of length L at angle θ → levels (black/white point, gamma) → blend (screen or
+additive) with opacity; several layers may differ in θ/L. Haze is a separate axis (RainCityscapes' β, Hu et al.
+CVPR'19): the veil ``I = T·(B + S) + (1 − T)·A`` with ``T = exp(−β·d)``, ``d`` a pseudo-depth (far at the top,
+plus low-frequency noise) and ``A`` the atmospheric light in [0.25, 0.95]; ``veil_beta = (0, 0)`` means none.
+
+Presets are versioned (``heavy@v1`` = derainbench 0.2.0's heavy, byte-identical; ``heavy`` = the newest); the
+calibrated ``rain100l``/``rain100h`` (= ``light``/``heavy`` v2) were fitted to the real Rain100L/Rain100H pairs
+and checked on held-out pairs with the authors' PReNet (``derainbench realism``, bench/RESULTS.md).
 
 Scale: streak geometry (``drop_size``, ``length_range``) and ``density`` are in pixels of a *canvas* whose
 shorter side is ``reference_size`` (320 px, the short side of Rain100L/H images), so rain looks the same

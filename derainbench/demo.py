@@ -152,7 +152,7 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
     t0 = time.perf_counter()
     stage = _Stages(out, force, log)
     scenes = stage("scenes", lambda: _scenes(cfg, progress))
-    stage("rain", lambda: _rain(cfg, scenes))
+    stage("rain", lambda: _rain(cfg, scenes), valid=lambda result: result.get("presets") == _rain_presets(cfg))
     models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log))
     tuned = stage("joint", lambda: _joint_runs(cfg, scenes, models, force, progress), valid=_is_joint_result)
     models.update(tuned)
@@ -214,7 +214,14 @@ def _rain(cfg: DemoConfig, scenes: dict[str, str]) -> dict[str, str]:
     for sev in cfg.severities:
         synthesize_folder(Path(scenes["seg"]) / "val" / "images", rainy / sev, preset=sev, seed=cfg.seed,
                           progress=False)
-    return {sev: str(rainy / sev) for sev in cfg.severities}
+    return {"folders": {sev: str(rainy / sev) for sev in cfg.severities}, "presets": _rain_presets(cfg)}
+
+
+def _rain_presets(cfg: DemoConfig) -> dict[str, str]:
+    """The versioned preset each severity names now (``heavy`` -> ``heavy@v2``): rain of an older version is redone."""
+    from derain.synth import resolve_preset
+
+    return {sev: resolve_preset(sev) for sev in cfg.severities}
 
 
 def _models(cfg: DemoConfig, scenes: dict[str, str], retrain: bool, force: bool, progress: bool,

@@ -9,17 +9,32 @@ from typing import Any
 from derain.config import ConfigError, apply_overrides
 from derain.synth import PRESETS, RainParams, get_preset, synthesize_folder
 
-HELP = "rain on a folder of clean images (seeded presets light|medium|heavy, JSON sidecars)"
+HELP = "rain on a folder of clean images (seeded, versioned presets: rain100l, rain100h, ...; JSON sidecars)"
 
 DESCRIPTION = """\
 Write a rainy copy of every image under SRC_DIR (recursively) to DST_DIR, at the same relative path and
 file name, so annotation files that refer to images by name stay valid for the rainy copies.
 
-Presets (calibrated on natural photos; mean Y-PSNR of rainy vs clean):
-  light    one layer of thin sparse streaks, like Rain100L                     (~25.5 dB)
-  medium   two layers of wider streaks plus a faint veil, like Rain1400/800    (~18 dB)
-  heavy    three dense layers in several directions under a fog veil,
-           like Rain100H                                                        (~12.5 dB)
+Presets are versioned: NAME@vN always makes the same rain for a seed and image size; a bare NAME is its newest
+version, and the sidecar records the versioned name (e.g. "preset": "heavy@v2"). Calibrated presets (v2 family),
+measured with `derainbench realism --config configs/realism_rain100.yaml` against real pairs they were not fitted
+on, with the authors' PReNet trained on the matching rain (input PSNR-Y ours vs real; deraining gain ratio
+ours / real; bench/RESULTS.md "Rain realism"):
+  rain100l = light = ladder 2   one layer of sparse gray streaks, one direction per image within +-25 deg,
+                                additive; Rain100L pairs 51-100: 26.56 vs 27.25 dB, gain ratio 1.09
+  rain100h = heavy = ladder 5   three dense layers of thin, long, bright, nearly parallel streaks, additive,
+                                no haze; Rain100H pairs 26-50: 13.42 vs 13.54 dB, gain ratio 1.04
+  medium = ladder 3; ladder 1-5  streaks only, no level carries haze (1 is lighter than Rain100L, 3 and 4 lie
+                                between rain100l and rain100h)
+  heavy-haze                    rain100h under a fog veil: the haze axis on purpose; NOT in distribution for a
+                                Rain100H-trained derainer (PReNet gain ratio 0.32)
+Haze is its own parameter: veil_beta, the extinction beta of the veil I = T*I + (1 - T)*A with
+T = exp(-beta * pseudo-depth), A = atmospheric_light; (0, 0) = no haze. Add it to any preset with
+--set veil_beta=[0.3,0.6].
+
+Old presets (derainbench <= 0.2.0), byte-identical under their versioned names: light@v1, medium@v1, heavy@v1,
+1@v1 ... 5@v1 (screen-blended streaks; medium@v1, heavy@v1 and levels 3-5 carry a fog veil). heavy@v1 is not
+Rain100H-like as measured: PReNet-H gain ratio 0.13 at a matched input PSNR-Y.
 
 Each output image gets a sidecar NAME.rain.json next to it (img001.png -> img001.rain.json) holding the
 preset, the seed, the full parameters and the values sampled for that image (angles, lengths, veil), so any
@@ -43,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("src_dir", metavar="SRC_DIR", help="folder of clean images (searched recursively)")
     parser.add_argument("dst_dir", metavar="DST_DIR", help="output folder (same relative names + sidecars)")
-    parser.add_argument("--preset", default="light", help=f"rain preset: {', '.join(PRESETS)} (default: light)")
+    parser.add_argument("--preset", default="light",
+                        help=f"rain preset (NAME or NAME@vN): {', '.join(PRESETS)} (default: light = rain100l)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; per-image seeds derive from it (default 0)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     params = get_preset(args.preset, **parse_overrides(args.overrides))
     results = synthesize_folder(args.src_dir, args.dst_dir, params, args.seed, progress=not args.no_progress,
                                 with_labels=args.with_labels)
-    print(f"wrote {len(results)} rainy images (preset {args.preset}, seed {args.seed}) to {args.dst_dir}")
+    print(f"wrote {len(results)} rainy images (preset {params.name}, seed {args.seed}) to {args.dst_dir}")
     return 0
