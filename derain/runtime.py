@@ -56,10 +56,11 @@ def inference_policy(device: torch.device, *, model: torch.nn.Module | None = No
     """The measured defaults for ``device`` (and ``model``), each overridable (None = default).
 
     CPU: channels_last (2 cores: MSPFN 1.7x, mspfn-lite 1.2-1.5x, PReNet 1.05x, YOLO11n/U-Net 1.8-3x faster;
-    bench/RESULTS.md), no autocast, small images batched up to 64 k pixels per call (measured faster), large ones
-    one per call (batching measured slower for mspfn-lite at 192 px), ``torch.compile`` for models whose class sets
-    ``compile_on_cpu`` (MSPFN at the paper's width: 1.5x for mspfn-m17n1 at 480×320; not mspfn-lite, 1.07-1.16x,
-    nor PReNet, 0.96x).
+    bench/RESULTS.md) unless the model sets ``channels_last_on_cpu = False`` (the zoo's Restormer: see
+    :data:`derain.zoo.POLICY`), no autocast, small images batched up to 64 k pixels per call (measured faster),
+    large ones one per call (batching measured slower for mspfn-lite at 192 px), ``torch.compile`` for models whose
+    class sets ``compile_on_cpu`` (MSPFN at the paper's width: 1.5x for mspfn-m17n1 at 480×320; not mspfn-lite,
+    1.07-1.16x, nor PReNet, 0.96x).
     The environment variable ``DERAINBENCH_COMPILE=0|1`` changes that default.
     CUDA: bf16 autocast for models whose class sets ``bf16_inference`` (PReNet, MSPFN: PSNR on the 100 real
     Rain100L pairs within 0.01 dB of fp32, bench/amp_psnr.py) on GPUs with bf16; NCHW, 8 per call and no compile

@@ -93,6 +93,14 @@ FACTS: dict[str, ArchFacts] = {
                         False, "github.com/JingyunLiang/SwinIR"),
 }
 
+# Inference policy per architecture (derain.runtime.inference_policy reads these attributes; bench/zoo_speed.py and
+# bench/zoo_oracle.py measured them, bench/RESULTS.md). Restormer: channels_last ran 1.18x faster on 2 CPU cores at
+# 480×320 but moved the released configuration's output by up to 2.3e-3 (0.6 of an 8-bit level) from the authors'
+# NCHW result, which our NCHW path reproduces exactly; exactness wins, --channels-last opts in.
+POLICY: dict[str, dict[str, Any]] = {
+    "Restormer": {"channels_last_on_cpu": False},
+}
+
 # Keys that identify the extra package's derainers when it is not installed (a subset of spandrel's detection keys).
 _EXTRA_SIGNATURES: dict[str, tuple[str, ...]] = {
     "Restormer": ("patch_embed.proj.weight", "encoder_level1.0.attn.temperature", "refinement.0.attn.temperature"),
@@ -290,6 +298,8 @@ def adopt(descriptor: Any) -> nn.Module:
     model.derain_name = "zoo"
     model.derain_config = {"arch": arch, "module": cls.__name__, "hyperparameters": hyper}
     model.zoo_facts = facts(arch)
+    for key, value in POLICY.get(arch, {}).items():
+        setattr(model, key, value)
     return model
 
 

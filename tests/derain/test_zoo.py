@@ -234,3 +234,17 @@ def test_any_size_and_batch_independence(arch: str, hyper: dict) -> None:
             alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
         assert batched.shape == x.shape and torch.isfinite(batched).all()
         assert (batched - alone).abs().max() <= 1e-5
+
+
+@needs_extra
+def test_inference_policy_per_architecture() -> None:
+    """Restormer stays NCHW on the CPU (channels_last moved the released model's output by 2.3e-3 from the authors'
+    result, bench/zoo_oracle.py); MPRNet takes the CPU default; flags still override."""
+    from derain.runtime import inference_policy
+
+    cpu = torch.device("cpu")
+    restormer, mprnet = small("Restormer", **SMALL_RESTORMER), small("MPRNet", **SMALL_MPRNET)
+    assert not inference_policy(cpu, model=restormer).channels_last
+    assert inference_policy(cpu, model=restormer, channels_last=True).channels_last
+    assert inference_policy(cpu, model=mprnet).channels_last
+    assert not inference_policy(cpu, model=mprnet).compile
