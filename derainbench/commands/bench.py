@@ -17,8 +17,10 @@ dataset's summed confusion matrix (255 ignored);
 PSNR/SSIM (Y channel, MATLAB rgb2ycbcr, no crop) of rainy/derained images against the clean ones.
 
 Severities: the ladder 1-5 (severities=[1,2,3,4,5], the robustness-benchmark convention; 2 = light,
-5 = heavy) or the named presets light, medium, heavy. rain_seeds=K scores synthetic rain with seeds
-seed..seed+K-1: values are means over the seeds, with std and seeds columns, and intervals resample seeds too.
+5 = heavy) or the named presets light (= rain100l), medium, heavy (= rain100h), heavy-haze; presets are
+versioned (heavy@v1 = the rain of derainbench 0.2.0; see `derainbench synth --help`) and cells record the
+version. rain_seeds=K scores synthetic rain with seeds seed..seed+K-1: values are means over the seeds, with std
+and seeds columns, and intervals resample seeds too.
 
 Speed: every rainy and derained image is made once per run folder and shared by all cells, tasks and
 datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; safe to delete; cache=false
