@@ -449,3 +449,28 @@ def test_calibrated_presets_are_deterministic_per_seed_and_path(tmp_path: Path, 
     other = synthesize(img, preset, image_seed(4, "images/a_copy.png"))[0]
     np.testing.assert_array_equal(quantize_uint8(one), quantize_uint8(read_image(tmp_path / "a" / "images" / "a.png")))
     assert not np.array_equal(one, other)
+
+
+# Digests of the presets released with versioning (computed when they were added, same images and seeds as
+# OLD_RAIN_SHA256). A released NAME@vN must never change: change the rain under a new version instead.
+RELEASED_RAIN_SHA256 = {
+    **{f"{name}@v1": digests for name, digests in OLD_RAIN_SHA256.items()},
+    "rain100l@v1": ("d83096f4b70533b2", "641a243c81f72cc3"),
+    "rain100h@v1": ("007b549613e8e5f2", "cd396576fede9534"),
+    "heavy-haze@v1": ("c3b95a7981cfc049", "aa71620ca378b1af"),
+    "1@v2": ("b7b4d0820c068f06", "097d8d5331a041a3"),
+    "3@v2": ("37ce7123b0079ac5", "1b36736194201d7c"),
+    "4@v2": ("d765c524a0abfe5b", "1329f22594f01a13"),
+}
+RELEASED_RAIN_SHA256.update({
+    "light@v2": RELEASED_RAIN_SHA256["rain100l@v1"], "2@v2": RELEASED_RAIN_SHA256["rain100l@v1"],
+    "heavy@v2": RELEASED_RAIN_SHA256["rain100h@v1"], "5@v2": RELEASED_RAIN_SHA256["rain100h@v1"],
+    "medium@v2": RELEASED_RAIN_SHA256["3@v2"],
+})
+
+
+def test_every_versioned_preset_is_pinned_and_unchanged() -> None:
+    versioned = [name for name in PRESETS if "@v" in name]
+    assert sorted(versioned) == sorted(RELEASED_RAIN_SHA256), "pin the digests of a new preset version here"
+    for name in versioned:
+        assert _rain_digests(name) == RELEASED_RAIN_SHA256[name], f"{name} changed: release it as a new version"
