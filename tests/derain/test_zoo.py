@@ -248,3 +248,16 @@ def test_inference_policy_per_architecture() -> None:
     assert inference_policy(cpu, model=restormer, channels_last=True).channels_last
     assert inference_policy(cpu, model=mprnet).channels_last
     assert not inference_policy(cpu, model=mprnet).compile
+
+
+@needs_extra
+def test_readme_scripting_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's scripting snippet, as printed, on a small Restormer saved as its authors save it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("- **Scripting**")[1].split("```python\n")[1].split("```")[0]
+    code = "\n".join(line.removeprefix("  ") for line in block.splitlines())
+    torch.save({"params": small("Restormer", **SMALL_RESTORMER).state_dict()}, tmp_path / "deraining.pth")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 44, 3), dtype=np.uint8)).save(tmp_path / "rainy.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert np.asarray(Image.open(tmp_path / "derained.png")).shape == (30, 44, 3)
