@@ -24,7 +24,8 @@ from tqdm import tqdm
 from derain.imageio import is_image_file, list_images, read_tensor, write_image
 from derain.runtime import InferencePolicy, autocast, inference_policy, model_forward, resolve_device
 
-__all__ = ["derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window", "tile_starts"]
+__all__ = ["NonFiniteOutputError", "derain_paths", "derain_tensor", "resolve_device", "blend_weights", "blend_window",
+           "tile_starts"]
 
 DEFAULT_OVERLAP = 64  # PReNet stays within 1-2 of 255 levels of untiled output; models may set ``tile_overlap``
 DEFAULT_BATCH_SIZE = 4
@@ -80,7 +81,17 @@ def derain_tensor(
         else:
             out = _derain_tiled(model, x, tile, tile_overlap(model, overlap), batch_size, device, amp, channels_last,
                                 compile, stat_passes)
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):  # clamping keeps NaN, and an 8-bit write makes it black: never pass it on
+            name = getattr(model, "derain_name", type(model).__name__)
+            raise NonFiniteOutputError(
+                f"derainer {name} returned {int(bad.sum())} non-finite values (NaN/inf) of {out.numel()} for images "
+                "in [0, 1]: its weights are broken (check the checkpoint: a NaN tensor, a diverged run)")
         return out.clamp_(0.0, 1.0)
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A derainer produced NaN or inf: its output must not be written or scored."""
 
 
 def _run(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, channels_last: bool,
@@ -287,8 +298,9 @@ def output_paths(files: Sequence[Path], folders: Sequence[Path], output_dir: str
 def derain_paths(
     model: nn.Module, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
     tile: int | None = None, overlap: int | None = None, batch_size: int | None = 1,
-    device: str | torch.device = "auto", amp: bool = False, channels_last: bool = False, compile: bool = False,
-    stat_passes: int = DEFAULT_STAT_PASSES, progress: bool = True,
+    device: str | torch.device = "auto", amp: bool | None = None, channels_last: bool | None = None,
+    compile: bool | None = None, stat_passes: int = DEFAULT_STAT_PASSES, progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Derain an image file, a folder of images (or a list of those) into ``output_dir/<stem>.png`` (8-bit).
 
@@ -297,15 +309,21 @@ def derain_paths(
     ``batch_size`` at a time (``batch_size`` is also the number of tiles per model call when ``tile`` is set;
     None: by image or tile size, :meth:`derain.runtime.InferencePolicy.batch`). ``device``: ``"auto"`` (CUDA if
     available), ``"cpu"``, ``"cuda"``...; the model is moved there. ``amp``, ``channels_last``, ``compile``: as
-    :func:`derain_tensor` (the CLI takes them from :func:`derain.runtime.inference_policy`). Memory stays
+    :func:`derain_tensor` (None: :func:`derain.runtime.inference_policy`'s, as the CLI). Existing files under
+    ``output_dir`` are never replaced unless ``overwrite`` (checked before any work). Memory stays
     bounded: at most ``4 * batch_size`` decoded images wait for a batch partner, and as many for the writer.
     Returns the written paths in input order; errors name the offending file.
     """
     files, folders = collect_inputs(inputs)
     targets = output_paths(files, folders, output_dir)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{len(existing)} of the {len(targets)} outputs already exist under {output_dir} (e.g. {existing[0]}); "
+            "choose an empty --output folder, or pass --overwrite to replace them")
     dev = resolve_device(device)
     model.to(dev)
-    policy = InferencePolicy(channels_last, amp, batch_size, compile)
+    policy = InferencePolicy(bool(channels_last), bool(amp), batch_size, bool(compile))
     ahead = 4 * (batch_size or 8)
     pending: dict[tuple[int, int], list[tuple[Path, Path, torch.Tensor]]] = {}
     writes: deque[Future] = deque()

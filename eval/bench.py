@@ -43,7 +43,7 @@ from derain.checkpoint import (
 from derain.config import check_name, save_config
 from derain.fileio import atomic_write_text, to_jsonable
 from derain.imageio import is_image_file, quantize_uint8, read_image, to_tensor, walk_files, write_image
-from derain.inference import DEFAULT_STAT_PASSES, derain_tensor
+from derain.inference import DEFAULT_STAT_PASSES, NonFiniteOutputError, derain_tensor
 from derain.metrics import compute_metrics
 from derain.registry import list_models, model_options
 from derain.runtime import (
@@ -89,6 +89,10 @@ class DatasetSpec:
     # The labelled images are themselves rainy (real rain, no clean twin): they are scored as severity NAME (rainy
     # and each derainer); no clean row, no synthetic severities, no PSNR/SSIM (nothing to compare with).
     real_rain: str | None = None
+
+
+class CellsFailedError(RuntimeError):
+    """Some cells could not be scored (e.g. a derainer returned NaN); the rest of the run is written."""
 
 
 @dataclass
@@ -382,6 +386,7 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
     rt = Runtime.of(cfg, device, out)
     hashes = rt.hashes
     derainers: dict[str, torch.nn.Module] = {}  # loaded once, shared by every dataset
+    failed: list[str] = []  # cells whose derainer output was not finite (never scored, retried by a rerun)
     for spec in cfg.datasets:
         todo, stale = [], []
         for c, d in conditions(cfg, spec.name):
@@ -408,14 +413,24 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
                 derainers[dspec.name] = _load_derainer(dspec, device)
                 if dist.is_main:
                     record_derainer(out, dspec, derainers[dspec.name], hashes)
-            result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
-                               out, progress and dist.is_main, dist, sources.get(cell.severity))
+            try:
+                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
+                                   out, progress and dist.is_main, dist, sources.get(cell.severity))
+            except NonFiniteOutputError as exc:
+                if dist.enabled:  # ranks may disagree on which images fail: stop all rather than wait on each other
+                    raise
+                failed.append(f"{cell.key}: {exc}")
+                print(f"bench: cell {cell.key} failed, not scored: {exc}")
+                continue
             if dist.is_main:
                 result["fingerprint"] = fingerprint
                 atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
     if dist.is_main:
         write_results(out, cfg)
     barrier(dist)
+    if failed:
+        raise CellsFailedError(f"{len(failed)} cell(s) failed and were not scored (the other results are written): "
+                               + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""))
 
 
 def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:

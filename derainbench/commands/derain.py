@@ -23,8 +23,9 @@ are read with torch.load(weights_only=True): a pickle that would run code is ref
 model runs by its authors' test protocol (Restormer: reflect-pad bottom/right to a multiple of 8 where needed and
 crop back; MPRNet: the first of its three outputs), checked against the authors' own code for Restormer and MPRNet.
 Architectures whose original code is non-commercial (Restormer, MPRNet) say so when loaded. Nothing is downloaded.
-Every input is written as <stem>.png (8-bit) under --output, which must not be the input folder. Images of the same
-size are batched together.
+Every input is written as <stem>.png (8-bit) under --output, which must not be the input folder; files already
+there are refused unless --overwrite. A derainer whose output is not finite (NaN/inf: broken weights) stops with an
+error instead of writing black images. Images of the same size are batched together.
 
 Large images: --tile T runs the model on T×T crops sharing --tile-overlap pixels with their neighbours and
 blends them with smooth raised-cosine weights, so memory on the device depends on T, not on the image. The
@@ -82,6 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "PReNet (0.96x) and on GPU; the environment variable DERAINBENCH_COMPILE=0|1 changes the "
                         "default). The first run compiles for 15-75 s; PyTorch caches the result on disk. Results are "
                         "the same to float rounding; if compiling fails, a warning says so and the model runs plainly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files that already exist under --output (default: refuse, before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     written = derain_paths(
         model, args.input, args.output, tile=args.tile, overlap=overlap, stat_passes=args.tile_stat_passes,
         batch_size=policy.batch_size, device=args.device, amp=policy.amp, channels_last=policy.channels_last,
-        compile=policy.compile, progress=not args.no_progress,
+        compile=policy.compile, progress=not args.no_progress, overwrite=args.overwrite,
     )
     print(f"derained {len(written)} image(s) with {args.model} -> {args.output}", file=sys.stderr)
     return 0

@@ -153,5 +153,38 @@ def test_compile_flag_reaches_the_model_call(rainy_dir: Path, tmp_path: Path, mo
                         lambda *a, **k: seen.append(k["compile"]) or original(*a, **{**k, "compile": False}))
     for flag in ("--compile", None, "--no-compile"):
         assert main(["derain", "--model", str(ckpt), "--input", str(rainy_dir), "--output", str(tmp_path / "out"),
-                     "--device", "cpu", "--no-progress"] + ([flag] if flag else [])) == 0
+                     "--device", "cpu", "--no-progress", "--overwrite"] + ([flag] if flag else [])) == 0
     assert seen == [True, True, False, False, False, False]  # two images per run
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite(rainy_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``--output data/target`` once silently replaced the ground truth; now existing files stop the run before any
+    work, and --overwrite replaces them."""
+    target = tmp_path / "target"
+    target.mkdir()
+    first = next(iter(sorted(rainy_dir.iterdir())))
+    truth = target / f"{first.stem}.png"
+    write_image(truth, np.zeros((8, 8, 3), np.float32))
+    before = truth.read_bytes()
+    assert main(["derain", "--model", "identity", "--input", str(rainy_dir), "--output", str(target),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "already exist" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert truth.read_bytes() == before
+    assert main(["derain", "--model", "identity", "--input", str(rainy_dir), "--output", str(target),
+                 "--no-progress", "--overwrite"]) == 0
+    assert truth.read_bytes() != before
+
+
+def test_a_derainer_that_outputs_nan_stops_and_writes_nothing(rainy_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    model = build_model("prenet", stages=2)
+    with torch.no_grad():
+        next(model.parameters())[0, 0, 0, 0] = float("nan")  # one weight of a valid checkpoint
+    folder = save_checkpoint(tmp_path / "nan-prenet", model, name="prenet", config={"stages": 2})
+    assert main(["derain", "--model", str(folder), "--input", str(rainy_dir), "--output", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "non-finite" in err and "derainer prenet" in err and len(err.splitlines()) == 1
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -410,3 +410,26 @@ def test_zoo_derainers_bench_and_report(setup: dict, tmp_path: Path) -> None:
         row = next(line for line in methods.splitlines() if line.startswith(line_start))
         assert arch in row and "Academic Public License" in row and "non-commercial use only" in row
     assert info["restormer"]["weights_sha256"][:16] in methods
+
+
+def test_a_nan_derainer_fails_its_cells_and_is_never_scored(setup: dict, tmp_path: Path) -> None:
+    """One NaN tensor in a valid checkpoint once gave black images ranked best; now its cells fail with one line naming
+    the derainer, the other cells are written, and no row of the broken derainer reaches results.csv."""
+    import torch
+
+    from derain.checkpoint import load_derainer, save_checkpoint
+    from eval.bench import CellsFailedError
+
+    root = setup["root"]
+    lite = load_derainer(root / "lite")
+    with torch.no_grad():
+        next(lite.parameters()).view(-1)[0] = float("nan")
+    save_checkpoint(tmp_path / "nan-lite", lite, name="mspfn-lite", config={"units": 1})
+    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
+                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                       f"model: {root}/seg-model}}]",
+                       f"derainers=[{{name: identity, model: identity}}, {{name: broken, model: {tmp_path}/nan-lite}}]")
+    with pytest.raises(CellsFailedError, match="seg__heavy__broken.*derainer mspfn-lite returned .* non-finite"):
+        run_bench(cfg, progress=False)
+    res = pd.read_csv(tmp_path / "run/results.csv")
+    assert "broken" not in set(res.method) and {"clean", "rainy", "identity"} <= set(res.method)
