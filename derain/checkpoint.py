@@ -211,12 +211,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}); it is truncated or damaged: "
                                   "restore it or re-save the weights") from exc
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors come in many types
-            raise CheckpointError(f"refused {path}: {_unpickling_reason(exc)}; only tensors, numbers, strings and "
-                                  "containers of them are read (torch.load weights_only=True), nothing in the file "
-                                  "was run") from None
+        state = safe_torch_load(path)
     for key in ("state_dict", "model", "params", "params_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -224,6 +219,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses (one that would run code or build other
+    objects than tensors, numbers, strings and containers) or cannot read is a one-line :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types
+        raise CheckpointError(f"refused {path}: {_unpickling_reason(exc)}; only tensors, numbers, strings and "
+                              "containers of them are read (torch.load weights_only=True), nothing in the file "
+                              "was run") from None
 
 
 def _unpickling_reason(exc: Exception) -> str:

@@ -37,6 +37,7 @@ from derain.checkpoint import (
     read_meta,
     recover_dir,
     replace_dir,
+    safe_torch_load,
     save_checkpoint,
     unwrap,
 )
@@ -321,7 +322,7 @@ class Trainer:
                 f"--resume: no training state at {state_file}; start without --resume or check out/name"
             )
         load_weights(self.model, last)
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = safe_torch_load(state_file)  # a tampered state.pt is one line, never run
         saved = read_meta(last).get("step")
         if saved is not None and int(saved) != int(state["step"]):
             raise CheckpointError(

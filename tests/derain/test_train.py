@@ -309,3 +309,27 @@ def test_best_follows_the_metric_direction(tmp_path: Path, clean_dir: Path) -> N
     assert trainer.is_better(30.5) and not trainer.is_better(29.0)
     trainer.metric_mode = "min"  # e.g. a subclass selecting on a loss
     assert trainer.is_better(29.0) and not trainer.is_better(30.5)
+
+
+def test_a_tampered_state_pt_is_refused_in_one_line(tmp_path: Path, clean_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``state.pt`` that would run code on --resume: refused (as before) but now in one line that names the file
+    and does not suggest weights_only=False; the code never runs."""
+    import pickle
+
+    from derainbench.cli import main
+
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    (tmp_path / "run/last/state.pt").write_bytes(pickle.dumps({"step": 2, "x": Payload()}, protocol=2))
+    args = [f"out={tmp_path}", "name=run", "iters=4", "batch_size=2", "patch_size=24", "device=cpu",
+            f"train.clean={clean_dir}", "val=null", *TINY]
+    assert main(["train", "--resume", "--no-progress", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused" in err[0] and "state.pt" in err[0] and "weights_only=False" not in err[0]
+    assert not marker.exists()
