@@ -152,7 +152,7 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
     t0 = time.perf_counter()
     stage = _Stages(out, force, log)
     scenes = stage("scenes", lambda: _scenes(cfg, progress))
-    stage("rain", lambda: _rain(cfg, scenes), valid=lambda result: result.get("presets") == _rain_presets(cfg))
+    stage("rain", lambda: _rain(cfg, scenes), valid=lambda result: rain_is_current(cfg, result))
     models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log))
     tuned = stage("joint", lambda: _joint_runs(cfg, scenes, models, force, progress), valid=_is_joint_result)
     models.update(tuned)
@@ -215,6 +215,11 @@ def _rain(cfg: DemoConfig, scenes: dict[str, str]) -> dict[str, str]:
         synthesize_folder(Path(scenes["seg"]) / "val" / "images", rainy / sev, preset=sev, seed=cfg.seed,
                           progress=False)
     return {"folders": {sev: str(rainy / sev) for sev in cfg.severities}, "presets": _rain_presets(cfg)}
+
+
+def rain_is_current(cfg: DemoConfig, result: Any) -> bool:
+    """Whether a finished rain stage's ``result`` was made with the preset versions the severities name now."""
+    return isinstance(result, dict) and result.get("presets") == _rain_presets(cfg)
 
 
 def _rain_presets(cfg: DemoConfig) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from derainbench.cli import main
-from derainbench.demo import ASSETS, MANIFEST, DemoConfig, demo_config, shipped_models
+from derainbench.demo import ASSETS, MANIFEST, DemoConfig, demo_config, rain_is_current, shipped_models
 
 METHODS = {"clean", "rainy", "identity", "prenet", "mspfn-lite", "mspfn-lite+det", "mspfn-lite+restore"}
 
@@ -92,6 +92,16 @@ def test_force_redoes_everything_identically(demo_dir: Path, capsys: pytest.Capt
     assert main(["demo", "--fast", "--force", "--out", str(demo_dir), "--device", "cpu", "--no-progress"]) == 0
     assert "done earlier" not in capsys.readouterr().out
     assert (demo_dir / "bench/results.csv").read_text() == before  # deterministic on the same machine
+
+
+def test_rain_of_another_preset_version_is_redone(demo_dir: Path) -> None:
+    """The rain stage's marker names the preset versions; markers from before versioning, or of another version of
+    a severity (``heavy`` moved from heavy@v1 to heavy@v2), do not count as finished."""
+    cfg = demo_config(fast=True, out=str(demo_dir))
+    marker = json.loads((demo_dir / ".stages/rain.json").read_text())["result"]
+    assert marker["presets"] == {"light": "light@v2", "heavy": "heavy@v2"} and rain_is_current(cfg, marker)
+    assert not rain_is_current(cfg, {"light": "data/rainy/light", "heavy": "data/rainy/heavy"})  # 0.2.0 marker
+    assert not rain_is_current(cfg, {**marker, "presets": {"light": "light@v2", "heavy": "heavy@v1"}})
 
 
 def test_fast_recipe_is_not_the_shipped_one() -> None:
