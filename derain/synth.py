@@ -133,9 +133,10 @@ def _register(params: RainParams) -> RainParams:
     return params
 
 
-# ---- v1: the presets of derainbench <= 0.2.0, kept byte-identical. Measured with the authors' PReNet (issue 20):
-# light (= 2@v1) is rain a Rain100L model removes (gain ratio 0.93), heavy (= 5@v1) is NOT Rain100H (ratio 0.12:
-# screen-blended wide streaks in several directions under a fog veil; levels 3-5 carry haze).
+# ---- v1: the presets of derainbench <= 0.2.0, kept byte-identical. Measured with the authors' PReNet on held-out
+# real pairs (bench/RESULTS.md): light (= 2@v1) is rain a Rain100L model removes (gain ratio 0.93), heavy (= 5@v1)
+# is NOT Rain100H (ratio 0.13: screen-blended wide streaks in several directions under a fog veil). medium, heavy
+# and levels 3-5 carry haze.
 _V1_LIGHT = _register(RainParams(
     name="light@v1", layers=1, density=(0.002, 0.0038), drop_size=1.5, drop_intensity=(0.2, 1.0),
     length_range=(22.0, 45.0), angle_range=(-20.0, 20.0), taper=0.25,
