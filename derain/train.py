@@ -41,7 +41,7 @@ from derain.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from derain.config import ConfigError, check_name, save_config
+from derain.config import ConfigError, check_name, save_config, to_dict
 from derain.fileio import atomic_path
 from derain.imageio import to_tensor
 from derain.losses import LOSSES, build_loss
@@ -261,6 +261,8 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} ranks")
         torch.manual_seed(cfg.seed)
         self.model = build_derainer(cfg.model.name, cfg.model.options, cfg.model.init)
+        if cfg.model.name is None:  # config.yaml records the architecture model.init chose
+            cfg.model.name = self.model.derain_name
         self.model.to(self.device).train()
         self.build_data()
         self.optimizer = torch.optim.Adam(self.param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -339,6 +341,35 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.load_extra_state(state)
 
+    # Config keys a resumed run may change: how long it runs, how often it logs, validates and saves, where it runs,
+    # and what is scored at the end. Every other key changes what is trained.
+    RESUMABLE_KEYS = ("iters", "log_every", "val_every", "save_every", "device", "val_limit", "test", "out")
+
+    def _check_resume_config(self) -> None:
+        """Refuse --resume with a config that changes what the run trains (seed, data, model, optimizer, loss...),
+        naming each key; the run's ``config.yaml`` would otherwise be rewritten with values it was not trained with."""
+        saved_file = self.run_dir / "config.yaml"
+        if not saved_file.is_file():
+            return
+        import yaml
+
+        def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+            if isinstance(data, dict):
+                return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+            return {prefix[:-1]: data}
+
+        saved = flat(yaml.safe_load(saved_file.read_text()) or {})
+        now = flat(yaml.safe_load(yaml.safe_dump(to_dict(self.cfg))))
+        changed = sorted(k for k in saved.keys() | now.keys()
+                         if saved.get(k) != now.get(k) and k.split(".")[0] not in self.RESUMABLE_KEYS)
+        if changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+            raise ConfigError(
+                f"--resume: this config changes what {self.run_dir} was trained with ({diffs}"
+                f"{' ...' if len(changed) > 6 else ''}); resume with the run's own {saved_file} (only "
+                f"{', '.join(self.RESUMABLE_KEYS)} may change), or start a new run (name=...) from its weights with "
+                f"model.init={self.run_dir / 'last'}")
+
     # -- checkpoints --------------------------------------------------------------------------------
     def save(self, which: str) -> Path:
         """Write ``last/`` (weights + training state) or ``best/`` as one unit: a kill or a full disk leaves the
@@ -381,6 +412,8 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                self._check_resume_config()
             save_config(cfg, self.run_dir / "config.yaml")
         logger = RunLogger(self.run_dir, self.step, self.extra_log_fields) if main else None
         if logger and self.step == 0:

@@ -333,3 +333,15 @@ def test_a_tampered_state_pt_is_refused_in_one_line(tmp_path: Path, clean_dir: P
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refused" in err[0] and "state.pt" in err[0] and "weights_only=False" not in err[0]
     assert not marker.exists()
+
+
+def test_resume_refuses_a_config_that_changes_what_was_trained(tmp_path: Path, clean_dir: Path) -> None:
+    """--resume once accepted a new seed, train.presets or optim.lr and rewrote config.yaml with them; now each is
+    named and refused, and config.yaml keeps what the run was trained with."""
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    saved = (tmp_path / "run/config.yaml").read_text()
+    for change in ("seed=1", "train.presets=[heavy]", "optim.lr=1e-3"):
+        with pytest.raises(ConfigError, match=f"--resume: this config changes .*{change.split('=')[0]}"):
+            train(config(tmp_path, clean_dir, "iters=4", change), resume=True, progress=False)
+        assert (tmp_path / "run/config.yaml").read_text() == saved
+    assert train(config(tmp_path, clean_dir, "iters=4", "log_every=2"), resume=True, progress=False).step == 4
