@@ -57,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     os.environ.setdefault("YOLO_OFFLINE", "1")  # = downstream.detection.offline_ultralytics, without importing it
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    # ultralytics unpickles .pt files without restriction unless this is set before it is imported; every YOLO
-    # checkpoint is also checked by downstream.detection.require_safe_checkpoint before it is loaded.
-    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
+    # ultralytics unpickles .pt files without restriction (and evals a model .yaml's activation) unless this is set
+    # before it is imported; a user's 0 is overridden. Every YOLO checkpoint and model .yaml is also checked by
+    # downstream.detection (require_safe_checkpoint, check_model_yaml) before ultralytics sees it.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)

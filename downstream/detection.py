@@ -143,9 +143,55 @@ def _missing_weights_error(path: Path) -> FileNotFoundError:
 
 def offline_ultralytics() -> None:
     """Tell ultralytics (before it is imported) to skip its online checks and never pip-install a missing package
-    at run time (``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=false``); a value the user set is kept."""
+    at run time (``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=false``; a value the user set is kept), and to load only
+    with its restricted unpickler (``ULTRALYTICS_SAFE_LOAD=1`` whatever the environment says: a user's 0 would let a
+    crafted .pt or model .yaml run code; our own checks, :func:`require_safe_checkpoint` and
+    :func:`check_model_yaml`, do not depend on it)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+
+
+def check_model_yaml(model: str | Path) -> None:
+    """Refuse a local ultralytics model ``.yaml`` whose ``activation`` is anything but a ``torch.nn`` activation
+    with literal arguments (``nn.SiLU()``, ``nn.LeakyReLU(0.1)``): ultralytics ``eval``s that string unless its
+    safe-load flag is set. Names of ultralytics' bundled configs (no local file, e.g. ``yolo11n.yaml``) are its own
+    files and pass. Raises ``ValueError`` naming the file."""
+    import ast
+
+    import yaml
+
+    path = Path(model)
+    if not path.is_file():
+        return
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable model .yaml ({type(exc).__name__})") from None
+    act = data.get("activation") if isinstance(data, dict) else None
+    if act is None:
+        return
+    ok = False
+    try:
+        call = ast.parse(str(act).strip(), mode="eval").body
+        if isinstance(call, ast.Call):
+            names, node = [], call.func
+            while isinstance(node, ast.Attribute):
+                names.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name):
+                names.append(node.id)
+            cls = getattr(torch.nn, names[0], None) if names else None
+            for a in (*call.args, *(k.value for k in call.keywords)):
+                ast.literal_eval(a)  # ValueError for anything but a literal
+            ok = (names[1:] in (["nn"], ["nn", "torch"]) and isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+                  and all(k.arg for k in call.keywords))
+    except (SyntaxError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: activation {str(act)[:80]!r} is not a torch.nn activation with literal arguments "
+                         "(e.g. 'nn.SiLU()', 'nn.LeakyReLU(0.1)'); ultralytics would run it as Python code, so the "
+                         "model is refused")
 
 
 def require_safe_checkpoint(path: str | Path) -> None:
@@ -198,6 +244,7 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
 
         net, _ = load_checkpoint(str(path), device=device)
     elif suffix in (".yaml", ".yml"):
+        check_model_yaml(path)
         from ultralytics.nn.tasks import DetectionModel
 
         net = DetectionModel(cfg=str(model), nc=nc, verbose=False).to(device)
@@ -248,6 +295,14 @@ def train_detector(
         if not Path(model).is_file():
             raise _missing_weights_error(Path(model))
         require_safe_checkpoint(model)
+    else:
+        check_model_yaml(model)
+    for key in ("pretrained", "resume"):  # ultralytics unpickles these itself: the same safe check as a model .pt
+        value = overrides.get(key)
+        if isinstance(value, (str, Path)) and str(value).lower() not in ("true", "false"):
+            if not Path(value).is_file():
+                raise FileNotFoundError(f"recipe.yolo.{key}: file not found: {value}")
+            require_safe_checkpoint(value)
     from ultralytics import YOLO
 
     args: dict[str, Any] = {

@@ -52,6 +52,7 @@ from downstream.detection import (
     Detector,
     DetectorRecipe,
     _names_list,
+    check_model_yaml,
     class_count_check,
     crop_boxes,
     detections_to_input,
@@ -374,6 +375,7 @@ def load_instance_segmenter(model: str | Path, nc: int | None = None,
         return InstanceSegmenter(model=det.model, names=det.names, stride=det.stride, device=device)
     if suffix not in (".yaml", ".yml"):
         raise ValueError(f"unsupported instance segmentation model {model!r}: expected a local .pt or a model .yaml")
+    check_model_yaml(path)
     from ultralytics.nn.tasks import SegmentationModel
 
     net = SegmentationModel(cfg=str(model), nc=nc, verbose=False)

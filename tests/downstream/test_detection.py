@@ -191,3 +191,51 @@ def test_crafted_pt_is_refused_without_running_its_code(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refused to load"):
         train_detector(data, model=evil, epochs=1, imgsz=32, out_dir=tmp_path / "run")
     assert not marker.exists()
+
+
+def _model_yaml_with_activation(tmp_path: Path, activation: str, name: str = "yolo11n.yaml") -> Path:
+    """ultralytics' own yolo11 config (or -seg) with an ``activation:`` line, saved as a local n-scale file."""
+    import ultralytics
+    import yaml
+
+    cfg = Path(ultralytics.__file__).parent / "cfg/models/11" / ("yolo11-seg.yaml" if "seg" in name else "yolo11.yaml")
+    data = yaml.safe_load(cfg.read_text())
+    data["activation"] = activation
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_model_yaml_activation_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shapes,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """ultralytics evals a model .yaml's ``activation`` unless ULTRALYTICS_SAFE_LOAD is set; a user's 0 (or library
+    use without the CLI) once ran it. Our own check refuses it in every loader, whatever the environment says."""
+    from downstream.instance import load_instance_segmenter
+
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")
+    marker = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch() or __import__('torch').nn.SiLU()"
+    with pytest.raises(ValueError, match="not a torch.nn activation"):
+        load_detector(_model_yaml_with_activation(tmp_path, code))
+    with pytest.raises(ValueError, match="not a torch.nn activation"):
+        load_instance_segmenter(_model_yaml_with_activation(tmp_path, code, "yolo11n-seg.yaml"))
+    with pytest.raises(ValueError, match="not a torch.nn activation"):
+        train_detector(shapes(tmp_path / "ds", n=2), model=_model_yaml_with_activation(tmp_path, code),
+                       out_dir=tmp_path / "runs")
+    assert not marker.exists()
+    ok = load_detector(_model_yaml_with_activation(tmp_path, "nn.LeakyReLU(0.1)"))  # a real activation still loads
+    assert any(isinstance(m, nn.LeakyReLU) for m in ok.model.modules())
+
+
+def test_pretrained_and_resume_files_go_through_the_safe_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                shapes) -> None:
+    """``recipe.yolo.pretrained=`` / ``resume=`` reach ultralytics, which unpickles them itself: refused first."""
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCodeWhenUnpickled(marker), "train_args": {}}, evil)
+    data = shapes(tmp_path / "ds", n=2)
+    for key in ("pretrained", "resume"):
+        with pytest.raises(ValueError, match="refused to load .*evil.pt"):
+            train_detector(data, model="yolo11n.yaml", out_dir=tmp_path / "runs", **{key: str(evil)})
+    assert not marker.exists()
