@@ -93,6 +93,22 @@ FACTS: dict[str, ArchFacts] = {
                         False, "github.com/JingyunLiang/SwinIR"),
 }
 
+# Paper and year of the other architectures spandrel knows (most are super-resolution or face models, which a
+# derainer file cannot be: `derainbench models` lists them so a user can see what a file may hold).
+PAPERS: dict[str, tuple[str, int]] = {
+    "ESRGAN": ("ESRGAN (Wang et al., ECCVW)", 2018), "RCAN": ("RCAN (Zhang et al., ECCV)", 2018),
+    "Compact": ("Real-ESRGAN Compact (Wang et al., ICCVW)", 2021), "SwinIR": ("SwinIR (Liang et al., ICCVW)", 2021),
+    "Swin2SR": ("Swin2SR (Conde et al., ECCVW)", 2022), "HAT": ("HAT (Chen et al., CVPR)", 2023),
+    "GRL": ("GRL (Li et al., CVPR)", 2023), "DAT": ("DAT (Chen et al., ICCV)", 2023),
+    "OmniSR": ("Omni-SR (Wang et al., CVPR)", 2023), "SAFMN": ("SAFMN (Sun et al., ICCV)", 2023),
+    "SRFormer": ("SRFormer (Zhou et al., ICCV)", 2023), "SPAN": ("SPAN (Wan et al., CVPRW)", 2024),
+    "GFPGAN": ("GFPGAN (Wang et al., CVPR)", 2021), "RestoreFormer": ("RestoreFormer (Wang et al., CVPR)", 2022),
+    "CodeFormer": ("CodeFormer (Zhou et al., NeurIPS)", 2022), "LaMa": ("LaMa (Suvorov et al., WACV)", 2022),
+    "MAT": ("MAT (Li et al., CVPR)", 2022), "FBCNN": ("FBCNN (Jiang et al., ICCV)", 2021),
+    "IPT": ("IPT (Chen et al., CVPR)", 2021), "RetinexFormer": ("Retinexformer (Cai et al., ICCV)", 2023),
+    "DDColor": ("DDColor (Kang et al., ICCV)", 2023), "FeMaSR": ("FeMaSR (Chen et al., ACM MM)", 2022),
+}
+
 # Inference policy per architecture (derain.runtime.inference_policy reads these attributes; bench/zoo_speed.py and
 # bench/zoo_oracle.py measured them, bench/RESULTS.md). Restormer: channels_last ran 1.18x faster on 2 CPU cores at
 # 480×320 but moved the released configuration's output by up to 2.3e-3 (0.6 of an 8-bit level) from the authors'
@@ -115,10 +131,12 @@ def facts(arch: str, extra: bool | None = None) -> ArchFacts:
         return FACTS[arch]
     if extra is None:
         extra = arch in {s.architecture.id for s in _extra_supports()}
+    paper, year = PAPERS.get(arch, (arch, 0))
     if extra:
-        return ArchFacts(arch, 0, "non-commercial or copyleft (spandrel-extra-arches; see the original repository)",
-                         True, "see spandrel's README")
-    return ArchFacts(arch, 0, "permissive (spandrel: MIT, Apache-2.0 or public domain)", False, "see spandrel's README")
+        return ArchFacts(paper, year, "non-commercial or copyleft (spandrel-extra-arches; see the original "
+                         "repository)", True, "see spandrel's README")
+    return ArchFacts(paper, year, "permissive (spandrel: MIT, Apache-2.0 or public domain)", False,
+                     "see spandrel's README")
 
 
 # -- spandrel ---------------------------------------------------------------------------------------------------------
