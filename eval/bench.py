@@ -313,6 +313,10 @@ def validate(cfg: BenchConfig) -> None:
             if d.weights or d.options:
                 raise ValueError(f"derainer {d.name!r}: model {d.model} is a weights file; weights and options go "
                                  "with registered names")
+            try:  # what it holds (and that it is safe to read) is known before any cell runs
+                load_derainer(d.model)
+            except ValueError as exc:
+                raise ValueError(f"derainer {d.name!r}: {exc}") from None
             continue
         if d.model not in list_models() and not is_checkpoint(d.model):
             raise ValueError(f"derainer {d.name!r}: unknown model {d.model!r}; registered derainers are "

@@ -433,3 +433,13 @@ def test_a_nan_derainer_fails_its_cells_and_is_never_scored(setup: dict, tmp_pat
         run_bench(cfg, progress=False)
     res = pd.read_csv(tmp_path / "run/results.csv")
     assert "broken" not in set(res.method) and {"clean", "rainy", "identity"} <= set(res.method)
+
+
+def test_a_weights_file_that_is_not_a_derainer_fails_before_any_cell(setup: dict, tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"encoder.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "unknown.pth")
+    cfg = bench_config(setup, tmp_path / "run", f"derainers=[{{name: odd, model: {tmp_path}/unknown.pth}}]")
+    with pytest.raises(ValueError, match="derainer 'odd': .*unknown.pth.*recognises none"):
+        run_bench(cfg, progress=False)
+    assert not (tmp_path / "run/cells").exists()
