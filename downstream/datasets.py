@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,11 @@ class CocoDetectionDataset(DetectionDataset):
             raise DatasetError(f"{ann_path}: duplicate category ids")
         index_of = {cid: k for k, cid in enumerate(category_ids)}
         by_image: dict[int, list[dict[str, Any]]] = {}
-        image_ids = {int(im["id"]) for im in data["images"]}
+        ids = [int(im["id"]) for im in data["images"]]
+        image_ids = set(ids)
+        if len(image_ids) != len(ids):  # boxes of both would land on one image
+            dup = sorted(i for i, k in Counter(ids).items() if k > 1)
+            raise DatasetError(f"{ann_path}: duplicate image ids {dup[:10]}{' ...' if len(dup) > 10 else ''}")
         for k, ann in enumerate(data["annotations"]):
             where = f"{ann_path}: annotation #{k} (id {ann.get('id')})"
             if int(ann.get("image_id", -1)) not in image_ids:

@@ -263,3 +263,16 @@ def test_header_size_follows_exif_orientation(tmp_path: Path) -> None:
     exif[0x0112] = 6  # rotate 90° to display
     Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "t.png", exif=exif)
     assert read_image_size(tmp_path / "t.png") == (10, 6)
+
+
+def test_coco_duplicate_image_ids_are_refused(tmp_path: Path) -> None:
+    """Two images with one id would put both images' boxes on one of them: refused, naming the ids."""
+    path = _coco(tmp_path, [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [1, 1, 2, 2]}],
+                 files=("a.png", "b.png", "c.png", "d.png"))
+    data = json.loads(path.read_text())
+    data["images"][1]["id"] = 7
+    data["images"][3]["id"] = 9
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"ann\.json: duplicate image ids \[7, 9\]") as exc:
+        CocoDetectionDataset(tmp_path / "img", path)
+    assert "\n" not in str(exc.value)
