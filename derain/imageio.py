@@ -1,6 +1,10 @@
 """The one image I/O helper: read any common image file as RGB float, write uint8/16-bit PNG.
 
-Reads 8/16-bit, grayscale, RGBA, palette PNG and JPEG; warns where information is dropped (alpha).
+Reads 8/16-bit, grayscale, RGBA, palette PNG and JPEG; warns where information is dropped (alpha). One-channel
+32-bit float images (PIL mode F, e.g. float TIFF) follow one rule: values within [0, 1] are intensities as they
+are, values within [0, 255] (some above 1) are 8-bit levels and divided by 255, anything else (negative, above
+255, NaN/inf) is refused naming the file and the range. Every file's size is checked against the pixel limit
+(``DERAINBENCH_MAX_PIXELS``) from its header, before any decoder runs.
 Arrays are ``H×W×3`` float32 in [0, 1]; tensors are ``3×H×W`` / ``B×3×H×W`` float in [0, 1].
 """
 
@@ -98,9 +102,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
     try:
-        if _is_16bit_colour_png(path):
-            return _read_png16_colour(path)
-        with open_image(path) as im:
+        with open_image(path) as im:  # opening reads the header only and applies the pixel limit (PIL's bomb check)
+            if _is_16bit_colour_png(path):
+                return _read_png16_colour(path)
             im.load()
             return _to_rgb_float(ImageOps.exif_transpose(im), path)  # upright, as viewers show it
     except Image.DecompressionBombError as exc:
@@ -124,9 +128,13 @@ def _to_rgb_float(im: Image.Image, path: Path) -> np.ndarray:
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         gray = arr / peak
         return np.repeat(gray[..., None], 3, axis=2).clip(0, 1)
-    if mode == "F":
+    if mode == "F":  # the rule in the module docstring
         gray = np.asarray(im).astype(np.float32)
-        return np.repeat(gray[..., None], 3, axis=2).clip(0, 1)
+        lo, hi = (float(gray.min()), float(gray.max())) if gray.size else (0.0, 0.0)
+        if not (np.isfinite(gray).all() and 0.0 <= lo and hi <= 255.0):
+            raise ImageReadError(f"{path}: 32-bit float image with values {lo:g}..{hi:g} outside [0, 255] (float "
+                                 "images are read as intensities in [0, 1] or 8-bit levels in [0, 255])")
+        return np.repeat((gray / 255.0 if hi > 1.0 else gray)[..., None], 3, axis=2)
     if mode in ("1", "L"):
         gray = np.asarray(im.convert("L")).astype(np.float32) / 255.0
         return np.repeat(gray[..., None], 3, axis=2)

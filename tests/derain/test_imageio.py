@@ -187,3 +187,31 @@ def test_walk_follows_symlinked_folders_and_names_loops(tmp_path: Path) -> None:
     assert [f.relative_to(root).as_posix() for f in files] == ["a/1.png", "linked/2.png"]
     with pytest.warns(UserWarning, match="symlink loop"):
         assert [p.as_posix() for p in find_images(root)] == ["a/1.png", "linked/2.png"]
+
+
+def test_16bit_rgb_png_obeys_the_pixel_limit_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 16-bit colour path (OpenCV) checks the header's size against the same limit as every other image."""
+    write_image(tmp_path / "big16.png", np.zeros((30, 30, 3), np.float32), bit_depth=16)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("decoded before the size check"))
+    with pytest.raises(ImageReadError, match=r"big16.png: .*DERAINBENCH_MAX_PIXELS=<pixels>"):
+        read_image(tmp_path / "big16.png")
+
+
+def test_float_tiff_rule(tmp_path: Path) -> None:
+    """Mode F (32-bit float, one channel): values within [0, 1] are intensities as they are, values up to 255 are
+    8-bit levels (divided by 255); anything else is refused naming the file and the range."""
+    levels = np.linspace(7, 228, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(levels, mode="F").save(tmp_path / "levels.tif")
+    arr = read_image(tmp_path / "levels.tif")
+    check_rgb(arr, (3, 4))
+    np.testing.assert_allclose(arr[..., 1], levels / 255.0, rtol=1e-6)
+    unit = levels / 255.0
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "unit.tif")[..., 0], unit, rtol=1e-6)
+    for name, bad in [("neg", -0.5), ("big", 300.0), ("nan", float("nan"))]:
+        values = unit.copy()
+        values[1, 2] = bad
+        Image.fromarray(values, mode="F").save(tmp_path / f"{name}.tif")
+        with pytest.raises(ImageReadError, match=rf"{name}\.tif: 32-bit float image .* outside \[0, 255\]"):
+            read_image(tmp_path / f"{name}.tif")
