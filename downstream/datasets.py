@@ -115,6 +115,17 @@ class DetectionDataset:
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self.records]
 
+    index_files: tuple[Path, ...] = ()  # files every image's labels come from (data.yaml, annotation JSON)
+
+    def label_files(self, i: int) -> list[Path]:
+        """Image ``i``'s own label files, listed whether or not they exist (a new one gives it labels)."""
+        return []
+
+    def files(self, n: int | None = None) -> list[Path]:
+        """Every file the first ``n`` images and their labels are read from (the bench fingerprints their content)."""
+        per_image = (f for i in range(len(self))[:n] for f in (self.image_path(i), *self.label_files(i)))
+        return [*self.index_files, *per_image]
+
     def target(self, i: int) -> dict[str, np.ndarray]:
         """``{"boxes": float32 N×4 xyxy px, "classes": int64 N}`` (copies, safe to edit)."""
         r = self.records[i]
@@ -268,7 +279,10 @@ class YoloDetectionDataset(DetectionDataset):
         images_dir = images[0].parent if len(images) == 1 else Path(os.path.commonpath(images)) if images else root
         records = [self._record(p, i, images_dir, len(names)) for i, p in enumerate(images)]
         super().__init__(names, list(range(1, len(names) + 1)), images_dir, records, f"{yaml_path} [{split}]")
-        self.data_yaml, self.split = yaml_path, split
+        self.data_yaml, self.split, self.index_files = yaml_path, split, (yaml_path,)
+
+    def label_files(self, i: int) -> list[Path]:
+        return [yolo_label_path(self.records[i].path)]
 
     @staticmethod
     def _record(path: Path, index: int, images_dir: Path, n_classes: int) -> ImageRecord:
@@ -323,7 +337,7 @@ class CocoDetectionDataset(DetectionDataset):
             by_image.setdefault(int(ann["image_id"]), []).append(ann)
         records = [self._record(im, by_image.get(int(im["id"]), []), index_of, ann_path) for im in data["images"]]
         super().__init__([str(c["name"]) for c in cats], category_ids, self.images_dir, records, str(ann_path))
-        self.annotations_json = ann_path
+        self.annotations_json, self.index_files = ann_path, (ann_path,)
 
     def _record(self, im: dict[str, Any], anns: list[dict[str, Any]], index_of: dict[int, int],
                 ann_path: Path) -> ImageRecord:
@@ -456,17 +470,22 @@ class MaskSegmentationDataset:
         orphans = sorted(p for p in self.masks_dir.glob("*.png") if p.stem not in stems)
         if orphans:
             raise DatasetError(f"mask without its image: {orphans[0]} ({len(orphans)} in all)")
-        self.sizes = [self._check(img, m) for img, m in zip(self.images, self.masks, strict=True)]
+        self.sizes = [self._check(i) for i in range(len(self.images))]
 
     @property
     def names(self) -> list[str]:
         return self.classes
 
-    def _check(self, image: Path, mask_path: Path) -> tuple[int, int]:
+    def read_label(self, i: int) -> np.ndarray:
+        """The mask of image ``i``: ``H×W`` int64 class ids ``0..K-1``, 255 = ignore (subclasses map other ids)."""
+        return read_mask(self.masks[i])
+
+    def _check(self, i: int) -> tuple[int, int]:
+        image, mask_path = self.images[i], self.masks[i]
         if not mask_path.is_file():
             raise DatasetError(f"mask not found for {image}: {mask_path}")
         h, w = read_image_size(image)
-        mask = read_mask(mask_path)
+        mask = self.read_label(i)
         if mask.shape != (h, w):
             raise DatasetError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is {w}×{h}")
         bad = np.unique(mask[(mask >= len(self.classes)) & (mask != IGNORE_INDEX)])
@@ -488,25 +507,31 @@ class MaskSegmentationDataset:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.images[i])
-        mask = read_mask(self.masks[i])
+        mask = self.read_label(i)
         if image.shape[:2] != mask.shape:
             raise DatasetError(f"{self.masks[i]}: mask size {mask.shape} differs from image {image.shape[:2]}")
         return image, mask
 
+    def files(self, n: int | None = None) -> list[Path]:
+        """The first ``n`` images and their masks (the bench fingerprints their content)."""
+        return [f for i in range(len(self))[:n] for f in (self.images[i], self.masks[i])]
+
     def with_images_dir(self, images_dir: str | Path) -> MaskSegmentationDataset:
-        """The same masks over other images with the same file names (rainy / derained copies), sizes checked."""
+        """The same masks over other images with the same paths relative to ``images_dir`` (rainy / derained
+        copies), sizes checked."""
         new = copy.copy(self)
         new.images_dir = Path(images_dir)
-        new.images = [new.images_dir / p.name for p in self.images]
+        new.images = [new.images_dir / p.relative_to(self.images_dir) for p in self.images]
         for path, size in zip(new.images, self.sizes, strict=True):
             if not path.is_file():
-                raise DatasetError(f"image {path.name!r} not found in {new.images_dir}")
+                raise DatasetError(f"image {path.relative_to(new.images_dir).as_posix()!r} not found in "
+                                   f"{new.images_dir}")
             if read_image_size(path) != size:
                 raise DatasetError(f"{path} is {read_image_size(path)} (h, w), its original {size}")
         return new
 
     def __repr__(self) -> str:
-        return f"MaskSegmentationDataset({len(self)} images, {len(self.classes)} classes, {self.images_dir})"
+        return f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes, {self.images_dir})"
 
 
 # ----------------------------------------------------------------------------------------------- path specs

@@ -436,7 +436,10 @@ class DetectionTask(Task):
         return {int(c) for c in shown["classes"]}
 
     def train(self, recipe: DetectorRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True) -> Path:
+              progress: bool = True, format: str = "yolo") -> Path:
+        if format != "yolo":
+            raise ValueError(f"train-task trains {self.name} models with ultralytics from a YOLO data.yaml; format "
+                             f"{format!r} is read by bench and joint only")
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),
                               seed=seed, task=self.yolo_task, **recipe.yolo)

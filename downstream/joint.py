@@ -48,7 +48,7 @@ from downstream.tasks import Task, get_task, load_task_dataset
 class JointDataConfig:
     """The labelled dataset (see :func:`downstream.tasks.load_task_dataset`)."""
 
-    format: str = "yolo"  # one of the task's formats: yolo | coco (detection, instance), masks (segmentation)
+    format: str = "yolo"  # one of the task's formats (yolo, coco, masks, cityscapes, ...; see README "Dataset formats")
     path: Any = None  # data.yaml, a coco {images, annotations} dict, or a masks root / dict
     train_split: str = "train"
     val_split: str = "val"

@@ -337,7 +337,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     title = "Segmentation"
     aliases = ("seg",)
-    formats = ("masks",)
+    formats = ("masks", "cityscapes")
     metrics = (MetricSpec("miou", "mIoU"), MetricSpec("pixel_acc", "pixel accuracy", "pixel acc."))
     per_class = {"iou_per_class": MetricSpec("iou", "IoU")}
     val_metric = "miou"
@@ -349,6 +349,12 @@ class SegmentationTask(Task):
     recipe = SegmenterRecipe
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
+        """``masks``: see :func:`downstream.datasets.open_mask_dataset`; ``cityscapes``: see
+        :func:`downstream.cityscapes.open_cityscapes`."""
+        if format == "cityscapes":
+            from downstream.cityscapes import open_cityscapes
+
+            return open_cityscapes(path, split)
         from downstream.datasets import open_mask_dataset
 
         return open_mask_dataset(path, split)
@@ -420,10 +426,10 @@ class SegmentationTask(Task):
         return {int(k) for k in np.unique(label) if k != IGNORE_INDEX}
 
     def train(self, recipe: SegmenterRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True) -> Path:
-        train = self.load_dataset("masks", data, split="train")
+              progress: bool = True, format: str = "masks") -> Path:
+        train = self.load_dataset(format, data, split="train")
         try:
-            val = self.load_dataset("masks", data, split="val")
+            val = self.load_dataset(format, data, split="val")
         except (FileNotFoundError, ValueError):
             val = None
         cfg = SegmenterConfig(arch=recipe.arch, encoder=recipe.encoder, num_classes=len(train.names),

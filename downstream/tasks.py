@@ -158,8 +158,9 @@ class Task(ABC):
     # -- training --------------------------------------------------------------------------------------------------
     @abstractmethod
     def train(self, recipe: Any, data: str, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True) -> Path:
-        """Train the task model on ``data`` with ``recipe``; returns the path of the best model."""
+              progress: bool = True, format: str = "") -> Path:
+        """Train the task model on ``data`` (a dataset in ``format``, one of :attr:`formats`; ``""`` = the first)
+        with ``recipe``; returns the path of the best model."""
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

@@ -17,6 +17,8 @@ from downstream.tasks import get_task, list_tasks
 class TaskTrainConfig:
     task: str = ""  # a registered task: detection | segmentation | instance
     data: str = ""  # detection, instance: a YOLO data.yaml; segmentation: the masks root ({train,val}/images|masks)
+    # or the Cityscapes root (leftImg8bit/, gtFine/) with format=cityscapes
+    format: str = ""  # one of the task's dataset formats; "" = its first (yolo, masks)
     out: str = "runs/task"
     device: str = "auto"
     seed: int = 0
@@ -33,6 +35,8 @@ def check_task_config(cfg: TaskTrainConfig) -> Any:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     recipe = from_dict(task.recipe, cfg.recipe or {}, where="recipe")
+    if cfg.format and cfg.format not in task.formats:
+        raise ConfigError(f"format {cfg.format!r} is not for {task.name}; expected one of {task.formats}")
     if not cfg.data:
         raise ConfigError("data is required: detection, instance: a YOLO data.yaml; segmentation: a folder with "
                           "{train,val}/images, {train,val}/masks and classes.txt (e.g. data=data/scenes/seg)")
@@ -53,4 +57,5 @@ def train_task(cfg: TaskTrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    return task.train(recipe, cfg.data, out, resolve_device(cfg.device), cfg.seed, cfg.batch, progress=progress)
+    return task.train(recipe, cfg.data, out, resolve_device(cfg.device), cfg.seed, cfg.batch, progress=progress,
+                      format=cfg.format or task.formats[0])

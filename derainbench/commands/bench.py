@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from derainbench.commands.common import add_config_arguments
+from derainbench.commands.common import DATASET_FORMATS_HELP, add_config_arguments
 
 HELP = """\
 Run the downstream benchmark described by a YAML config (see configs/bench_demo.yaml):
@@ -44,6 +44,7 @@ truth under samples/<dataset>/truth), timings.json, environment.json (device, ve
 (one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a
 crash loses at most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
 
+""" + DATASET_FORMATS_HELP + """
 Examples:
   derainbench bench --config configs/bench_demo.yaml
   derainbench bench --config configs/bench_demo.yaml severities=[heavy] out=runs/bench/heavy-only

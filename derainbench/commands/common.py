@@ -6,6 +6,16 @@ import argparse
 import signal
 from typing import Any
 
+# How bench, joint and train-task read a dataset (`format:` and `path:` of a dataset; README "Dataset formats").
+DATASET_FORMATS_HELP = """\
+Dataset formats (format: of a dataset, the task's first is the default):
+  detection, instance: yolo (path = data.yaml), coco (path = {images: DIR, annotations: FILE})
+  segmentation: masks (path = ROOT with {split}/images, {split}/masks, classes.txt, or {images, masks, classes}),
+    cityscapes (path = the Cityscapes root with leftImg8bit/{split}/{city}/*_leftImg8bit.png and
+    gtFine/{split}/{city}/*_gtFine_labelIds.png, mapped to the 19 evaluated train ids by the table of
+    cityscapesScripts helpers/labels.py; *_gtFine_labelTrainIds.png used as they are when present)
+"""
+
 
 def add_config_arguments(p: argparse.ArgumentParser, config_help: str, *, required: bool = False,
                          resumable: bool = False, force: bool = False) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from derainbench.commands.common import add_config_arguments, interrupted_exit_code
+from derainbench.commands.common import DATASET_FORMATS_HELP, add_config_arguments, interrupted_exit_code
 
 HELP = """\
 Task-driven deraining: loss = λ_restore·MSPFN loss + λ_task·the task's training loss on the derained images
@@ -15,6 +15,7 @@ Task-driven deraining: loss = λ_restore·MSPFN loss + λ_task·the task's train
 Clean labelled images are rained on the fly with the configured presets, seeded by (seed, step); crop=SIZE
 trains on random windows (needed when image sizes differ).
 
+""" + DATASET_FORMATS_HELP + """
 Examples:
   derainbench joint --config configs/joint_demo.yaml
   derainbench joint --config configs/joint_demo.yaml weights.restore=0 iters=100 device=cpu

@@ -13,13 +13,16 @@ with ultralytics) or a local .pt; segmenters are smp models with encoder_weights
 Configured like train, joint and bench: a YAML file (configs/task_*.yaml) plus key=value overrides with dotted
 keys; the run writes OUT/config.yaml.
 
-Keys: task (detection | segmentation | instance), data, out (default runs/task), device, seed, batch (16), and
+Keys: task (detection | segmentation | instance), data, format (the task's dataset format; default yolo for
+detection and instance, masks for segmentation), out (default runs/task), device, seed, batch (16), and
 recipe.KEY for the task's recipe:
   detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
     argument); data = a YOLO data.yaml; writes OUT/train/weights/best.pt
   instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
   segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
-    data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); writes OUT/best, OUT/last
+    data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with
+    format=cityscapes, the Cityscapes root (leftImg8bit/, gtFine/: the 19 evaluated classes, label ids mapped by
+    the official table); writes OUT/best, OUT/last
 
 Short runs on small data: recipe.yolo.warmup_epochs=0 (ultralytics otherwise warms up for at least 100
 iterations, and a few epochs of a small set learn nothing).
@@ -28,6 +31,7 @@ Examples:
   derainbench scenes --n 200 --size 320 data/scenes
   derainbench train-task --config configs/task_detection.yaml data=data/scenes/det/data.yaml out=runs/det
   derainbench train-task task=segmentation data=data/scenes/seg recipe.iters=1500 out=runs/seg
+  derainbench train-task task=segmentation format=cityscapes data=/data/cityscapes recipe.crop=512 out=runs/cs
   derainbench train-task --config configs/task_instance.yaml data=data/scenes/inst/data.yaml out=runs/inst
 """
 
