@@ -353,7 +353,7 @@ class DetectionTask(Task):
     name = "detection"
     title = "Detection"
     aliases = ("det",)
-    formats = ("yolo", "coco")
+    formats = ("yolo", "coco", "bdd100k")
     metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"))
     per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5")}
     val_metric = "map50"
@@ -368,6 +368,12 @@ class DetectionTask(Task):
     yolo_task = "detect"  # what ultralytics calls the task (its trainer)
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
+        """``yolo``, ``coco``: see :func:`downstream.datasets.open_detection_dataset`; ``bdd100k``: see
+        :func:`downstream.bdd100k.open_bdd100k`."""
+        if format == "bdd100k":
+            from downstream.bdd100k import open_bdd100k
+
+            return open_bdd100k(path, split)
         from downstream.datasets import open_detection_dataset
 
         return open_detection_dataset(format, path, split)

@@ -14,6 +14,9 @@ Dataset formats (format: of a dataset, the task's first is the default):
     cityscapes (path = the Cityscapes root with leftImg8bit/{split}/{city}/*_leftImg8bit.png and
     gtFine/{split}/{city}/*_gtFine_labelIds.png, mapped to the 19 evaluated train ids by the table of
     cityscapesScripts helpers/labels.py; *_gtFine_labelTrainIds.png used as they are when present)
+  detection: bdd100k (path = {labels: .../det_20/det_{split}.json, images: .../images/100k/{split},
+    where: {weather: rainy}}: BDD100K's Scalabel JSON, the 10 detection classes, legacy names mapped, box2d corners
+    inclusive; where keeps frames by weather, scene, timeofday)
 """
 
 

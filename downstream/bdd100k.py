@@ -1,0 +1,153 @@
+"""BDD100K detection as distributed (``format: bdd100k`` of the detection task): the Scalabel JSON of ``det_20``.
+
+``path`` = ``{labels: .../labels/det_20/det_{split}.json, images: .../images/100k/{split}, where: {weather:
+rainy}}`` (``{split}`` replaced; ``where`` optional). The JSON is a list of frames ``{"name": "b1c66a42-6f7d68ca.jpg",
+"attributes": {"weather", "scene", "timeofday"}, "labels": [{"category", "box2d": {x1, y1, x2, y2}, "attributes":
+{...}}]}``; the legacy 2018 files (``bdd100k_labels_images_{split}.json``) have the same fields.
+
+Facts (BDD100K ``doc/source/format.rst`` and ``bdd100k/configs/det.toml``, scalabel ``label/transforms.py`` and
+``label/to_coco.py``, all at their GitHub HEAD):
+
+* the 10 evaluated classes, category ids 1..10: :data:`CLASSES`;
+* legacy names mapped (``det.toml`` ``name_mapping``): person → pedestrian, bike → bicycle, motor → motorcycle,
+  caravan → car, van → car;
+* the ignored categories (``det.toml`` ``ignored_mapping``: other person → pedestrian, other vehicle → car,
+  trailer → truck) and labels with ``attributes.crowd`` become ``iscrowd=1`` annotations of the mapped class, as
+  the official COCO conversion writes them: not targets (kept in ``record.crowd`` for :func:`to_coco_dict`);
+* ``box2d`` corners are **inclusive** pixel coordinates: scalabel's ``box2d_to_bbox`` gives the COCO box
+  ``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]``; our xyxy (exclusive right/bottom edge) box is therefore
+  ``[x1, y1, x2 + 1, y2 + 1]``, clipped to the image;
+* labels without ``box2d`` (lanes, drivable areas: ``poly2d``) are not boxes and are not read; a label with a
+  box and any other category is an error naming the file and frame.
+
+``where`` selects frames by their attributes (a value or a list of values each; values as in ``format.rst``), so one
+config can bench the rainy frames (``real_rain``) next to the clear ones with the same detector. Image ids are the
+frame's position in the JSON + 1 (a subset keeps them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from downstream.datasets import DatasetError, DetectionDataset, ImageRecord, _check_box, _stack_boxes, read_image_size
+
+CLASSES: tuple[str, ...] = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+                            "traffic light", "traffic sign")
+LEGACY_NAMES = {"person": "pedestrian", "bike": "bicycle", "motor": "motorcycle", "caravan": "car", "van": "car"}
+IGNORED = {"other person": "pedestrian", "other vehicle": "car", "trailer": "truck"}
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "weather": ("rainy", "snowy", "clear", "overcast", "undefined", "partly cloudy", "foggy"),
+    "scene": ("tunnel", "residential", "parking lot", "undefined", "city street", "gas stations", "highway"),
+    "timeofday": ("daytime", "night", "dawn/dusk", "undefined"),
+}
+
+
+def scalabel_box(box2d: Any, where: str) -> list[float]:
+    """Scalabel ``box2d`` ``{x1, y1, x2, y2}`` (inclusive corners) → xyxy with exclusive right/bottom edges."""
+    try:
+        x1, y1, x2, y2 = (float(box2d[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: box2d must be {{x1, y1, x2, y2}}, got {box2d!r}") from exc
+    return [x1, y1, x2 + 1, y2 + 1]
+
+
+def check_where(where: Any) -> dict[str, tuple[str, ...]]:
+    """``{attribute: value or [values]}`` → ``{attribute: values}``; unknown attributes or values are errors."""
+    if where is None:
+        return {}
+    if not isinstance(where, Mapping):
+        raise DatasetError(f"where must map frame attributes to values, e.g. {{weather: rainy}}; got {where!r}")
+    out = {}
+    for key, value in where.items():
+        if key not in ATTRIBUTES:
+            raise DatasetError(f"where: unknown frame attribute {key!r}; BDD100K has {', '.join(ATTRIBUTES)}")
+        values = tuple(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        unknown = [v for v in values if v not in ATTRIBUTES[key]]
+        if unknown or not values:
+            raise DatasetError(f"where: {key} {unknown or values!r} not among {', '.join(ATTRIBUTES[key])}")
+        out[str(key)] = values
+    return out
+
+
+class Bdd100kDetectionDataset(DetectionDataset):
+    """The frames of a BDD100K detection JSON (optionally those whose attributes match ``where``) over the images in
+    ``images_dir``; the detection protocol of :mod:`downstream.datasets`, classes :data:`CLASSES` with category ids
+    1..10."""
+
+    def __init__(self, labels_json: str | Path, images_dir: str | Path, where: Any = None) -> None:
+        self.labels_json, self.images_dir = Path(labels_json), Path(images_dir)
+        self.where = check_where(where)
+        frames = _load_frames(self.labels_json)
+        if not self.images_dir.is_dir():
+            raise DatasetError(f"BDD100K images folder not found: {self.images_dir}")
+        records = [self._record(k, frame) for k, frame in enumerate(frames) if self._selected(frame)]
+        what = f"{self.labels_json}" + (f" where {self.where}" if self.where else "")
+        super().__init__(list(CLASSES), list(range(1, len(CLASSES) + 1)), self.images_dir, records, what)
+
+    def _selected(self, frame: Mapping[str, Any]) -> bool:
+        attributes = frame.get("attributes") or {}
+        return all(attributes.get(key) in values for key, values in self.where.items())
+
+    def _record(self, k: int, frame: Mapping[str, Any]) -> ImageRecord:
+        name = frame.get("name")
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{self.labels_json}: frame #{k} has no image name")
+        path = self.images_dir / name
+        if not path.is_file():
+            raise DatasetError(f"{self.labels_json}: image {name!r} not found: {path}")
+        h, w = read_image_size(path)
+        boxes, classes, crowd = [], [], []
+        for j, label in enumerate(frame.get("labels") or []):
+            if label.get("box2d") is None:
+                continue  # lanes and drivable areas (poly2d) in the legacy files
+            where = f"{self.labels_json}: frame {name!r} label #{j}"
+            category = str(label.get("category"))
+            category = LEGACY_NAMES.get(category, category)
+            ignored = category in IGNORED
+            category = IGNORED.get(category, category)
+            if category not in CLASSES:
+                raise DatasetError(f"{where}: unknown category {label.get('category')!r} (BDD100K detection: "
+                                   f"{', '.join(CLASSES)}, legacy {', '.join(LEGACY_NAMES)}, ignored "
+                                   f"{', '.join(IGNORED)})")
+            box = _check_box(scalabel_box(label["box2d"], where), h, w, where)
+            cls = CLASSES.index(category)
+            if ignored or bool((label.get("attributes") or {}).get("crowd", False)):
+                bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+                crowd.append({"image_id": k + 1, "category_id": cls + 1, "bbox": [float(box[0]), float(box[1]), bw,
+                              bh], "area": bw * bh, "iscrowd": 1})
+                continue
+            boxes.append(box)
+            classes.append(cls)
+        return ImageRecord(path, name, k + 1, h, w, _stack_boxes(boxes), np.array(classes, dtype=np.int64),
+                           crowd=crowd)
+
+
+def _load_frames(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"BDD100K label file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON: {exc}") from exc
+    if isinstance(data, Mapping) and isinstance(data.get("frames"), list):  # scalabel's {frames, config} dataset
+        data = data["frames"]
+    if not isinstance(data, list) or not all(isinstance(f, Mapping) for f in data):
+        raise DatasetError(f"{path}: a BDD100K label file is a list of frames {{name, attributes, labels}}")
+    return data
+
+
+def open_bdd100k(path: Any, split: str = "val") -> Bdd100kDetectionDataset:
+    """``path`` = ``{labels: FILE, images: DIR, where: {attribute: value(s)}}`` (``{split}`` replaced in both)."""
+    if not isinstance(path, Mapping) or "labels" not in path or "images" not in path:
+        raise ValueError("format bdd100k: path must be {labels: .../det_20/det_{split}.json, images: "
+                         f".../images/100k/{{split}}, where: {{weather: rainy}} (optional)}}, got {path!r}")
+    unknown = sorted(set(path) - {"labels", "images", "where"})
+    if unknown:
+        raise ValueError(f"format bdd100k: unknown path keys {unknown} (labels, images, where)")
+    labels, images = (str(path[k]).replace("{split}", split) for k in ("labels", "images"))
+    return Bdd100kDetectionDataset(labels, images, path.get("where"))
