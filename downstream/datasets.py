@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import UnidentifiedImageError
 
 from derain.config import ConfigError, read_yaml
@@ -408,6 +409,36 @@ def to_coco_dict(dataset: DetectionDataset) -> dict[str, Any]:
                   for cid, name in zip(dataset.category_ids, dataset.names, strict=True)]
     return {"info": {"description": f"derainbench ground truth from {dataset!r}"}, "images": images,
             "annotations": annotations, "categories": categories}
+
+
+def write_yolo_layout(splits: Mapping[str, DetectionDataset], out: str | Path) -> Path:
+    """An ultralytics view of opened detection datasets (what ``train-task`` trains on when a dataset is in another
+    format): ``out/images/{split}/<file_name>`` are symbolic links to the images, ``out/labels/{split}/<stem>.txt``
+    their targets as ``cls cx cy w h`` normalised to [0, 1] (crowd / ignored annotations are not targets, as in
+    scoring), ``out/data.yaml`` names the splits and the classes. Returns the data.yaml."""
+    out = Path(out)
+    names: list[str] | None = None
+    for split, ds in splits.items():
+        if names is not None and list(ds.names) != names:
+            raise DatasetError(f"split {split!r} has classes {ds.names}, the others {names}")
+        names = list(ds.names)
+        for r in ds.records:
+            image = out / "images" / split / r.file_name
+            image.parent.mkdir(parents=True, exist_ok=True)
+            if image.is_symlink() or image.exists():
+                image.unlink()
+            image.symlink_to(r.path.resolve())
+            label = yolo_label_path(image)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            b = r.boxes.astype(np.float64)
+            centre = np.stack([(b[:, 0] + b[:, 2]) / 2 / r.width, (b[:, 1] + b[:, 3]) / 2 / r.height,
+                               (b[:, 2] - b[:, 0]) / r.width, (b[:, 3] - b[:, 1]) / r.height], axis=1)
+            label.write_text("".join(f"{c} {' '.join(f'{v:.6f}' for v in row)}\n"
+                                     for c, row in zip(r.classes.tolist(), centre.tolist(), strict=True)))
+    data = {"path": str(out.resolve()), **{split: f"images/{split}" for split in splits},
+            "names": dict(enumerate(names or []))}
+    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return out / "data.yaml"
 
 
 # ----------------------------------------------------------------------------------------------- masks

@@ -441,11 +441,23 @@ class DetectionTask(Task):
         draw_boxes(ax, shown, names, color_of, px_per_pt)
         return {int(c) for c in shown["classes"]}
 
-    def train(self, recipe: DetectorRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
+    def train(self, recipe: DetectorRecipe, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "yolo") -> Path:
+        """``format`` other than ``yolo``: the train and val splits are opened as the benchmark opens them and
+        trained on through a YOLO view of them (``out/data``: image links and label files; see
+        :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train."""
         if format != "yolo":
-            raise ValueError(f"train-task trains {self.name} models with ultralytics from a YOLO data.yaml; format "
-                             f"{format!r} is read by bench and joint only")
+            if self.yolo_task != "detect":
+                raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
+                                 f"got format {format!r}")
+            from downstream.datasets import write_yolo_layout
+
+            splits = {"train": self.load_dataset(format, data, "train")}
+            try:
+                splits["val"] = self.load_dataset(format, data, "val")
+            except (FileNotFoundError, ValueError):
+                splits["val"] = splits["train"]
+            data = str(write_yolo_layout(splits, out / "data"))
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),
                               seed=seed, task=self.yolo_task, **recipe.yolo)

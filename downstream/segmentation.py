@@ -425,7 +425,7 @@ class SegmentationTask(Task):
         ax.imshow(np.clip(mask_overlay(image, label, names, color_of), 0, 1), interpolation="nearest")
         return {int(k) for k in np.unique(label) if k != IGNORE_INDEX}
 
-    def train(self, recipe: SegmenterRecipe, data: str, out: Path, device: torch.device, seed: int, batch: int,
+    def train(self, recipe: SegmenterRecipe, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "masks") -> Path:
         train = self.load_dataset(format, data, split="train")
         try:

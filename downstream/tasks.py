@@ -157,7 +157,7 @@ class Task(ABC):
 
     # -- training --------------------------------------------------------------------------------------------------
     @abstractmethod
-    def train(self, recipe: Any, data: str, out: Path, device: torch.device, seed: int, batch: int,
+    def train(self, recipe: Any, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "") -> Path:
         """Train the task model on ``data`` (a dataset in ``format``, one of :attr:`formats`; ``""`` = the first)
         with ``recipe``; returns the path of the best model."""

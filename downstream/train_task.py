@@ -16,8 +16,10 @@ from downstream.tasks import get_task, list_tasks
 @dataclass
 class TaskTrainConfig:
     task: str = ""  # a registered task: detection | segmentation | instance
-    data: str = ""  # detection, instance: a YOLO data.yaml; segmentation: the masks root ({train,val}/images|masks)
-    # or the Cityscapes root (leftImg8bit/, gtFine/) with format=cityscapes
+    # detection, instance: a YOLO data.yaml; segmentation: the masks root ({train,val}/images|masks); other formats:
+    # the dataset's path as bench reads it (a Cityscapes root; BDD100K's {labels, images, where}; README "Dataset
+    # formats")
+    data: Any = ""
     format: str = ""  # one of the task's dataset formats; "" = its first (yolo, masks)
     out: str = "runs/task"
     device: str = "auto"
@@ -40,7 +42,7 @@ def check_task_config(cfg: TaskTrainConfig) -> Any:
     if not cfg.data:
         raise ConfigError("data is required: detection, instance: a YOLO data.yaml; segmentation: a folder with "
                           "{train,val}/images, {train,val}/masks and classes.txt (e.g. data=data/scenes/seg)")
-    if not Path(cfg.data).exists():
+    if isinstance(cfg.data, (str, Path)) and not Path(cfg.data).exists():
         raise FileNotFoundError(f"data not found: {cfg.data}")
     if cfg.batch < 1:
         raise ConfigError(f"batch must be >= 1, got {cfg.batch}")

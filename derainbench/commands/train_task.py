@@ -17,7 +17,9 @@ Keys: task (detection | segmentation | instance), data, format (the task's datas
 detection and instance, masks for segmentation), out (default runs/task), device, seed, batch (16), and
 recipe.KEY for the task's recipe:
   detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
-    argument); data = a YOLO data.yaml; writes OUT/train/weights/best.pt
+    argument); data = a YOLO data.yaml, or with format=coco|bdd100k the dataset's path as bench reads it (its
+    train and val splits are trained on through a YOLO view in OUT/data: image links and label files);
+    writes OUT/train/weights/best.pt
   instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
   segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with
@@ -32,6 +34,8 @@ Examples:
   derainbench train-task --config configs/task_detection.yaml data=data/scenes/det/data.yaml out=runs/det
   derainbench train-task task=segmentation data=data/scenes/seg recipe.iters=1500 out=runs/seg
   derainbench train-task task=segmentation format=cityscapes data=/data/cityscapes recipe.crop=512 out=runs/cs
+  derainbench train-task task=detection format=bdd100k out=runs/bdd \\
+    "data={labels: /data/bdd100k/labels/det_20/det_{split}.json, images: /data/bdd100k/images/100k/{split}}"
   derainbench train-task --config configs/task_instance.yaml data=data/scenes/inst/data.yaml out=runs/inst
 """
 

@@ -151,3 +151,21 @@ def test_bench_scores_rainy_frames_as_real_rain_next_to_clear_ones(tmp_path: Pat
     assert {"map", "map50"} <= set(rainy.metric) and not {"psnr_y", "ssim_y"} & set(rainy.metric)
     md = build_report([run], tmp_path / "report", formats="md").markdown.read_text()
     assert "bdd-rainy" in md and "bdd-clear" in md
+
+
+def test_train_task_trains_a_detector_on_the_bdd100k_layout(tmp_path: Path, one_thread: None) -> None:
+    """train-task opens the splits as bench does and trains through a YOLO view (image links, label files)."""
+    from downstream.datasets import YoloDetectionDataset
+    from downstream.train_task import TaskTrainConfig, train_task
+
+    path = bdd100k_layout(tmp_path, split="train", size=(64, 64))
+    cfg = TaskTrainConfig(task="detection", format="bdd100k", data=path, out=str(tmp_path / "run"), device="cpu",
+                          batch=4, recipe={"epochs": 1, "imgsz": 64, "yolo": {"warmup_epochs": 0, "mosaic": 0}})
+    best = train_task(cfg, progress=False)
+    assert best.is_file()
+    view = YoloDetectionDataset(tmp_path / "run/data/data.yaml", "train")  # train doubles as val (no det_val.json)
+    bdd = open_bdd100k(path, "train")
+    assert view.names == bdd.names and len(view) == len(bdd)
+    for i in range(len(bdd)):
+        np.testing.assert_allclose(view.target(i)["boxes"], bdd.target(i)["boxes"], atol=1e-3)
+        np.testing.assert_array_equal(view.target(i)["classes"], bdd.target(i)["classes"])
