@@ -88,6 +88,7 @@ class Bdd100kDetectionDataset(DetectionDataset):
         records = [self._record(k, frame) for k, frame in enumerate(frames) if self._selected(frame)]
         what = f"{self.labels_json}" + (f" where {self.where}" if self.where else "")
         super().__init__(list(CLASSES), list(range(1, len(CLASSES) + 1)), self.images_dir, records, what)
+        self.index_files = (self.labels_json,)  # what the bench fingerprints besides the images
 
     def _selected(self, frame: Mapping[str, Any]) -> bool:
         attributes = frame.get("attributes") or {}

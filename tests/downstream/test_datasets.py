@@ -276,3 +276,16 @@ def test_coco_duplicate_image_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"ann\.json: duplicate image ids \[7, 9\]") as exc:
         CocoDetectionDataset(tmp_path / "img", path)
     assert "\n" not in str(exc.value)
+
+
+def test_files_list_what_the_first_images_are_read_from(tmp_path: Path) -> None:
+    """What the bench fingerprints: index files, then each image and its label files (a missing one too)."""
+    yaml_path = _yolo(tmp_path / "y", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    ds = YoloDetectionDataset(yaml_path)
+    assert ds.files() == [yaml_path, tmp_path / "y/images/val/a.png", tmp_path / "y/labels/val/a.txt",
+                          tmp_path / "y/images/val/b.png", tmp_path / "y/labels/val/b.txt"]
+    assert ds.files(1) == ds.files()[:3]
+    ann = _coco(tmp_path / "c", [])
+    assert CocoDetectionDataset(tmp_path / "c/img", ann).files() == [ann, tmp_path / "c/img/a.png"]
+    images, masks = _masks(tmp_path / "m", np.zeros((20, 40), np.uint8))
+    assert MaskSegmentationDataset(images, masks, ["bg"]).files() == [images / "x.png", masks / "x.png"]

@@ -443,3 +443,61 @@ def test_a_weights_file_that_is_not_a_derainer_fails_before_any_cell(setup: dict
     with pytest.raises(ValueError, match="derainer 'odd': .*unknown.pth.*recognises none"):
         run_bench(cfg, progress=False)
     assert not (tmp_path / "run/cells").exists()
+
+
+def _copied_segmentation_run(setup: dict, tmp_path: Path) -> tuple[BenchConfig, Path]:
+    """The heavy-rain segmentation config over a private copy of the scenes (the tests edit its files)."""
+    import shutil
+
+    root = setup["root"]
+    data = Path(shutil.copytree(root / "scenes/seg", tmp_path / "seg"))
+    cfg = bench_config(setup, tmp_path / "run", "severities=[heavy]", "samples=0", "bootstrap=0",
+                       f"datasets=[{{name: seg, task: segmentation, format: masks, path: {data}, "
+                       f"model: {root}/seg-model}}]")
+    return cfg, data
+
+
+def test_cells_are_recomputed_when_the_dataset_files_change(setup: dict, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The fingerprint covers the content of every file a cell reads (images, masks, class list): a rewritten mask
+    recomputes every cell of the dataset and the log says why, naming the file; a file rewritten with the same bytes
+    recomputes nothing; an invalid label is found on the rerun instead of the old numbers being kept."""
+    import numpy as np
+    from PIL import Image
+
+    from downstream.datasets import DatasetError
+
+    cfg, data = _copied_segmentation_run(setup, tmp_path)
+    run_bench(cfg, progress=False)
+    miou = pd.read_csv(cfg.out + "/results.csv").set_index(["method", "metric"]).value[("clean", "miou")]
+    capsys.readouterr()
+    mask = sorted((data / "val/masks").glob("*.png"))[0]
+    mask.write_bytes(mask.read_bytes())  # new mtime, same content
+    run_bench(cfg, progress=False)
+    assert "recomputing" not in capsys.readouterr().out
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)  # all background now
+    run_bench(cfg, progress=False)
+    log = capsys.readouterr().out
+    assert "recomputing 4 finished cell(s)" in log
+    assert f"dataset files (1 changed: masks/{mask.name} under {data / 'val'}): seg__none__clean, " in log
+    assert pd.read_csv(cfg.out + "/results.csv").set_index(["method", "metric"]).value[("clean", "miou")] != miou
+    Image.fromarray(np.full_like(np.asarray(Image.open(mask)), 77)).save(mask)  # class 77 does not exist
+    with pytest.raises(DatasetError, match=f"{mask.name}: class ids \\[77\\]"):
+        run_bench(cfg, progress=False)
+
+
+@pytest.mark.parametrize("inside", ["det/images/val/run", "seg/val/images/run"])
+def test_an_out_folder_inside_a_dataset_image_folder_is_refused(setup: dict, tmp_path: Path, inside: str) -> None:
+    """Its cache and sample PNGs would be read back as dataset images by the next run."""
+    import shutil
+
+    root = setup["root"]
+    shutil.copytree(root / "scenes", tmp_path / "scenes")
+    out = tmp_path / "scenes" / inside
+    cfg = bench_config(setup, out, f"datasets=[{{name: det, task: detection, format: yolo, "
+                                   f"path: {tmp_path}/scenes/det/data.yaml, model: yolo11n.yaml, imgsz: 64}}, "
+                                   f"{{name: seg, task: segmentation, format: masks, path: {tmp_path}/scenes/seg, "
+                                   f"model: {root}/seg-model}}]")
+    with pytest.raises(ValueError, match=r"out .*run lies inside the images of dataset '(det|seg)' .*choose an out"):
+        run_bench(cfg, progress=False)
+    assert not out.exists()
