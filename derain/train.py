@@ -215,6 +215,8 @@ class Trainer:
 
     metric: str = "psnr_y"
     metric_mode: str = "max"  # "max": higher is better; "min": lower is better
+    # What a run writes in its folder: all that --overwrite deletes (and the `--help` of train and joint lists).
+    run_files: tuple[str, ...] = ("last", "best", "log.csv", "config.yaml", "test.json", "tb")
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
         if resume and overwrite:
@@ -245,14 +247,33 @@ class Trainer:
         if not self.resume and kept and not self.overwrite:
             raise FileExistsError(
                 f"{self.run_dir} already holds a run ({', '.join(kept)}/); continue it with --resume, start it "
-                "afresh with --overwrite (its checkpoints and log are deleted), or choose another name=...")
+                "afresh with --overwrite (deletes the run's checkpoints, log, config and scores, nothing else), "
+                "or choose another name=...")
         if self.overwrite and self.dist.is_main and self.run_dir.is_dir():
-            old = sorted(p.name for p in self.run_dir.iterdir() if p.name != ".lock")  # the lock stays held
-            for name in old:
-                target = self.run_dir / name
-                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-            if old:
-                print(f"train: --overwrite: deleted {', '.join(old)} from {self.run_dir}")
+            self._delete_run_files()
+
+    def _delete_run_files(self) -> None:
+        """--overwrite: delete what a run writes (:attr:`run_files`, and the temporary or previous copies a crash
+        leaves beside them), keep everything else; a folder that holds no run is refused untouched."""
+        entries = sorted(p.name for p in self.run_dir.iterdir() if p.name != ".lock")  # the lock stays held
+        if entries and not any(name in entries for name in ("last", "best", "config.yaml", "log.csv")):
+            raise FileExistsError(
+                f"{self.run_dir} is not a run folder (no last/, best/, config.yaml or log.csv) but holds "
+                f"{', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}: --overwrite deletes only a run's "
+                "own files; choose another name=... or out=...")
+
+        def written(name: str) -> bool:  # a run file, or `.<stem>.tmp<pid><suffix>` / `.<name>.old` beside one
+            return name in self.run_files or any(
+                name == f".{f}.old" or name.startswith(f".{Path(f).stem}.tmp") for f in self.run_files)
+
+        old = [name for name in entries if written(name)]
+        for name in old:
+            target = self.run_dir / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        kept = [name for name in entries if name not in old]
+        if old:
+            print(f"train: --overwrite: deleted {', '.join(old)} from {self.run_dir}"
+                  + (f" (kept {', '.join(kept)}: not written by a run)" if kept else ""))
 
     def build(self) -> None:
         cfg = self.cfg

@@ -118,6 +118,7 @@ class JointTrainer(Trainer):
     """Joint derainer fine-tuning described by a :class:`JointConfig` (see the module docstring)."""
 
     cfg: JointConfig  # type: ignore[assignment]
+    run_files = (*Trainer.run_files, "before.json", "summary.json")
 
     def __init__(self, cfg: JointConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
         self.task = get_task(cfg.task)

@@ -122,10 +122,39 @@ def test_fresh_run_never_overwrites_a_finished_one(tmp_path: Path, clean_dir: Pa
     assert files() == before
     with pytest.raises(ValueError, match="give one of them"):
         train(config(tmp_path, clean_dir, "iters=2"), resume=True, overwrite=True, progress=False)
-    (tmp_path / "run" / "stale.txt").write_text("from the old run")
     result = train(config(tmp_path, clean_dir, "iters=1", "seed=5"), overwrite=True, progress=False)
-    assert result.step == 1 and not (tmp_path / "run" / "stale.txt").exists()
+    assert result.step == 1
     assert files()[tmp_path / "run/last/model.safetensors"] != before[tmp_path / "run/last/model.safetensors"]
+
+
+def test_overwrite_deletes_only_what_a_run_writes(tmp_path: Path, clean_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--overwrite removes the run's own files (checkpoints, log, config, test scores) and keeps the user's; a folder
+    that holds no run is refused, nothing deleted."""
+    import shutil
+
+    from derain.train import Trainer
+
+    train(config(tmp_path, clean_dir, "iters=2"), progress=False)
+    run = tmp_path / "run"
+    (run / "test.json").write_text("{}")
+    (run / ".last.old").mkdir()  # a crash's leftover of the last/ swap
+    (run / "notes.txt").write_text("mine")
+    (run / "eval").mkdir()
+    (run / "eval" / "scores.csv").write_text("1\n")
+    capsys.readouterr()
+    result = train(config(tmp_path, clean_dir, "iters=1", "seed=5", "val=null"), overwrite=True, progress=False)
+    assert result.step == 1
+    assert (run / "notes.txt").read_text() == "mine" and (run / "eval" / "scores.csv").is_file()
+    assert not (run / "best").exists() and not (run / "test.json").exists() and not (run / ".last.old").exists()
+    log = capsys.readouterr().out
+    assert "--overwrite: deleted" in log and "best" in log and "kept eval, notes.txt" in log
+    assert set(Trainer.run_files) >= {"last", "best", "log.csv", "config.yaml", "test.json"}
+
+    data = Path(shutil.copytree(clean_dir, tmp_path / "data"))  # a run named after a data folder
+    with pytest.raises(FileExistsError, match=r"data is not a run folder .*--overwrite deletes only"):
+        train(config(tmp_path, clean_dir, "name=data"), overwrite=True, progress=False)
+    assert sorted(p.name for p in data.iterdir() if p.name != ".lock") == sorted(p.name for p in clean_dir.iterdir())
 
 
 @pytest.mark.parametrize("bad", ["iters=-5", "log_every=0", "save_every=0", "val_every=0", "batch_size=0"])
