@@ -66,24 +66,27 @@ class CityscapesDataset(MaskSegmentationDataset):
     ``leftImg8bit/{split}`` (images keep their ``{city}/`` folder: rain sources and derained copies mirror it).
 
     Every image needs its ground truth (train ids preferred, else label ids), every ground-truth file its image;
-    all masks are decoded and checked on open."""
+    all masks are decoded and checked on open. Subclasses for datasets in the Cityscapes label space (ACDC) set the
+    file-name suffixes and folder descriptions."""
+
+    image_suffix, label_ids_suffix, train_ids_suffix = IMAGE_SUFFIX, LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX
+    images_what, gt_what = "Cityscapes images (leftImg8bit/{split})", "Cityscapes ground truth (gtFine/{split})"
 
     def __init__(self, images_dir: str | Path, gt_dir: str | Path) -> None:
         self.images_dir, self.masks_dir = Path(images_dir), Path(gt_dir)
         self.classes = list(TRAIN_NAMES)
-        for d, what in ((self.images_dir, "Cityscapes images (leftImg8bit/{split})"),
-                        (self.masks_dir, "Cityscapes ground truth (gtFine/{split})")):
+        for d, what in ((self.images_dir, self.images_what), (self.masks_dir, self.gt_what)):
             if not d.is_dir():
                 raise DatasetError(f"{what} folder not found: {d}")
-        self.images = sorted(p for p in walk_files(self.images_dir) if p.name.endswith(IMAGE_SUFFIX))
+        self.images = sorted(p for p in walk_files(self.images_dir) if p.name.endswith(self.image_suffix))
         if not self.images:
-            raise DatasetError(f"{self.images_dir}: no *{IMAGE_SUFFIX} images in its city folders")
+            raise DatasetError(f"{self.images_dir}: no *{self.image_suffix} images in its subfolders")
         self.masks, self.mapped = [], []
         for image in self.images:
             rel = image.relative_to(self.images_dir)
-            stem = rel.name[: -len(IMAGE_SUFFIX)]
-            train_ids, label_ids = (self.masks_dir / rel.parent / f"{stem}{s}" for s in (TRAIN_IDS_SUFFIX,
-                                                                                       LABEL_IDS_SUFFIX))
+            stem = rel.name[: -len(self.image_suffix)]
+            train_ids, label_ids = (self.masks_dir / rel.parent / f"{stem}{s}" for s in (self.train_ids_suffix,
+                                                                                       self.label_ids_suffix))
             if train_ids.is_file():
                 self.masks.append(train_ids)
                 self.mapped.append(False)
@@ -92,10 +95,10 @@ class CityscapesDataset(MaskSegmentationDataset):
                 self.mapped.append(True)
             else:
                 raise DatasetError(f"ground truth not found for {image}: {label_ids} (or {train_ids.name})")
-        stems = {p.relative_to(self.images_dir).as_posix()[: -len(IMAGE_SUFFIX)] for p in self.images}
-        orphans = sorted(q for q in walk_files(self.masks_dir)
-                         if q.name.endswith((LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX))
-                         and _gt_stem(q.relative_to(self.masks_dir).as_posix()) not in stems)
+        stems = {p.relative_to(self.images_dir).as_posix()[: -len(self.image_suffix)] for p in self.images}
+        suffixes = (self.label_ids_suffix, self.train_ids_suffix)
+        orphans = sorted(q for q in walk_files(self.masks_dir) if q.name.endswith(suffixes)
+                         and _strip(q.relative_to(self.masks_dir).as_posix(), suffixes) not in stems)
         if orphans:
             raise DatasetError(f"ground truth without its image: {orphans[0]} ({len(orphans)} in all)")
         self.sizes = [self._check(i) for i in range(len(self.images))]
@@ -106,8 +109,8 @@ class CityscapesDataset(MaskSegmentationDataset):
         return label_ids_to_train_ids(mask, str(self.masks[i])) if self.mapped[i] else mask
 
 
-def _gt_stem(rel: str) -> str:
-    for suffix in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX):
+def _strip(rel: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in suffixes:
         if rel.endswith(suffix):
             return rel[: -len(suffix)]
     return rel

@@ -337,7 +337,8 @@ class SegmentationTask(Task):
     name = "segmentation"
     title = "Segmentation"
     aliases = ("seg",)
-    formats = ("masks", "cityscapes")
+    formats = ("masks", "cityscapes", "acdc")
+    real_rain_formats = ("acdc",)
     metrics = (MetricSpec("miou", "mIoU"), MetricSpec("pixel_acc", "pixel accuracy", "pixel acc."))
     per_class = {"iou_per_class": MetricSpec("iou", "IoU")}
     val_metric = "miou"
@@ -350,11 +351,15 @@ class SegmentationTask(Task):
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
         """``masks``: see :func:`downstream.datasets.open_mask_dataset`; ``cityscapes``: see
-        :func:`downstream.cityscapes.open_cityscapes`."""
+        :func:`downstream.cityscapes.open_cityscapes`; ``acdc``: see :func:`downstream.acdc.open_acdc`."""
         if format == "cityscapes":
             from downstream.cityscapes import open_cityscapes
 
             return open_cityscapes(path, split)
+        if format == "acdc":
+            from downstream.acdc import open_acdc
+
+            return open_acdc(path, split)
         from downstream.datasets import open_mask_dataset
 
         return open_mask_dataset(path, split)

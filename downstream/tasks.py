@@ -56,6 +56,7 @@ class Task(ABC):
     title: ClassVar[str] = ""  # how reports head its tables ("Detection")
     aliases: ClassVar[tuple[str, ...]] = ()  # other accepted spellings ("det")
     formats: ClassVar[tuple[str, ...]] = ()  # dataset formats, the first is the default
+    real_rain_formats: ClassVar[tuple[str, ...]] = ()  # formats whose images are real rain (bench: real_rain needed)
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()  # dataset metrics of results.csv; the first is the headline
     per_class: ClassVar[dict[str, MetricSpec]] = {}  # evaluator output holding {class: value} -> its metric
     val_metric: ClassVar[str] = ""  # what joint validation and checkpoint selection follow (a key of ``metrics``)

@@ -80,7 +80,7 @@ class DatasetSpec:
 
     name: str
     task: str  # a registered task (downstream.tasks): detection | segmentation | instance
-    format: str  # one of the task's formats: yolo | coco (detection, instance), masks (segmentation)
+    format: str  # one of the task's formats (yolo, coco, bdd100k; masks, cityscapes, acdc; README "Dataset formats")
     path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
     model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
     split: str = "val"
@@ -479,6 +479,9 @@ def validate(cfg: BenchConfig) -> None:
         if ds.format not in task.formats:
             raise ValueError(f"dataset {ds.name!r}: format {ds.format!r} is not for {task.name}; expected one of "
                              f"{task.formats}")
+        if ds.format in task.real_rain_formats and not ds.real_rain:
+            raise ValueError(f"dataset {ds.name!r}: {ds.format} images are real rain; set real_rain: NAME (the "
+                             "severity their rows get)")
         if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):
             raise FileNotFoundError(
                 f"dataset {ds.name!r}: task model not found: {ds.model}. Supply {task.model_help} (e.g. trained "

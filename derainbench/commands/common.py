@@ -14,6 +14,8 @@ Dataset formats (format: of a dataset, the task's first is the default):
     cityscapes (path = the Cityscapes root with leftImg8bit/{split}/{city}/*_leftImg8bit.png and
     gtFine/{split}/{city}/*_gtFine_labelIds.png, mapped to the 19 evaluated train ids by the table of
     cityscapesScripts helpers/labels.py; *_gtFine_labelTrainIds.png used as they are when present)
+    acdc (path = the ACDC root: rgb_anon/rain/{split}/{seq}/*_rgb_anon.png and gt/rain/{split}/{seq}/
+    *_gt_labelTrainIds.png, also inside rgb_anon_trainvaltest/ and gt_trainval/; real rain: set real_rain: NAME)
   detection: bdd100k (path = {labels: .../det_20/det_{split}.json, images: .../images/100k/{split},
     where: {weather: rainy}}: BDD100K's Scalabel JSON, the 10 detection classes, legacy names mapped, box2d corners
     inclusive; where keeps frames by weather, scene, timeofday)
@@ -21,15 +23,16 @@ Dataset formats (format: of a dataset, the task's first is the default):
 
 
 def add_config_arguments(p: argparse.ArgumentParser, config_help: str, *, required: bool = False,
-                         resumable: bool = False, force: bool = False) -> None:
+                         resumable: bool = False, force: bool = False, run_files: str = "") -> None:
     """``--config FILE``, ``key=value`` overrides and ``--no-progress``; with ``resumable`` also ``--resume`` and
-    ``--overwrite`` (runs that checkpoint), with ``force`` ``--force`` (runs that skip finished work)."""
+    ``--overwrite`` (runs that checkpoint; ``run_files``: what the run writes, which --overwrite deletes), with
+    ``force`` ``--force`` (runs that skip finished work)."""
     p.add_argument("--config", required=required, metavar="FILE", help=config_help)
     if resumable:
         p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last")
         p.add_argument("--overwrite", action="store_true",
-                       help="start afresh in a run folder that already holds a run (its checkpoints and log are "
-                            "deleted)")
+                       help=f"start afresh in a run folder that already holds a run: deletes what a run writes there "
+                            f"({run_files}) and nothing else; a folder holding no run is refused")
     if force:
         p.add_argument("--force", action="store_true", help="recompute finished cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

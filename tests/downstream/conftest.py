@@ -68,3 +68,17 @@ def shapes_dataset(root: Path, n: int = 48, size: int = 64, seed: int = 0, segme
 def shapes() -> Callable[..., Path]:
     """:func:`shapes_dataset`, for tests to call with their own folder and options."""
     return shapes_dataset
+
+
+@pytest.fixture(scope="session")
+def cityscapes_segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained U-Net checkpoint over the 19 Cityscapes train-id classes (Cityscapes, ACDC datasets)."""
+    from downstream.cityscapes import TRAIN_NAMES
+    from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("cityscapes-segmenter")
+    seg = build_segmenter(SegmenterConfig(arch="Unet", encoder="resnet18", num_classes=19, classes=list(TRAIN_NAMES),
+                                          encoder_depth=3, decoder_channels=[16, 8, 8]))
+    save_segmenter(seg, out)
+    return out

@@ -113,16 +113,7 @@ def test_ignored_ground_truth_is_neither_hit_nor_false_positive() -> None:
     assert np.isnan(out["iou_per_class"]["sky"]) and out["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
-def _segmenter(out: Path) -> Path:
-    from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
-
-    seg = build_segmenter(SegmenterConfig(arch="Unet", encoder="resnet18", num_classes=19, classes=OFFICIAL_NAMES,
-                                          encoder_depth=3, decoder_channels=[16, 8, 8]))
-    save_segmenter(seg, out)
-    return out
-
-
-def test_bench_and_report_over_the_cityscapes_layout(tmp_path: Path) -> None:
+def test_bench_and_report_over_the_cityscapes_layout(tmp_path: Path, cityscapes_segmenter: Path) -> None:
     from derain.config import load_config
     from derain.synth import synthesize_folder
     from eval.bench import BenchConfig, run_bench
@@ -130,7 +121,7 @@ def test_bench_and_report_over_the_cityscapes_layout(tmp_path: Path) -> None:
 
     data = tmp_path / "cityscapes"
     cityscapes_layout(data)
-    model = _segmenter(tmp_path / "seg")
+    model = cityscapes_segmenter
     synthesize_folder(data / "leftImg8bit/val", tmp_path / "rainy", preset="heavy", seed=0, progress=False)
     spec = (f"datasets=[{{name: cs, task: segmentation, format: cityscapes, path: {data}, model: {model}, "
             f"rainy: [{{name: ext, path: {tmp_path / 'rainy'}}}]}}]")
@@ -161,7 +152,7 @@ def test_train_task_reads_the_cityscapes_layout(tmp_path: Path, one_thread: None
         train_task(TaskTrainConfig(task="segmentation", format="bdd", data=str(tmp_path / "cs")), progress=False)
 
 
-def test_joint_tunes_a_derainer_on_the_cityscapes_layout(tmp_path: Path) -> None:
+def test_joint_tunes_a_derainer_on_the_cityscapes_layout(tmp_path: Path, cityscapes_segmenter: Path) -> None:
     import json
 
     from derain.config import load_config
@@ -172,7 +163,7 @@ def test_joint_tunes_a_derainer_on_the_cityscapes_layout(tmp_path: Path) -> None
     cfg = load_config(JointConfig, None, [
         "derainer.name=mspfn-lite", "derainer.options.channels=8", "derainer.options.cfm_channels=4",
         "derainer.options.lstm_channels=[4,8,8]", "derainer.options.units=1", "task=segmentation",
-        "data.format=cityscapes", f"data.path={tmp_path / 'cs'}", f"task_model={_segmenter(tmp_path / 'seg')}",
+        "data.format=cityscapes", f"data.path={tmp_path / 'cs'}", f"task_model={cityscapes_segmenter}",
         f"out={tmp_path / 'run'}", "device=cpu", "batch_size=2", "iters=2", "weights.task=1", "presets=[heavy]",
         "name=cs", "val_limit=1"])
     result = JointTrainer(cfg, progress=False).run()
