@@ -72,6 +72,9 @@ class RainSource:
 
     name: str  # its rows carry this in the ``severity`` column
     path: str
+    # a RainCityscapes folder (leftImg8bit_rain/{split}): {alpha, beta, dropsize, pattern: K | spread} picks one
+    # rain setting of its 36 renderings per frame (downstream.raincityscapes)
+    raincityscapes: dict[str, Any] | None = None
 
 
 @dataclass
@@ -380,6 +383,10 @@ def match_rain_source(source: RainSource, dataset: Any, n: int) -> list[Path]:
     from downstream.datasets import DatasetError
 
     root = Path(source.path)
+    if source.raincityscapes is not None:
+        from downstream.raincityscapes import match_raincityscapes
+
+        return match_raincityscapes(source.name, root, source.raincityscapes, dataset, n)
     if not root.is_dir():
         raise FileNotFoundError(f"rain source {source.name!r}: folder not found: {root}")
     files: dict[str, list[Path]] = {}

@@ -13,7 +13,9 @@ Dataset formats (format: of a dataset, the task's first is the default):
   segmentation: masks (path = ROOT with {split}/images, {split}/masks, classes.txt, or {images, masks, classes}),
     cityscapes (path = the Cityscapes root with leftImg8bit/{split}/{city}/*_leftImg8bit.png and
     gtFine/{split}/{city}/*_gtFine_labelIds.png, mapped to the 19 evaluated train ids by the table of
-    cityscapesScripts helpers/labels.py; *_gtFine_labelTrainIds.png used as they are when present)
+    cityscapesScripts helpers/labels.py; *_gtFine_labelTrainIds.png used as they are when present; a RainCityscapes
+    folder is a rain source: rainy: [{name, path: .../leftImg8bit_rain/{split}, raincityscapes: {alpha, beta,
+    dropsize, pattern: K or spread}}], one row per rain setting)
     acdc (path = the ACDC root: rgb_anon/rain/{split}/{seq}/*_rgb_anon.png and gt/rain/{split}/{seq}/
     *_gt_labelTrainIds.png, also inside rgb_anon_trainvaltest/ and gt_trainval/; real rain: set real_rain: NAME)
   detection: bdd100k (path = {labels: .../det_20/det_{split}.json, images: .../images/100k/{split},
