@@ -353,7 +353,7 @@ class DetectionTask(Task):
     name = "detection"
     title = "Detection"
     aliases = ("det",)
-    formats = ("yolo", "coco", "bdd100k")
+    formats = ("yolo", "coco", "bdd100k", "voc")
     metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"))
     per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5")}
     val_metric = "map50"
@@ -369,11 +369,15 @@ class DetectionTask(Task):
 
     def load_dataset(self, format: str, path: Any, split: str = "val") -> Any:
         """``yolo``, ``coco``: see :func:`downstream.datasets.open_detection_dataset`; ``bdd100k``: see
-        :func:`downstream.bdd100k.open_bdd100k`."""
+        :func:`downstream.bdd100k.open_bdd100k`; ``voc``: see :func:`downstream.voc.open_voc`."""
         if format == "bdd100k":
             from downstream.bdd100k import open_bdd100k
 
             return open_bdd100k(path, split)
+        if format == "voc":
+            from downstream.voc import open_voc
+
+            return open_voc(path, split)
         from downstream.datasets import open_detection_dataset
 
         return open_detection_dataset(format, path, split)

@@ -83,7 +83,7 @@ class DatasetSpec:
 
     name: str
     task: str  # a registered task (downstream.tasks): detection | segmentation | instance
-    format: str  # one of the task's formats (yolo, coco, bdd100k; masks, cityscapes, acdc; README "Dataset formats")
+    format: str  # one of the task's formats (yolo, coco, bdd100k, voc; masks, cityscapes, acdc; README "Tasks")
     path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
     model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
     split: str = "val"

@@ -21,6 +21,8 @@ Dataset formats (format: of a dataset, the task's first is the default):
   detection: bdd100k (path = {labels: .../det_20/det_{split}.json, images: .../images/100k/{split},
     where: {weather: rainy}}: BDD100K's Scalabel JSON, the 10 detection classes, legacy names mapped, box2d corners
     inclusive; where keeps frames by weather, scene, timeofday)
+    voc (path = a VOC devkit year folder with Annotations/, JPEGImages/, ImageSets/Main/{split}.txt, or a folder
+    with an XML next to each image; or {root, classes}; difficult objects ignored as the VOC evaluator does)
 """
 
 
