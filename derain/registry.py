@@ -56,6 +56,7 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     if name not in _MODELS:
         raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
     factory = _MODELS[name]
+    _check_values(name, factory, overrides)
     try:
         model = factory(**overrides)
     except TypeError as exc:
@@ -80,17 +81,50 @@ def model_options(name: str) -> list[str]:
 
 def _options(factory: Callable[..., nn.Module]) -> list[str]:
     """The keyword options a factory accepts (a ``**overrides`` factory: those of the class it returns)."""
+    return list(_parameters(factory))
+
+
+def _parameters(factory: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of a factory (a ``**overrides`` factory: also those of the class it returns)."""
     params = inspect.signature(factory).parameters
-    named = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    named = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         try:
             built = typing.get_type_hints(factory).get("return")
         except (NameError, TypeError):  # an annotation that does not resolve: only the named options are known
             built = None
         if inspect.isclass(built):
-            named += [k for k, p in inspect.signature(built).parameters.items() if p.kind not in (p.VAR_POSITIONAL,
-                                                                                               p.VAR_KEYWORD)]
+            named.update({k: p for k, p in inspect.signature(built).parameters.items()
+                          if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
     return named
+
+
+MAX_OPTION = 1024  # bound on every integer model option (counts, widths; the built-ins' largest default is 256)
+
+
+def _check_values(name: str, factory: Callable[..., nn.Module], options: dict[str, Any]) -> None:
+    """Options whose default is a bool, an int or a sequence of ints must be one too, and integers at most
+    :data:`MAX_OPTION`: a config or a checkpoint's model.json cannot ask for a billion stages (a hang) or put a
+    string where a count goes. Options without a default of those kinds are left to the model."""
+    params = _parameters(factory)
+    for key, value in options.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        where = f"derainer {name!r}: option {key!r}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+            continue
+        if isinstance(default, int):
+            values, kind = [value], "an integer"
+        elif isinstance(default, (list, tuple)) and default and all(isinstance(v, int) for v in default):
+            values, kind = (list(value) if isinstance(value, (list, tuple)) else [None]), "a list of integers"
+        else:
+            continue
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{where} must be {kind}, got {value!r}")
+            if v > MAX_OPTION:
+                raise ValueError(f"{where} = {v} is above {MAX_OPTION} (the bound on integer model options)")
 
 
 PLUGIN_GROUP = "derainbench.derainers"  # entry points whose modules register derainers when imported

@@ -97,3 +97,28 @@ def test_entry_point_plugins_register_derainers(monkeypatch: pytest.MonkeyPatch,
     finally:
         registry._MODELS.pop("plugin-net", None)
         sys.modules.pop("my_plugin", None)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"stages": 10**9}, r"derainer 'prenet': option 'stages' = 1000000000 is above 1024"),
+    ({"stages": "six"}, r"derainer 'prenet': option 'stages' must be an integer, got 'six'"),
+    ({"recurrent": "yes"}, r"derainer 'prenet': option 'recurrent' must be true or false, got 'yes'"),
+])
+def test_model_options_are_typed_and_bounded(options: dict, message: str) -> None:
+    """Configs and checkpoint metadata cannot ask for a billion stages (a hang) or a string where a count goes."""
+    with pytest.raises(ValueError, match=message):
+        build_model("prenet", **options)
+    with pytest.raises(ValueError, match=r"option 'lstm_channels' = 4096 is above 1024"):
+        build_model("mspfn-lite", lstm_channels=[8, 8, 4096])
+
+
+def test_a_checkpoint_asking_for_a_billion_stages_is_refused(tmp_path: Path) -> None:
+    import json
+
+    folder = save_checkpoint(tmp_path / "ck", build_model("prenet", stages=2, channels=4), name="prenet",
+                             config={"stages": 2, "channels": 4})
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["stages"] = 10**9
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"option 'stages' = 1000000000 is above 1024"):
+        load_derainer(folder)
