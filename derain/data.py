@@ -508,7 +508,8 @@ def sample_batch(
     ``len(source)`` samples); each item gets a uniform crop position; ONE random dihedral transform
     (MSPFN's augmentation) is applied to the whole batch. Rank ``r`` of ``world_size`` returns items
     ``[r·b, (r+1)·b)`` with ``b = batch_size // world_size``, so concatenating the ranks gives the
-    single-process batch. Images smaller than the patch are reflect-padded at the bottom/right.
+    single-process batch. Images smaller than the patch are reflect-padded at the bottom/right, up to twice their
+    sides (a larger patch is refused naming ``patch_size``: it would be mostly made up, and memory goes with it).
     """
     n = len(source)
     _check_batch_args(n, step, batch_size, patch_size, rank, world_size)
@@ -526,6 +527,10 @@ def sample_batch(
         r, c = source.get_pair(index)
         if r.shape != c.shape:
             raise PairError(f"pair {index} has different sizes: rainy {r.shape} vs clean {c.shape}")
+        if patch_size > 2 * min(r.shape[:2]):
+            raise ValueError(f"patch_size {patch_size} is more than twice the side of pair {index} "
+                             f"({r.shape[0]}×{r.shape[1]}): reflect padding would invent most of each patch; use a "
+                             f"patch_size of at most {2 * min(r.shape[:2])}")
         r, c = _pad_to(r, patch_size), _pad_to(c, patch_size)
         top = min(int(pos[j][0] * (r.shape[0] - patch_size + 1)), r.shape[0] - patch_size)
         left = min(int(pos[j][1] * (r.shape[1] - patch_size + 1)), r.shape[1] - patch_size)

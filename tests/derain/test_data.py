@@ -387,3 +387,12 @@ def test_flips_augment_keeps_vertical_structure_but_dihedral_does_not() -> None:
     assert not all(_rows_identical(b) for b in dihedral)
     with pytest.raises(ValueError, match="unknown augment"):
         sample_batch(src, 0, 2, 16, seed=0, augment="rot45")
+
+
+def test_a_patch_far_larger_than_the_images_is_refused(rng: np.random.Generator) -> None:
+    """Reflect padding fills a patch up to twice an image's side; beyond that it would be made up (and a 4096-px patch
+    on 96-px images exhausted the memory): refused in one line naming patch_size and the image."""
+    img = rng.random((96, 90, 3), dtype=np.float32)
+    assert sample_batch(ArraySource([img]), 0, 1, 180, seed=0)[1].shape == (1, 3, 180, 180)
+    with pytest.raises(ValueError, match=r"patch_size 4096 is more than twice the side of pair 0 \(96×90\)"):
+        sample_batch(ArraySource([img]), 0, 1, 4096, seed=0)
