@@ -30,7 +30,8 @@ summary.json {task, metric, before, after, psnr_y_before, psnr_y_after}.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("joint", help="fine-tune a derainer with a task loss", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, "YAML recipe (see configs/joint_demo.yaml)", resumable=True)
+    add_config_arguments(p, "YAML recipe (see configs/joint_demo.yaml)", resumable=True,
+                         run_files="last/, best/, log.csv, config.yaml, test.json, tb/, before.json, summary.json")
     p.set_defaults(func=run)
 
 

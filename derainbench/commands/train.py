@@ -25,7 +25,8 @@ Ctrl-C or SIGTERM saves last/ and exits; --resume continues from it.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a derainer", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, "YAML recipe (see configs/); omitted = all defaults", resumable=True)
+    add_config_arguments(p, "YAML recipe (see configs/); omitted = all defaults", resumable=True,
+                         run_files="last/, best/, log.csv, config.yaml, test.json, tb/")
     p.set_defaults(func=run)
 
 

@@ -34,3 +34,20 @@ def test_unknown_command_names_the_choices(capsys: pytest.CaptureFixture[str]) -
         cli.main(["nosuch"])
     err = capsys.readouterr().err
     assert "invalid choice: 'nosuch'" in err and "train-task" in err
+
+
+@pytest.mark.parametrize("name", ["train", "joint"])
+def test_overwrite_help_lists_what_it_deletes(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--overwrite's help names exactly the files the trainer deletes (``run_files``)."""
+    import re
+
+    from derain.train import Trainer
+    from downstream.joint import JointTrainer
+
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = re.search(r"deletes what a run writes there \(([^)]*)\) and nothing else", text)
+    assert listed, text
+    trainer = Trainer if name == "train" else JointTrainer
+    assert [f.strip().rstrip("/") for f in listed.group(1).split(",")] == list(trainer.run_files)
