@@ -1,0 +1,151 @@
+"""Bad inputs across sub-commands (issue 22 item 14): each row builds one hostile or broken input, runs the command
+line in-process and expects exit != 0, no traceback, and a message naming the file or key at fault. New formats,
+checkpoints and presets join the table as they land."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from derain.checkpoint import save_checkpoint
+from derain.imageio import write_image
+from derain.registry import build_model
+from derainbench.cli import main
+
+Case = Callable[[Path], tuple[list[str], str]]  # tmp folder -> (argv, text the message must contain)
+
+
+def _images(folder: Path, n: int = 2, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_image(folder / f"img{i}.png", rng.random((size, size, 3), dtype=np.float32))
+    return folder
+
+
+def _derain(tmp: Path, model: Path | str) -> list[str]:
+    return ["derain", "--no-progress", "--model", str(model), "--input", str(_images(tmp / "in")),
+            "--output", str(tmp / "out")]
+
+
+def _checkpoint_saying(tmp: Path, **config: object) -> Path:
+    """A valid tiny PReNet checkpoint whose model.json then asks for ``config``."""
+    folder = save_checkpoint(tmp / "ck", build_model("prenet", stages=2, channels=4), name="prenet",
+                             config={"stages": 2, "channels": 4})
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"].update(config)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def garbage_pth(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "garbage.pth").write_bytes(b"\x80\x04 this is not a checkpoint" * 10)
+    return _derain(tmp, tmp / "garbage.pth"), "garbage.pth"
+
+
+def malicious_pickle(tmp: Path) -> tuple[list[str], str]:
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (tmp / "ran",))
+
+    (tmp / "evil.pth").write_bytes(pickle.dumps({"params": {"w": torch.zeros(1)}, "x": Payload()}, protocol=2))
+    return _derain(tmp, tmp / "evil.pth"), "evil.pth"
+
+
+def not_a_derainer(tmp: Path) -> tuple[list[str], str]:
+    from derain import zoo
+
+    sr = zoo.arch_classes("Compact")[0](num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)
+    torch.save(sr.state_dict(), tmp / "x4.pth")
+    return _derain(tmp, tmp / "x4.pth"), "x4.pth"
+
+
+def billion_stages(tmp: Path) -> tuple[list[str], str]:
+    return _derain(tmp, _checkpoint_saying(tmp, stages=10**9)), "'stages'"
+
+
+def stages_as_text(tmp: Path) -> tuple[list[str], str]:
+    return _derain(tmp, _checkpoint_saying(tmp, stages="six")), "'stages'"
+
+
+def float_tiff_out_of_range(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "in").mkdir()
+    Image.fromarray(np.full((8, 8), 300.0, np.float32), mode="F").save(tmp / "in" / "hot.tif")
+    return ["derain", "--no-progress", "--model", "identity", "--input", str(tmp / "in"), "--output",
+            str(tmp / "out")], "hot.tif"
+
+
+def _train(tmp: Path, *extra: str) -> list[str]:
+    return ["train", "--no-progress", f"out={tmp}", "name=run", "iters=1", "batch_size=1", "device=cpu",
+            "model.name=prenet", "model.options.stages=1", "model.options.channels=4",
+            f"train.clean={_images(tmp / 'clean', size=24)}", "val=null", *extra]
+
+
+def huge_patch(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "patch_size=4096"), "patch_size"
+
+
+def unknown_train_key(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "optim.lrr=1e-3"), "lrr"
+
+
+def overwrite_a_data_folder(tmp: Path) -> tuple[list[str], str]:
+    _images(tmp / "run")
+    return [*_train(tmp, "patch_size=16"), "--overwrite"], "is not a run folder"
+
+
+def _coco_bench(tmp: Path, ids: list[int], out: Path | None = None) -> list[str]:
+    images = _images(tmp / "coco" / "images", n=len(ids))
+    data = {"images": [{"id": i, "file_name": f"img{k}.png"} for k, i in enumerate(ids)], "annotations": [],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp / "coco" / "ann.json").write_text(json.dumps(data))
+    (tmp / "bench.yaml").write_text("samples: 0\n")
+    return ["bench", "--no-progress", "--config", str(tmp / "bench.yaml"), f"out={out or tmp / 'bench'}", "device=cpu",
+            "severities=[light]",
+            f"datasets=[{{name: c, task: detection, format: coco, path: {{images: {images}, annotations: "
+            f"{tmp / 'coco' / 'ann.json'}}}, model: yolo11n.yaml}}]"]
+
+
+def duplicate_coco_ids(tmp: Path) -> tuple[list[str], str]:
+    return _coco_bench(tmp, [1, 1]), "duplicate image ids [1]"
+
+
+def bench_out_inside_the_images(tmp: Path) -> tuple[list[str], str]:
+    return _coco_bench(tmp, [1, 2], out=tmp / "coco" / "images" / "run"), "lies inside the images of dataset 'c'"
+
+
+def bench_malicious_derainer(tmp: Path) -> tuple[list[str], str]:
+    malicious_pickle(tmp)
+    return [*_coco_bench(tmp, [1, 2]), f"derainers=[{{name: evil, model: {tmp / 'evil.pth'}}}]"], "derainer 'evil'"
+
+
+CASES: list[Case] = [garbage_pth, malicious_pickle, not_a_derainer, billion_stages, stages_as_text,
+                     float_tiff_out_of_range, huge_patch, unknown_train_key, overwrite_a_data_folder,
+                     duplicate_coco_ids, bench_out_inside_the_images, bench_malicious_derainer]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_fails_in_one_line_naming_it(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv, names = case(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    except Exception as exc:  # what the user would see as a traceback
+        pytest.fail(f"{argv[0]}: traceback instead of a message: {type(exc).__name__}: {exc}")
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code not in (0, None), captured.out
+    assert "Traceback" not in captured.err + captured.out
+    assert names in err, err
+    assert err.splitlines()[-1].startswith(f"derainbench {argv[0]}: error:") and names in err.splitlines()[-1], err
+    assert not (tmp_path / "ran").exists()
