@@ -6,6 +6,7 @@ Unknown keys are errors that name the key and the file, so a typo never silently
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -184,7 +185,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if tp is int and float(value) != int(value):
+        if tp is int and (not math.isfinite(value) or float(value) != int(value)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return tp(value)
     if tp is str:

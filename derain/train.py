@@ -239,6 +239,8 @@ class Trainer:
             value = getattr(cfg, key, None)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be a positive number, got {value}")
+        if cfg.optim.decay_steps < 1:
+            raise ConfigError(f"optim.decay_steps must be a positive number of steps, got {cfg.optim.decay_steps}")
         if cfg.optim.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.optim.schedule!r}")
         if getattr(cfg, "loss", None) is not None and cfg.loss.name not in LOSSES:

@@ -373,6 +373,9 @@ def _load_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: COCO JSON must be an object with lists images, annotations, categories; got a "
+                           f"{type(data).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetError(f"{path}: COCO JSON needs lists {missing}")
@@ -382,6 +385,14 @@ def _load_json(path: Path) -> dict[str, Any]:
             if lacking:
                 raise DatasetError(f"{path}: {section}[{k}] lacks {', '.join(repr(x) for x in lacking)} "
                                    f"(every COCO {section[:-1]} needs {', '.join(keys)})")
+    for section, keys in (("categories", ("id",)), ("images", ("id",)), ("annotations", ("image_id", "category_id"))):
+        for k, entry in enumerate(data[section]):
+            for key in keys:
+                value = entry.get(key, 0) if isinstance(entry, dict) else None
+                try:
+                    int(value)
+                except (TypeError, ValueError):
+                    raise DatasetError(f"{path}: {section}[{k}] {key} {value!r} is not an integer id") from None
     return data
 
 

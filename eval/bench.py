@@ -466,6 +466,11 @@ def validate(cfg: BenchConfig) -> None:
                              f"overlap {d.overlap}")
         if d.stat_passes < 0:
             raise ValueError(f"derainer {d.name!r}: stat_passes must be >= 0, got {d.stat_passes}")
+    for key in ("conf", "iou"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:  # NaN fails too
+            raise ValueError(f"{key} must be within [0, 1] (a detector threshold), got {getattr(cfg, key)}")
+    if cfg.bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 (resamples for the 95 % intervals; 0 = none), got {cfg.bootstrap}")
     if cfg.rain_seeds < 1:
         raise ValueError(f"rain_seeds must be >= 1 (the number of rain seeds per synthetic severity), got "
                          f"{cfg.rain_seeds}")

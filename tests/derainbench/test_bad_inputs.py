@@ -125,9 +125,45 @@ def bench_malicious_derainer(tmp: Path) -> tuple[list[str], str]:
     return [*_coco_bench(tmp, [1, 2]), f"derainers=[{{name: evil, model: {tmp / 'evil.pth'}}}]"], "derainer 'evil'"
 
 
+def coco_json_a_list(tmp: Path) -> tuple[list[str], str]:
+    argv = _coco_bench(tmp, [1, 2])
+    (tmp / "coco" / "ann.json").write_text("[]")
+    return argv, "ann.json"
+
+
+def coco_id_not_a_number(tmp: Path) -> tuple[list[str], str]:
+    argv = _coco_bench(tmp, [1, 2])
+    data = json.loads((tmp / "coco" / "ann.json").read_text())
+    data["images"][1]["id"] = "two"
+    (tmp / "coco" / "ann.json").write_text(json.dumps(data))
+    return argv, "ann.json"
+
+
+def bench_conf_nan(tmp: Path) -> tuple[list[str], str]:
+    return [*_coco_bench(tmp, [1, 2]), "conf=.nan"], "conf"
+
+
+def bench_iou_above_one(tmp: Path) -> tuple[list[str], str]:
+    return [*_coco_bench(tmp, [1, 2]), "iou=1.5"], "iou"
+
+
+def bench_bootstrap_inf(tmp: Path) -> tuple[list[str], str]:
+    return [*_coco_bench(tmp, [1, 2]), "bootstrap=.inf"], "bootstrap"
+
+
+def train_iters_inf(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "patch_size=16", "iters=.inf"), "iters"
+
+
+def train_decay_steps_zero(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "patch_size=16", "optim.decay_steps=0"), "decay_steps"
+
+
 CASES: list[Case] = [garbage_pth, malicious_pickle, not_a_derainer, billion_stages, stages_as_text,
                      float_tiff_out_of_range, huge_patch, unknown_train_key, overwrite_a_data_folder,
-                     duplicate_coco_ids, bench_out_inside_the_images, bench_malicious_derainer]
+                     duplicate_coco_ids, bench_out_inside_the_images, bench_malicious_derainer, coco_json_a_list,
+                     coco_id_not_a_number, bench_conf_nan, bench_iou_above_one, bench_bootstrap_inf, train_iters_inf,
+                     train_decay_steps_zero]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
