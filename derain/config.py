@@ -90,7 +90,8 @@ def check_name(value: str, what: str) -> str:
     ``..``, spaces or hidden names), at most 100 characters."""
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or len(value) > 100:
         raise ConfigError(f"{what} {value!r} is not a plain name: use letters, digits and . _ + - @ =, starting with a "
-                          "letter or digit (it becomes part of output paths, so no '/', '..' or spaces)")
+                          "letter or digit, at most 100 characters (it becomes part of output paths, so no '/', '..' "
+                          "or spaces)")
     return value
 
 

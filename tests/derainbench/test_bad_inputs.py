@@ -159,7 +159,11 @@ def train_decay_steps_zero(tmp: Path) -> tuple[list[str], str]:
     return _train(tmp, "patch_size=16", "optim.decay_steps=0"), "decay_steps"
 
 
-CASES: list[Case] = [garbage_pth, malicious_pickle, not_a_derainer, billion_stages, stages_as_text,
+def train_name_too_long(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "patch_size=16", f"name={'r' * 101}"), "at most 100 characters"
+
+
+CASES: list[Case] = [train_name_too_long, garbage_pth, malicious_pickle, not_a_derainer, billion_stages, stages_as_text,
                      float_tiff_out_of_range, huge_patch, unknown_train_key, overwrite_a_data_folder,
                      duplicate_coco_ids, bench_out_inside_the_images, bench_malicious_derainer, coco_json_a_list,
                      coco_id_not_a_number, bench_conf_nan, bench_iou_above_one, bench_bootstrap_inf, train_iters_inf,
