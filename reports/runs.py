@@ -23,6 +23,7 @@ from downstream.tasks import get_task
 from eval.bench import SUMMARY_SEVERITY
 
 RESULT_COLUMNS = ["dataset", "task", "severity", "method", "metric", "value"]
+NUMERIC_COLUMNS = ("value", "ci_low", "ci_high", "std", "seeds", "seed")  # checked to be numbers where present
 CLASS_COLUMNS = ["dataset", "task", "severity", "method", "class", "metric", "value"]
 BASELINES = ("clean", "rainy")
 # What makes two runs score a dataset the same way (so their rows may share a table).
@@ -113,6 +114,14 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         )
     for col in ("dataset", "task", "severity", "method"):
         table[col] = table[col].astype(str)
+    for col in [c for c in NUMERIC_COLUMNS if c in table.columns]:
+        numbers = pd.to_numeric(table[col], errors="coerce")
+        bad = numbers.isna() & table[col].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{path}:{row + 2}: column {col!r} holds {table[col].iloc[row]!r}, not a number (a "
+                             "damaged or hand-edited row; rerun `derainbench bench` to rebuild the file)")
+        table[col] = numbers
     return table
 
 

@@ -99,3 +99,19 @@ def test_per_class_rows_come_from_cells_when_the_csv_is_missing(tiny_bench_run: 
     merged = a.merge(b, on=key, suffixes=("_csv", "_cells"))
     assert len(merged) == len(a) == len(b)
     assert merged.value_csv.fillna(-1).tolist() == pytest.approx(merged.value_cells.fillna(-1).tolist())
+
+
+@pytest.mark.parametrize("row", ["seg,segmentation,heavy,lite,miou,abc,,,,",
+                                 "seg,segmentation,heavy,lite,miou,0.5,,,,two"])
+def test_a_garbage_results_row_is_named(tiny_bench_run: Path, tmp_path: Path, row: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited results.csv fails in one line naming the file and row (was a pandas TypeError or silence)."""
+    from derainbench.cli import main
+
+    run = copy_run(tiny_bench_run, tmp_path / "run")
+    with open(run / "results.csv", "a") as fh:
+        fh.write(row + "\n")
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "results.csv:" in err and "not a number" in err and "\n" not in err, err
