@@ -42,7 +42,10 @@ differences.csv (derainer A - B per severity and for mPC, with intervals), summa
 per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with the ground
 truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
 (one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a
-crash loses at most one cell). `derainbench report OUT` turns the folder into tables, figures and image grids.
+crash loses at most one cell), inputs/ (the sha256 of every dataset file the cells read). A rerun recomputes
+the cells whose inputs changed (config, weights, rain, scoring code, or the content of an image, label or
+annotation file) and says which and why, naming changed files. OUT may not lie inside a dataset's image folder.
+`derainbench report OUT` turns the folder into tables, figures and image grids.
 
 """ + DATASET_FORMATS_HELP + """
 Examples:
