@@ -96,6 +96,10 @@ class VocDetectionDataset(DetectionDataset):
             records.append(ImageRecord(image, image.relative_to(images_dir).as_posix(), i + 1, h, w,
                                        _stack_boxes(boxes), np.array(cls, dtype=np.int64), crowd=crowd))
         super().__init__(list(classes), list(range(1, len(classes) + 1)), images_dir, records, source)
+        self.xmls = [xml for _, xml in pairs]
+
+    def label_files(self, i: int) -> list[Path]:
+        return [self.xmls[i]]  # what the bench fingerprints besides the image
 
 
 def _devkit_pairs(root: Path, split: str) -> tuple[list[tuple[Path, Path]], Path, list[Path]]:

@@ -100,3 +100,11 @@ def test_bench_over_the_devkit_layout(tmp_path: Path) -> None:
                                           "bootstrap=0", spec, "derainers=[{name: identity, model: identity}]"])
     res = pd.read_csv(run_bench(cfg, progress=False) / "results.csv")
     assert set(res.severity) >= {"none", "light"} and {"map", "map50", "psnr_y"} <= set(res.metric)
+
+
+def test_files_list_each_image_and_its_xml(tmp_path: Path) -> None:
+    """What the bench fingerprints: an edited XML recomputes the cells that read it."""
+    voc = devkit_layout(tmp_path)
+    ds = load_task_dataset("detection", "voc", str(voc), "val")
+    assert ds.files() == [voc / "JPEGImages/000005.jpg", voc / "Annotations/000005.xml",
+                          voc / "JPEGImages/000007.jpg", voc / "Annotations/000007.xml"]
