@@ -59,5 +59,6 @@ def train_task(cfg: TaskTrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    extra = {"format": cfg.format} if cfg.format else {}  # tasks written before formats were configurable still run
     return task.train(recipe, cfg.data, out, resolve_device(cfg.device), cfg.seed, cfg.batch, progress=progress,
-                      format=cfg.format or task.formats[0])
+                      **extra)
