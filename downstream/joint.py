@@ -129,6 +129,8 @@ class JointTrainer(Trainer):
             raise ValueError(f"task_model is required ({self.task.name}: {self.task.model_help})")
         if cfg.data.path is None:
             raise ValueError("data.path is required")
+        if cfg.crop is not None and cfg.crop < 1:
+            raise ValueError(f"crop must be a positive number of pixels (a crop×crop window per image), got {cfg.crop}")
         w = cfg.weights
         if min(w.restore, w.task, w.feat) < 0 or not (w.restore or w.task or w.feat):
             raise ValueError(f"loss weights must be >= 0 and not all zero, got {w}")

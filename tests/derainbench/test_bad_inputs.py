@@ -163,11 +163,17 @@ def train_name_too_long(tmp: Path) -> tuple[list[str], str]:
     return _train(tmp, "patch_size=16", f"name={'r' * 101}"), "at most 100 characters"
 
 
-CASES: list[Case] = [train_name_too_long, garbage_pth, malicious_pickle, not_a_derainer, billion_stages, stages_as_text,
-                     float_tiff_out_of_range, huge_patch, unknown_train_key, overwrite_a_data_folder,
-                     duplicate_coco_ids, bench_out_inside_the_images, bench_malicious_derainer, coco_json_a_list,
-                     coco_id_not_a_number, bench_conf_nan, bench_iou_above_one, bench_bootstrap_inf, train_iters_inf,
-                     train_decay_steps_zero]
+def joint_negative_crop(tmp: Path) -> tuple[list[str], str]:
+    return ["joint", "--no-progress", f"out={tmp}", "task=segmentation", "data.format=masks", "task_model=seg-model",
+            "data.path=scenes",
+            "crop=-1"], "crop"
+
+
+CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
+                     billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
+                     overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
+                     bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
+                     bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
