@@ -91,7 +91,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--overlap", type=int, nargs="*", default=[64, 128], help="tile overlaps to measure (none: skip)")
+    p.add_argument("--no-time", action="store_true", help="skip the timings")
     p.add_argument("--memory", type=float, nargs="*", default=[], metavar="MP", help="megapixels, e.g. 1 4")
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; released configurations, random weights")
@@ -99,18 +100,20 @@ def main() -> None:
     for arch in args.archs:
         model = released(arch)
         params = sum(q.numel() for q in model.parameters())
-        nchw = best_time(model, x, args.repeats, channels_last=False, compile=False)
-        nhwc = best_time(model, x, args.repeats, channels_last=True, compile=False)
-        model.to(memory_format=torch.contiguous_format)
-        line = f"{arch:<10} {params:>11,} params  480x320 CPU: NCHW {nchw * 1000:8.0f} ms  channels_last " \
-               f"{nhwc * 1000:8.0f} ms ({nchw / nhwc:.2f}x)"
-        if args.compile:
-            comp = best_time(model, x, args.repeats, channels_last=False, compile=True)
-            line += f"  compiled NCHW {comp * 1000:8.0f} ms ({nchw / comp:.2f}x)"
-        print(line, flush=True)
-        worst, share = tiled_error(model, args.tile, args.overlap)
-        print(f"{arch:<10} tiled {args.tile}/{args.overlap} vs whole on 4 skimage photos: max {worst} levels, "
-              f"{share * 100:.3f} % of values off by more than one", flush=True)
+        if not args.no_time:
+            nchw = best_time(model, x, args.repeats, channels_last=False, compile=False)
+            nhwc = best_time(model, x, args.repeats, channels_last=True, compile=False)
+            model.to(memory_format=torch.contiguous_format)
+            line = f"{arch:<10} {params:>11,} params  480x320 CPU: NCHW {nchw * 1000:8.0f} ms  channels_last " \
+                   f"{nhwc * 1000:8.0f} ms ({nchw / nhwc:.2f}x)"
+            if args.compile:
+                comp = best_time(model, x, args.repeats, channels_last=False, compile=True)
+                line += f"  compiled NCHW {comp * 1000:8.0f} ms ({nchw / comp:.2f}x)"
+            print(line, flush=True)
+        for overlap in args.overlap:
+            worst, share = tiled_error(model, args.tile, overlap)
+            print(f"{arch:<10} tiled {args.tile}/{overlap} vs whole on 4 skimage photos: max {worst} levels, "
+                  f"{share * 100:.3f} % of values off by more than one", flush=True)
         for mp in args.memory:
             h, w, mb = peak_memory(arch, mp)
             print(f"{arch:<10} whole-image peak memory at {h}x{w} ({h * w / 1e6:.2f} MP): {mb:,.0f} MB", flush=True)

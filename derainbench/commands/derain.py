@@ -40,6 +40,11 @@ whole-image output (8-bit values, real photos, bench/tiling_error.py, tile 512, 
   MSPFN (the demo's mspfn-lite, overlap 128, 1 statistics pass): at most 1 level on four 1200×800 COCO photos
     (none of 11.5 M values off by more). With overlap 64: up to 7 levels (0.1 % of values off by more than
     one); without the statistics pass (0): up to 19 levels (1.6 %).
+  Restormer and MPRNet (zoo) are NOT tile-exact: Restormer's attention mixes every position of the image and
+    MPRNet's first stage splits the image into quadrants, so tiles compute another function. With random weights
+    at the released sizes (bench/zoo_speed.py, tile 256 on 4 photos): Restormer up to 79 levels (31 % of values
+    off by more than one; overlap 128 no better), MPRNet up to 109-114 levels (7 %). Prefer whole images; on the CPU
+    whole-image Restormer needs about 8.7 GB at 1 MP (MPRNet 3.8 GB at 1 MP, 14.8 GB at 4 MP).
 
 Examples:
   derainbench derain --model prenet --weights PReNet_Rain100L_PReNet6.pth --input rainy/ --output derained/
