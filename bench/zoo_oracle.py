@@ -100,14 +100,15 @@ def check(arch: str, repo: Path, size: tuple[int, int], scratch: Path) -> None:
     h, w = size
     img8 = data.astronaut()[40 : 40 + h, 20 : 20 + w]
     img = np.float32(img8) / 255.0
-    src = scratch / f"{arch}_in"
+    src = scratch / f"{arch}_{h}x{w}_in"
     src.mkdir(exist_ok=True)
     Image.fromarray(img8).save(src / "photo.png")
     ref = (authors_restormer if arch == "Restormer" else authors_mprnet)(module, img, ckpt)
     ours = load_derainer(ckpt)
     out = derain_tensor(ours, torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
-    dst = scratch / f"{arch}_out"
-    cli(["derain", "--model", str(ckpt), "--input", str(src), "--output", str(dst), "--no-progress"])
+    dst = scratch / f"{arch}_{h}x{w}_out"
+    if cli(["derain", "--model", str(ckpt), "--input", str(src), "--output", str(dst), "--no-progress"]) != 0:
+        raise SystemExit(f"derainbench derain failed for {arch} at {h}x{w}")
     png = np.asarray(Image.open(dst / "photo.png")).astype(np.int16)
     ref8 = np.round(ref * 255).astype(np.int16)  # skimage img_as_ubyte rounds
     params = sum(p.numel() for p in model.parameters())
