@@ -22,6 +22,13 @@ versioned (heavy@v1 = the rain of derainbench 0.2.0; see `derainbench synth --he
 version. rain_seeds=K scores synthetic rain with seeds seed..seed+K-1: values are means over the seeds, with std
 and seeds columns, and intervals resample seeds too.
 
+Rain sources: rainy: [{name: NAME, path: DIR}] of a dataset scores rainy copies made elsewhere as severity NAME.
+DIR is the rained copy of the dataset's image folder or of any folder above it (e.g. the dataset root written
+by `derainbench synth --with-labels DATA DATA-rainy`: path: DATA-rainy), in every format. Image IMAGES/REL is
+looked up at DIR/REL, DIR/<last folder of IMAGES>/REL, DIR/<last two>/REL, ... (any image extension); the one
+reading that finds rainy files is used; two (copies at two levels), none, or DIR being the clean image folder
+itself are refused in one line naming the folders, and a labelled image without its rainy file is listed.
+
 Speed: every rainy and derained image is made once per run folder and shared by all cells, tasks and
 datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; safe to delete; cache=false
 turns it off). Derained images are scored on the 8-bit grid, as saved outputs are. Images are read and rain
