@@ -507,8 +507,8 @@ def synthesize_folder(
     Each image gets ``image_seed(seed, relative_path)`` and a sidecar. By default other files (labels,
     lists) are never read, copied or changed. ``with_labels=True`` makes ``dst_dir`` a complete task
     dataset: every non-image file (label .txt, data.yaml, COCO JSON, classes.txt) is copied unchanged, and
-    so is every image inside a folder named ``masks`` or ``labels`` (segmentation masks are labels, not
-    photos). Returns the per-image parameter dicts (``file`` = relative path).
+    so is every label image (:func:`is_label_image`: inside ``masks``/``labels`` or Cityscapes'/ACDC's ground-truth
+    folders; segmentation masks are labels, not photos). Returns the per-image parameter dicts (``file`` = relative path).
     """
     src_root, dst_root = Path(src_dir), Path(dst_dir)
     if src_root.resolve() == dst_root.resolve():
@@ -518,7 +518,7 @@ def synthesize_folder(
         overrides = {}
     images = find_images(src_root, exclude=dst_root)
     if with_labels:
-        labels = [rel for rel in images if LABEL_DIRS & set(rel.parts[:-1])]
+        labels = [rel for rel in images if is_label_image(rel)]
         images = [rel for rel in images if rel not in set(labels)]
         _copy_unchanged(src_root, dst_root, labels + _other_files(src_root, dst_root))
     if not images:
@@ -532,7 +532,16 @@ def synthesize_folder(
     return results
 
 
-LABEL_DIRS = {"masks", "labels"}  # images in these folders are annotations: copied, never rained on
+# Images in these folders, or named with these parts, are annotations: copied, never rained on. Ours and YOLO's
+# (masks/, labels/), Cityscapes' (gtFine/, gtCoarse/: *_gtFine_labelIds.png ...), ACDC's (gt/ or gt_trainval/:
+# *_gt_labelTrainIds.png ...).
+LABEL_DIRS = {"masks", "labels", "gtFine", "gtCoarse", "gt", "gt_trainval", "gt_trainvaltest"}
+LABEL_NAME_PARTS = ("_gtFine_", "_gtCoarse_", "_gt_label", "_gt_inv")
+
+
+def is_label_image(rel: Path) -> bool:
+    """Whether the image file at relative path ``rel`` is an annotation (a mask or label map), not a photo."""
+    return bool(LABEL_DIRS & set(rel.parts[:-1])) or any(part in rel.name for part in LABEL_NAME_PARTS)
 
 
 def _other_files(src_root: Path, dst_root: Path) -> list[Path]:

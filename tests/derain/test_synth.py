@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from derain.imageio import ImageReadError, quantize_uint8, read_image, write_image
 from derain.samples import sample_photos
@@ -474,3 +475,24 @@ def test_every_versioned_preset_is_pinned_and_unchanged() -> None:
     assert sorted(versioned) == sorted(RELEASED_RAIN_SHA256), "pin the digests of a new preset version here"
     for name in versioned:
         assert _rain_digests(name) == RELEASED_RAIN_SHA256[name], f"{name} changed: release it as a new version"
+
+
+def test_with_labels_never_rains_cityscapes_or_acdc_ground_truth(tmp_path: Path) -> None:
+    """Label maps of the Cityscapes and ACDC layouts (gtFine/..._gtFine_labelIds.png, gt/..._gt_labelTrainIds.png)
+    are copied byte for byte; only the photos get rain."""
+    from derain.synth import synthesize_folder
+
+    src = tmp_path / "cs"
+    photo = src / "leftImg8bit/val/bonn/bonn_000000_000019_leftImg8bit.png"
+    label = src / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png"
+    acdc = src / "gt/rain/val/GOPR0400/GOPR0400_frame_000001_gt_labelTrainIds.png"
+    rng = np.random.default_rng(0)
+    for path, channels in ((photo, 3), (label, 1), (acdc, 1)):
+        path.parent.mkdir(parents=True)
+        shape = (40, 48, 3) if channels == 3 else (40, 48)
+        Image.fromarray(rng.integers(0, 30, shape, dtype=np.uint8)).save(path)
+    synthesize_folder(src, tmp_path / "cs-rainy", "heavy", seed=0, progress=False, with_labels=True)
+    for path in (label, acdc):
+        assert (tmp_path / "cs-rainy" / path.relative_to(src)).read_bytes() == path.read_bytes()
+    rained = tmp_path / "cs-rainy" / photo.relative_to(src)
+    assert rained.read_bytes() != photo.read_bytes() and rained.with_suffix(".rain.json").is_file()
