@@ -508,7 +508,8 @@ def synthesize_folder(
     lists) are never read, copied or changed. ``with_labels=True`` makes ``dst_dir`` a complete task
     dataset: every non-image file (label .txt, data.yaml, COCO JSON, classes.txt) is copied unchanged, and
     so is every label image (:func:`is_label_image`: inside ``masks``/``labels`` or Cityscapes'/ACDC's ground-truth
-    folders; segmentation masks are labels, not photos). Returns the per-image parameter dicts (``file`` = relative path).
+    folders; segmentation masks are labels, not photos). Returns the per-image parameter dicts (``file`` = relative
+    path).
     """
     src_root, dst_root = Path(src_dir), Path(dst_dir)
     if src_root.resolve() == dst_root.resolve():
