@@ -27,14 +27,21 @@ frame's position in the JSON + 1 (a subset keeps them).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from downstream.datasets import DatasetError, DetectionDataset, ImageRecord, _check_box, _stack_boxes, read_image_size
+from downstream.datasets import (
+    DatasetError,
+    DetectionDataset,
+    ImageRecord,
+    _check_box,
+    _stack_boxes,
+    read_image_size,
+    read_json_file,
+)
 
 CLASSES: tuple[str, ...] = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
                             "traffic light", "traffic sign")
@@ -129,12 +136,7 @@ class Bdd100kDetectionDataset(DetectionDataset):
 
 
 def _load_frames(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DatasetError(f"BDD100K label file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON: {exc}") from exc
+    data = read_json_file(path, "BDD100K label file")
     if isinstance(data, Mapping) and isinstance(data.get("frames"), list):  # scalabel's {frames, config} dataset
         data = data["frames"]
     if not isinstance(data, list) or not all(isinstance(f, Mapping) for f in data):

@@ -366,13 +366,18 @@ class CocoDetectionDataset(DetectionDataset):
                            np.array(classes, dtype=np.int64), np.array(areas, dtype=np.float64), crowd)
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def read_json_file(path: Path, what: str) -> Any:
+    """The parsed JSON of an annotation file; a missing or malformed ``what`` file is a one-line DatasetError."""
     if not path.is_file():
-        raise DatasetError(f"annotation file not found: {path}")
+        raise DatasetError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON: {exc}") from exc
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: invalid JSON: {exc}") from None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    data = read_json_file(path, "annotation file")
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: COCO JSON must be an object with lists images, annotations, categories; got a "
                            f"{type(data).__name__}")
