@@ -20,6 +20,12 @@ Examples:
   derainbench joint --config configs/joint_demo.yaml
   derainbench joint --config configs/joint_demo.yaml weights.restore=0 iters=100 device=cpu
   derainbench joint --config configs/joint_demo.yaml --resume     # continue exactly where it stopped
+  derainbench joint --config configs/joint_demo.yaml derainer.init=deraining.pth   # a task-driven Restormer
+
+The derainer: derainer.name (a registered derainer) with derainer.options, starting from derainer.init (a
+checkpoint folder or a weights file); derainer.init alone takes the architecture the file holds (a derainbench
+checkpoint's, a built-in's, or a zoo architecture such as the authors' Restormer deraining.pth, see
+`derainbench models`), saved as our checkpoint folder that records it.
 
 The run folder <out>/<name>/ gets config.yaml, log.csv, before.json, last/ and best/ derainer checkpoints
 (best = best validation task metric; load with `derainbench derain --model <out>/<name>/best`) and

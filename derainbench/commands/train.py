@@ -17,7 +17,9 @@ Examples:
   torchrun --nproc_per_node 2 -m derainbench train --config ...        # DistributedDataParallel
 
 Overrides use dotted keys (model.name=prenet, optim.lr=1e-4, train.clean=my_photos/); unknown keys
-are errors. The run folder <out>/<name>/ gets config.yaml, log.csv, last/ and best/ checkpoints.
+are errors. model.init=PATH starts from a checkpoint folder or a weights file; with model.name unset it also
+takes the architecture from it (e.g. the authors' Restormer deraining.pth, a zoo architecture).
+The run folder <out>/<name>/ gets config.yaml, log.csv, last/ and best/ checkpoints.
 Ctrl-C or SIGTERM saves last/ and exits; --resume continues from it.
 """
 
