@@ -268,6 +268,21 @@ def class_count_check(detector: Detector, names: Sequence[str]) -> None:
         )
 
 
+def check_yolo_overrides(overrides: dict[str, Any]) -> None:
+    """``recipe.yolo``'s keys must be ultralytics train arguments of the right type: one line naming the key
+    (ultralytics itself raises ``SyntaxError`` with its whole argument table)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
+
+    unknown = sorted(set(overrides) - set(DEFAULT_CFG_DICT))
+    if unknown:
+        raise ValueError(f"{', '.join(f'recipe.yolo.{k}' for k in unknown)}: not an ultralytics train argument "
+                         "(see `yolo cfg` or ultralytics' default.yaml for the valid keys)")
+    try:
+        check_cfg(dict(overrides))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"recipe.yolo: {exc}") from exc
+
+
 def train_detector(
     data_yaml: str | Path,
     model: str | Path = "yolo11n.yaml",
@@ -297,6 +312,7 @@ def train_detector(
         require_safe_checkpoint(model)
     else:
         check_model_yaml(model)
+    check_yolo_overrides(overrides)
     for key in ("pretrained", "resume"):  # ultralytics unpickles these itself: the same safe check as a model .pt
         value = overrides.get(key)
         if isinstance(value, (str, Path)) and str(value).lower() not in ("true", "false"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -180,6 +180,30 @@ def save_segmenter(seg: Segmenter, folder: str | Path, extra: dict[str, Any] | N
     return folder
 
 
+def read_segmenter_config(path: Path) -> SegmenterConfig:
+    """The :class:`SegmenterConfig` a ``segmenter.json`` holds; errors name the file and the key (unknown keys,
+    ``encoder_weights``: segmenters are always built without downloaded weights)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a segmenter.json ({exc})") from exc
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: no 'config' object (not written by derainbench's save_segmenter)")
+    if "encoder_weights" in config:
+        raise ValueError(f"{path}: key 'encoder_weights' is not supported: segmenters are built with "
+                         "encoder_weights=None (nothing is downloaded); give a local file as 'weights'")
+    known = {f.name for f in fields(SegmenterConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} in 'config'; "
+                         f"known: {', '.join(sorted(known))}")
+    try:
+        return SegmenterConfig(**config)
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
     """A segmenter saved by :func:`save_segmenter` (the folder or one of its two files), in eval mode."""
     path = Path(path)
@@ -187,9 +211,17 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     for name in (META_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"segmenter checkpoint incomplete: {folder / name} not found")
+    cfg = read_segmenter_config(folder / META_FILE)
+    try:
+        seg = build_segmenter(cfg)
+    except (TypeError, KeyError, ValueError) as exc:  # smp: unknown arch/encoder, wrong-typed options
+        raise ValueError(f"{folder / META_FILE}: cannot build the segmenter it describes: {exc}") from exc
     meta = json.loads((folder / META_FILE).read_text())
-    seg = build_segmenter(SegmenterConfig(**meta["config"]))
-    seg.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    try:
+        seg.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    except RuntimeError as exc:
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit the model {folder / META_FILE} describes: "
+                         f"{str(exc).splitlines()[0]}") from exc
     seg.meta = meta  # type: ignore[attr-defined]
     return seg.to(resolve_device(device)).eval()
 
@@ -270,6 +302,8 @@ def train_segmenter(
         cfg = SegmenterConfig(**{**asdict(cfg), "classes": list(train_dataset.classes)})
     seg = build_segmenter(cfg).to(dev).train()
     steps = epochs * math.ceil(len(train_dataset) / batch_size) if epochs is not None else iters
+    if steps < 1:
+        raise ValueError(f"train_segmenter needs at least one step, got iters={iters}, epochs={epochs}")
     check_every = val_every or max(steps // 5, 1)
     loader = torch.utils.data.DataLoader(
         RandomCrops(train_dataset, crop_size, steps * batch_size, seed), batch_size=batch_size,
@@ -432,6 +466,11 @@ class SegmentationTask(Task):
 
     def train(self, recipe: SegmenterRecipe, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "masks") -> Path:
+        for key in ("iters", "crop"):
+            if getattr(recipe, key) < 1:
+                raise ValueError(f"recipe.{key} must be >= 1, got {getattr(recipe, key)}")
+        if not (math.isfinite(recipe.lr) and recipe.lr > 0):
+            raise ValueError(f"recipe.lr must be a positive number, got {recipe.lr}")
         train = self.load_dataset(format, data, split="train")
         try:
             val = self.load_dataset(format, data, split="val")
@@ -439,8 +478,13 @@ class SegmentationTask(Task):
             val = None
         cfg = SegmenterConfig(arch=recipe.arch, encoder=recipe.encoder, num_classes=len(train.names),
                               classes=list(train.names), weights=recipe.weights)
-        return train_segmenter(train, cfg, out, iters=recipe.iters, batch_size=batch, lr=recipe.lr,
-                               crop_size=recipe.crop, device=device, seed=seed, val_dataset=val, progress=progress)
+        try:
+            return train_segmenter(train, cfg, out, iters=recipe.iters, batch_size=batch, lr=recipe.lr,
+                                   crop_size=recipe.crop, device=device, seed=seed, val_dataset=val,
+                                   progress=progress)
+        except FloatingPointError as exc:
+            raise RuntimeError(f"{exc}: training diverged with recipe.lr={recipe.lr:g}; try a smaller recipe.lr "
+                               f"(default {SegmenterRecipe.lr:g})") from exc
 
 
 register_task(SegmentationTask())

@@ -169,11 +169,63 @@ def joint_negative_crop(tmp: Path) -> tuple[list[str], str]:
             "crop=-1"], "crop"
 
 
+def _scenes(tmp: Path) -> Path:
+    from downstream.scenes import generate_scenes
+
+    if not (tmp / "scenes").is_dir():
+        generate_scenes(tmp / "scenes", n=4, size=32, progress=False)
+    return tmp / "scenes"
+
+
+def _train_seg(tmp: Path, *extra: str) -> list[str]:
+    return ["train-task", "--no-progress", "task=segmentation", f"data={_scenes(tmp) / 'seg'}", f"out={tmp / 't'}",
+            "device=cpu", "batch=2", "recipe.crop=32", "recipe.iters=2", *extra]
+
+
+def train_task_iters_zero(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "recipe.iters=0"), "recipe.iters"
+
+
+def train_task_huge_lr(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "recipe.lr=1e30"), "recipe.lr"
+
+
+def train_task_unknown_yolo_key(tmp: Path) -> tuple[list[str], str]:
+    return ["train-task", "--no-progress", "task=detection", f"data={_scenes(tmp) / 'det' / 'data.yaml'}",
+            f"out={tmp / 't'}", "device=cpu", "recipe.epochs=1", "recipe.imgsz=32", "recipe.yolo.bogus=1"], \
+        "recipe.yolo.bogus"
+
+
+def _segmenter_saying(tmp: Path, **config: object) -> tuple[list[str], str]:
+    from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
+
+    folder = save_segmenter(build_segmenter(SegmenterConfig(encoder_depth=3, decoder_channels=8)), tmp / "seg")
+    meta = json.loads((folder / "segmenter.json").read_text())
+    meta["config"].update(config)
+    (folder / "segmenter.json").write_text(json.dumps(meta))
+    (tmp / "bench.yaml").write_text("samples: 0\n")
+    return ["bench", "--no-progress", "--config", str(tmp / "bench.yaml"), f"out={tmp / 'bench'}", "device=cpu",
+            "severities=[light]",
+            f"datasets=[{{name: s, task: segmentation, format: masks, path: {_scenes(tmp) / 'seg'}, model: {folder}}}]"
+            ], \
+        "segmenter.json"
+
+
+def segmenter_json_unknown_key(tmp: Path) -> tuple[list[str], str]:
+    return _segmenter_saying(tmp, bogus=1)
+
+
+def segmenter_json_encoder_weights(tmp: Path) -> tuple[list[str], str]:
+    return _segmenter_saying(tmp, encoder_weights="imagenet")
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
                      bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
-                     bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero]
+                     bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero,
+                     train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
+                     segmenter_json_unknown_key, segmenter_json_encoder_weights]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
