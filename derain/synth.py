@@ -523,7 +523,7 @@ def synthesize_folder(
         images = [rel for rel in images if rel not in set(labels)]
         _copy_unchanged(src_root, dst_root, labels + _other_files(src_root, dst_root))
     if not images:
-        raise FileNotFoundError(f"no images found under {src_root}")
+        raise FileNotFoundError(_no_images_message(src_root, dst_root, with_labels))
     _check_sidecar_clash(images)
     results = []
     for rel in tqdm(images, desc="synth", unit="img", disable=not progress):
@@ -531,6 +531,19 @@ def synthesize_folder(
         info["file"] = rel.as_posix()
         results.append(info)
     return results
+
+
+def _no_images_message(src_root: Path, dst_root: Path, with_labels: bool) -> str:
+    """Why no image under ``src_root`` is to be rained: none at all, all inside ``dst_root``, or all labels."""
+    everything = find_images(src_root)
+    inside = len(everything) - len(find_images(src_root, exclude=dst_root))
+    if inside:
+        return (f"no images to rain under {src_root}: {inside} image(s) were excluded because they lie inside the "
+                f"destination {dst_root}; choose a destination outside the source folder")
+    if everything and with_labels:
+        return (f"no images to rain under {src_root}: all {len(everything)} are label images (in masks/, labels/ or "
+                "ground-truth folders), copied unchanged with --with-labels")
+    return f"no images found under {src_root}"
 
 
 # Images in these folders, or named with these parts, are annotations: copied, never rained on. Ours and YOLO's

@@ -219,13 +219,18 @@ def segmenter_json_encoder_weights(tmp: Path) -> tuple[list[str], str]:
     return _segmenter_saying(tmp, encoder_weights="imagenet")
 
 
+def synth_source_inside_destination(tmp: Path) -> tuple[list[str], str]:
+    _images(tmp / "data" / "p2")
+    return ["synth", "--no-progress", str(tmp / "data" / "p2"), str(tmp / "data")], "inside the destination"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
                      bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
                      bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero,
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
-                     segmenter_json_unknown_key, segmenter_json_encoder_weights]
+                     segmenter_json_unknown_key, segmenter_json_encoder_weights, synth_source_inside_destination]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
