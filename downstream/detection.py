@@ -268,6 +268,19 @@ def class_count_check(detector: Detector, names: Sequence[str]) -> None:
         )
 
 
+def _require_training_checkpoint(path: Path) -> None:
+    """``recipe.yolo.resume``: ``path`` (already checked safe) must hold an ultralytics model and its train args;
+    ultralytics' own check says "Resume checkpoint not found" for any file it cannot resume from."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, torch.nn.Module) or not isinstance(ckpt.get("train_args"), dict):
+        raise ValueError(f"recipe.yolo.resume: {path} exists but is not an ultralytics training checkpoint (no model "
+                         "and train args inside); resume takes the last.pt of an interrupted run, OUT/train/weights/"
+                         "last.pt")
+
+
 def check_yolo_overrides(overrides: dict[str, Any]) -> None:
     """``recipe.yolo``'s keys must be ultralytics train arguments of the right type: one line naming the key
     (ultralytics itself raises ``SyntaxError`` with its whole argument table)."""
@@ -313,12 +326,22 @@ def train_detector(
     else:
         check_model_yaml(model)
     check_yolo_overrides(overrides)
+    overrides = dict(overrides)
+    if overrides.get("resume") is True or str(overrides.get("resume")).lower() == "true":
+        # ultralytics would look for the newest run under its own runs/ folder, not under out_dir
+        last = Path(out_dir) / "train" / "weights" / "last.pt"
+        if not last.is_file():
+            raise FileNotFoundError(f"recipe.yolo.resume=true: nothing to resume, {last} not found (resume continues "
+                                    "an interrupted run in the same out; or give recipe.yolo.resume=PATH/last.pt)")
+        overrides["resume"] = str(last)
     for key in ("pretrained", "resume"):  # ultralytics unpickles these itself: the same safe check as a model .pt
         value = overrides.get(key)
         if isinstance(value, (str, Path)) and str(value).lower() not in ("true", "false"):
             if not Path(value).is_file():
                 raise FileNotFoundError(f"recipe.yolo.{key}: file not found: {value}")
             require_safe_checkpoint(value)
+            if key == "resume":
+                _require_training_checkpoint(Path(value))
     from ultralytics import YOLO
 
     args: dict[str, Any] = {
@@ -343,6 +366,12 @@ def train_detector(
     threads = torch.get_num_threads()
     try:
         yolo.train(**args)
+    except (FileNotFoundError, AssertionError) as exc:  # ultralytics' resume: a vague message, or a bare assert
+        if not args.get("resume") or (isinstance(exc, FileNotFoundError) and "Resume checkpoint" not in str(exc)):
+            raise
+        cause = exc.__cause__ or exc
+        raise ValueError(f"recipe.yolo.resume={args['resume']}: cannot resume from it: "
+                         f"{' '.join(str(cause).split()) or type(cause).__name__}") from exc
     finally:  # ultralytics' select_device sets torch to cpu_count - 1 threads (1 of 2 cores) for the process
         torch.set_num_threads(threads)
     trainer = yolo.trainer

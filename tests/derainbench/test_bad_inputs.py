@@ -196,6 +196,17 @@ def train_task_unknown_yolo_key(tmp: Path) -> tuple[list[str], str]:
         "recipe.yolo.bogus"
 
 
+def train_task_resume_not_a_run(tmp: Path) -> tuple[list[str], str]:
+    torch.save({"x": torch.zeros(1)}, tmp / "plain.pt")  # exists, loads safely, but is no ultralytics training run
+    argv = train_task_unknown_yolo_key(tmp)[0][:-1]
+    return [*argv, f"recipe.yolo.resume={tmp / 'plain.pt'}"], "plain.pt"
+
+
+def train_task_resume_nothing_to_resume(tmp: Path) -> tuple[list[str], str]:
+    argv = train_task_unknown_yolo_key(tmp)[0][:-1]
+    return [*argv, "recipe.yolo.resume=true"], "last.pt"
+
+
 def _segmenter_saying(tmp: Path, **config: object) -> tuple[list[str], str]:
     from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
 
@@ -230,7 +241,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
                      bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero,
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
-                     segmenter_json_unknown_key, segmenter_json_encoder_weights, synth_source_inside_destination]
+                     segmenter_json_unknown_key, segmenter_json_encoder_weights, synth_source_inside_destination,
+                     train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
