@@ -18,9 +18,9 @@ detection and instance, masks for segmentation), out (default runs/task), device
 recipe.KEY for the task's recipe:
   detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
     argument, checked before training; recipe.yolo.resume=true continues OUT's interrupted run from
-    OUT/train/weights/last.pt); data = a YOLO data.yaml, or with format=coco|bdd100k|voc the dataset's path as bench reads it (its
-    train and val splits are trained on through a YOLO view in OUT/data: image links and label files);
-    writes OUT/train/weights/best.pt
+    OUT/train/weights/last.pt); data = a YOLO data.yaml, or with format=coco|bdd100k|voc the dataset's path
+    as bench reads it (its train and val splits are trained on through a YOLO view in OUT/data: image links and
+    label files); writes OUT/train/weights/best.pt
   instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
   segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with
