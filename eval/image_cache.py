@@ -9,7 +9,7 @@ determines the image:
   sources), and for synthesized rain the digest of the clean pixels, the preset's parameters, the seed, the file
   name, and the source of the synthesizer and the numpy version (so an edited synthesizer never reuses old rain);
 - a derained image is stored under its input's key in the folder of the derainer's digest (architecture,
-  options, weights' content, tiling; see ``eval.bench.derainer_digest``).
+  options, weights' content, tiling; see ``eval.fingerprints.derainer_digest``).
 
 Any change therefore misses the cache instead of reusing a stale image. Entries are written atomically; an
 unreadable entry is recomputed and replaced. Deleting the folder is always safe.
@@ -46,7 +46,7 @@ def synthesizer_digest() -> str:
 
 
 def rain_key(clean: np.ndarray, severity: str, seed: int, name: str) -> str:
-    """The key of the rain ``eval.bench.rainy_image(clean, severity, seed, name)`` synthesizes."""
+    """The key of the rain ``eval.cells.rainy_image(clean, severity, seed, name)`` synthesizes."""
     recipe = {"clean": input_digest(clean), "preset": asdict(synth.PRESETS[severity]), "seed": seed, "name": name,
               "synthesizer": synthesizer_digest()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()

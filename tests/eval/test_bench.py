@@ -295,12 +295,12 @@ def _heavy_segmentation_run(setup: dict, out: Path) -> BenchConfig:
 def test_cells_scored_by_other_scoring_code_are_recomputed(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A new version of the metric code (mAP, mIoU, PSNR, inference) never leaves numbers of the old one."""
-    import eval.bench as bench
+    import eval.fingerprints as fingerprints
 
     cfg = _heavy_segmentation_run(setup, tmp_path / "run")
     run_bench(cfg, progress=False)
     assert "recomputing" not in capsys.readouterr().out
-    monkeypatch.setattr(bench, "scoring_code_digest", lambda task: "another-version")
+    monkeypatch.setattr(fingerprints, "scoring_code_digest", lambda task: "another-version")
     run_bench(cfg, progress=False)
     assert "recomputing 4 finished cell(s)" in capsys.readouterr().out
 
