@@ -230,6 +230,12 @@ def segmenter_json_encoder_weights(tmp: Path) -> tuple[list[str], str]:
     return _segmenter_saying(tmp, encoder_weights="imagenet")
 
 
+def segmenter_json_without_config(tmp: Path) -> tuple[list[str], str]:
+    argv, names = _segmenter_saying(tmp)
+    (tmp / "seg" / "segmenter.json").write_text(json.dumps({"kind": "segmenter"}))
+    return argv, names
+
+
 def synth_source_inside_destination(tmp: Path) -> tuple[list[str], str]:
     _images(tmp / "data" / "p2")
     return ["synth", "--no-progress", str(tmp / "data" / "p2"), str(tmp / "data")], "inside the destination"
@@ -241,7 +247,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
                      bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero,
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
-                     segmenter_json_unknown_key, segmenter_json_encoder_weights, synth_source_inside_destination,
+                     segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,
+                     synth_source_inside_destination,
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
 
 
