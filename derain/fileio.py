@@ -17,13 +17,20 @@ import torch
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` (same suffix, so writers that infer the format from it work); when
-    the block succeeds the temporary replaces ``path`` in one rename. It is removed whatever happens."""
+    the block succeeds the temporary replaces ``path`` in one rename. It is removed whatever happens. An ``OSError``
+    that names no file or the temporary (``[Errno 28] No space left on device``) is raised again naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
         tmp.replace(path)
+    except OSError as exc:  # a full disk, a quota, a read-only folder: name the file, not the temporary (or none)
+        if exc.filename not in (None, str(tmp), tmp):
+            raise
+        if exc.errno is None:
+            raise OSError(f"cannot write {path}: {exc}") from exc
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -271,3 +271,19 @@ def test_bad_input_fails_in_one_line_naming_it(case: Case, tmp_path: Path, capsy
     assert names in err, err
     assert err.splitlines()[-1].startswith(f"derainbench {argv[0]}: error:") and names in err.splitlines()[-1], err
     assert not (tmp_path / "ran").exists()
+
+
+def test_full_disk_names_the_file_that_could_not_be_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC raised while an image is written (no file name on the error) is reported with the file's path."""
+    import errno
+
+    def full(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _images(tmp_path / "in")
+    monkeypatch.setattr(Image.Image, "save", full)
+    assert main(["synth", "--no-progress", str(tmp_path / "in"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and str(tmp_path / "out" / "img0.png") in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
