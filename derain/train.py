@@ -41,7 +41,7 @@ from derain.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from derain.config import ConfigError, check_name, save_config, to_dict
+from derain.config import ConfigError, check_name, read_yaml, save_config, to_dict
 from derain.fileio import atomic_path
 from derain.imageio import to_tensor
 from derain.losses import LOSSES, build_loss
@@ -381,7 +381,7 @@ class Trainer:
                 return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
             return {prefix[:-1]: data}
 
-        saved = flat(yaml.safe_load(saved_file.read_text()) or {})
+        saved = flat(read_yaml(saved_file))
         now = flat(yaml.safe_load(yaml.safe_dump(to_dict(self.cfg))))
         changed = sorted(k for k in saved.keys() | now.keys()
                          if saved.get(k) != now.get(k) and k.split(".")[0] not in self.RESUMABLE_KEYS)

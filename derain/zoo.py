@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from derain.fileio import to_jsonable
 from derain.registry import register_model
 
 EXTRA_PACKAGE = "spandrel-extra-arches"
@@ -308,7 +309,7 @@ def adopt(descriptor: Any) -> nn.Module:
     model.zoo_call = descriptor._call_fn  # spandrel keeps the call function private; it is the output protocol
     model.size_multiple = max(1, int(descriptor.size_requirements.multiple_of))  # tiles start on this grid
     hyper = getattr(model, "hyperparameters", None)
-    hyper = _jsonable(hyper) if isinstance(hyper, dict) else None
+    hyper = to_jsonable(hyper) if isinstance(hyper, dict) else None  # tuples -> lists: constructors take both
     try:
         json.dumps(hyper)
     except TypeError:  # e.g. a layer class as an option: our folders then rebuild it from its weights alone
@@ -319,15 +320,6 @@ def adopt(descriptor: Any) -> nn.Module:
     for key, value in POLICY.get(arch, {}).items():
         setattr(model, key, value)
     return model
-
-
-def _jsonable(value: Any) -> Any:
-    """Hyperparameters as JSON values (tuples become lists; the constructors accept either)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def licence_notice(model: nn.Module, where: str) -> None:
