@@ -13,10 +13,15 @@ Facts (BDD100K ``doc/source/format.rst`` and ``bdd100k/configs/det.toml``, scala
   caravan → car, van → car;
 * the ignored categories (``det.toml`` ``ignored_mapping``: other person → pedestrian, other vehicle → car,
   trailer → truck) and labels with ``attributes.crowd`` become ``iscrowd=1`` annotations of the mapped class, as
-  the official COCO conversion writes them: not targets (kept in ``record.crowd`` for :func:`to_coco_dict`);
+  the official COCO conversion writes them (bdd100k ``label/to_scalabel.py`` sets ``attributes.ignored``, scalabel
+  ``scalabel2coco_detection`` writes ``iscrowd = crowd or ignored``): not targets, but scored as crowd regions;
 * ``box2d`` corners are **inclusive** pixel coordinates: scalabel's ``box2d_to_bbox`` gives the COCO box
-  ``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]``; our xyxy (exclusive right/bottom edge) box is therefore
-  ``[x1, y1, x2 + 1, y2 + 1]``, clipped to the image;
+  ``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]``, never clipped: that box (also beyond the image border) is what the
+  scored ground truth holds (``record.annotations``); the target (training, drawing) is the xyxy box
+  ``[x1, y1, x2 + 1, y2 + 1]`` clipped to the image;
+* scalabel's detection eval (``scalabel/eval/detect.py``, ``evaluate_det``) is pycocotools' ``COCOeval`` over these
+  annotations (its own image numbering after sorting frames by name does not change a number), which the bench's
+  COCO scoring reproduces;
 * labels without ``box2d`` (lanes, drivable areas: ``poly2d``) are not boxes and are not read; a label with a
   box and any other category is an error naming the file and frame.
 
@@ -39,6 +44,7 @@ from downstream.datasets import (
     ImageRecord,
     _check_box,
     _stack_boxes,
+    box_annotation,
     read_image_size,
     read_json_file,
 )
@@ -109,7 +115,7 @@ class Bdd100kDetectionDataset(DetectionDataset):
         if not path.is_file():
             raise DatasetError(f"{self.labels_json}: image {name!r} not found: {path}")
         h, w = read_image_size(path)
-        boxes, classes, crowd = [], [], []
+        boxes, classes, scored = [], [], []
         for j, label in enumerate(frame.get("labels") or []):
             if label.get("box2d") is None:
                 continue  # lanes and drivable areas (poly2d) in the legacy files
@@ -122,17 +128,18 @@ class Bdd100kDetectionDataset(DetectionDataset):
                 raise DatasetError(f"{where}: unknown category {label.get('category')!r} (BDD100K detection: "
                                    f"{', '.join(CLASSES)}, legacy {', '.join(LEGACY_NAMES)}, ignored "
                                    f"{', '.join(IGNORED)})")
-            box = _check_box(scalabel_box(label["box2d"], where), h, w, where)
+            corners = scalabel_box(label["box2d"], where)
+            box = _check_box(corners, h, w, where)
             cls = CLASSES.index(category)
-            if ignored or bool((label.get("attributes") or {}).get("crowd", False)):
-                bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
-                crowd.append({"image_id": k + 1, "category_id": cls + 1, "bbox": [float(box[0]), float(box[1]), bw,
-                              bh], "area": bw * bh, "iscrowd": 1})
+            crowd = ignored or bool((label.get("attributes") or {}).get("crowd", False))
+            x1, y1, x2, y2 = corners  # scalabel's bbox, unclipped: [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
+            scored.append(box_annotation(k + 1, cls + 1, [x1, y1, x2 - x1, y2 - y1], iscrowd=crowd))
+            if crowd:
                 continue
             boxes.append(box)
             classes.append(cls)
         return ImageRecord(path, name, k + 1, h, w, _stack_boxes(boxes), np.array(classes, dtype=np.int64),
-                           crowd=crowd)
+                           annotations=scored)
 
 
 def _load_frames(path: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,10 @@ class ImageRecord:
     boxes: np.ndarray
     classes: np.ndarray
     areas: np.ndarray | None = None  # COCO ``area`` when the source gives it, else box areas are used
-    crowd: list[dict[str, Any]] = field(default_factory=list)  # COCO iscrowd=1 annotations, kept for to_coco_dict
+    # The image's ground truth as the dataset's official evaluator reads it, as COCO annotations in dataset ids
+    # (boxes unclipped, crowd / ignored / difficult objects with iscrowd=1; the non-crowd ones in target order);
+    # None: the targets are the whole ground truth (YOLO). See :func:`to_coco_dict`.
+    annotations: list[dict[str, Any]] | None = None
 
 
 class DetectionDataset:
@@ -117,6 +120,7 @@ class DetectionDataset:
         return [r.image_id for r in self.records]
 
     index_files: tuple[Path, ...] = ()  # files every image's labels come from (data.yaml, annotation JSON)
+    protocols: tuple[str, ...] = ("coco",)  # how its official evaluators score it (VOC sets add "voc": the devkit AP)
 
     def label_files(self, i: int) -> list[Path]:
         """Image ``i``'s own label files, listed whether or not they exist (a new one gives it labels)."""
@@ -310,7 +314,8 @@ class CocoDetectionDataset(DetectionDataset):
     """COCO JSON (``images``, ``annotations`` with ``bbox`` = xywh px, ``categories``).
 
     Category ids map to contiguous class indices ``0..K-1`` in sorted id order; ``category_ids[c]`` gives the
-    original id back. ``iscrowd=1`` annotations are not targets, but :func:`to_coco_dict` keeps them.
+    original id back. ``iscrowd=1`` annotations are not targets (training, drawing) but are scored as pycocotools
+    scores them: the record keeps every annotation as the file gives it for :func:`to_coco_dict`.
     Images without annotations are background images.
     """
 
@@ -348,7 +353,7 @@ class CocoDetectionDataset(DetectionDataset):
         h, w = read_image_size(path)
         if ("height" in im and int(im["height"]) != h) or ("width" in im and int(im["width"]) != w):
             raise DatasetError(f"{ann_path}: image {path} is {w}×{h} but the JSON says {im['width']}×{im['height']}")
-        boxes, classes, areas, crowd = [], [], [], []
+        boxes, classes, areas = [], [], []
         for ann in anns:
             where = f"{ann_path}: annotation id {ann.get('id')} of {im['file_name']}"
             bbox = ann.get("bbox")
@@ -357,13 +362,12 @@ class CocoDetectionDataset(DetectionDataset):
             x, y, bw, bh = (float(v) for v in bbox)
             box = _check_box([x, y, x + bw, y + bh], h, w, where)
             if ann.get("iscrowd", 0):
-                crowd.append(ann)
                 continue
             boxes.append(box)
             classes.append(index_of[int(ann["category_id"])])
             areas.append(float(ann.get("area", bw * bh)))
         return ImageRecord(path, str(im["file_name"]), int(im["id"]), h, w, _stack_boxes(boxes),
-                           np.array(classes, dtype=np.int64), np.array(areas, dtype=np.float64), crowd)
+                           np.array(classes, dtype=np.int64), np.array(areas, dtype=np.float64), list(anns))
 
 
 def read_json_file(path: Path, what: str) -> Any:
@@ -401,26 +405,55 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def to_coco_dict(dataset: DetectionDataset) -> dict[str, Any]:
-    """COCO ground truth for ``dataset``, ready for pycocotools (``coco.dataset = d; coco.createIndex()``).
+def box_annotation(image_id: int, category_id: int, bbox: Sequence[float], iscrowd: bool = False) -> dict[str, Any]:
+    """A COCO box annotation (``bbox`` = x, y, w, h px; ``area`` = w·h) without an id (:func:`to_coco_dict` numbers
+    them)."""
+    x, y, w, h = (float(v) for v in bbox)
+    return {"image_id": int(image_id), "category_id": int(category_id), "bbox": [x, y, w, h], "area": w * h,
+            "iscrowd": int(bool(iscrowd))}
 
-    Image ids and category ids are ``dataset.image_ids`` / ``dataset.category_ids`` (original ids for COCO sets;
-    ``index + 1`` for YOLO sets). ``file_name`` is relative to ``dataset.images_dir``. ``area`` is the source's
-    area when known (COCO), else the box area. Annotation ids run from 1.
+
+def record_annotations(dataset: DetectionDataset, r: ImageRecord) -> list[dict[str, Any]]:
+    """Image ``r``'s COCO ground truth (copies, without ids): the record's ``annotations`` as the reader kept them
+    (``area`` filled in from ``bbox`` where the source gives none, ``iscrowd`` as 0/1), else its targets."""
+    if r.annotations is not None:
+        out = []
+        for ann in r.annotations:
+            a = {**ann, "iscrowd": int(bool(ann.get("iscrowd", 0)))}
+            a.pop("id", None)
+            if "area" not in a:
+                a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+            out.append(a)
+        return out
+    areas = r.areas if r.areas is not None and len(r.areas) == len(r.boxes) else None
+    out = []
+    for k, (box, cls) in enumerate(zip(r.boxes.tolist(), r.classes.tolist(), strict=True)):
+        ann = box_annotation(r.image_id, dataset.category_ids[cls], [box[0], box[1], box[2] - box[0], box[3] - box[1]])
+        if areas is not None:
+            ann["area"] = float(areas[k])
+        out.append(ann)
+    return out
+
+
+def to_coco_dict(dataset: DetectionDataset, indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """COCO ground truth for ``dataset`` (its images ``indices``, default all), ready for pycocotools
+    (``coco.dataset = d; coco.createIndex()``): what the benchmark scores, and what it writes beside its
+    prediction files (``predictions/<dataset>.gt.json``) so that ``COCO.loadRes`` + ``COCOeval`` reproduce its
+    numbers.
+
+    Image ids and category ids are ``dataset.image_ids`` / ``dataset.category_ids`` (COCO sets: the file's ids;
+    YOLO and VOC sets: the image's 1-based position in the split's list and class index + 1; BDD100K: the frame's
+    1-based position in the label file, classes 1..10). ``file_name`` is relative to ``dataset.images_dir``.
+    Annotations are those the dataset's official evaluator reads (:func:`record_annotations`: COCO annotations as in
+    the file, crowd included; BDD100K's and VOC's boxes as their tools convert them, ignored / crowd / difficult
+    objects as ``iscrowd=1``), numbered from 1 in image order.
     """
     images, annotations = [], []
-    for r in dataset.records:
+    for i in range(len(dataset)) if indices is None else indices:
+        r = dataset.records[i]
         images.append({"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width})
-        areas = r.areas if r.areas is not None and len(r.areas) == len(r.boxes) else None
-        for k, (box, cls) in enumerate(zip(r.boxes.tolist(), r.classes.tolist(), strict=True)):
-            bw, bh = box[2] - box[0], box[3] - box[1]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": r.image_id, "category_id": dataset.category_ids[cls],
-                "bbox": [box[0], box[1], bw, bh], "area": float(areas[k]) if areas is not None else bw * bh,
-                "iscrowd": 0,
-            })
-        for ann in r.crowd:
-            annotations.append({**ann, "id": len(annotations) + 1})
+        for ann in record_annotations(dataset, r):
+            annotations.append({"id": len(annotations) + 1, **ann})
     categories = [{"id": cid, "name": name, "supercategory": "object"}
                   for cid, name in zip(dataset.category_ids, dataset.names, strict=True)]
     return {"info": {"description": f"derainbench ground truth from {dataset!r}"}, "images": images,

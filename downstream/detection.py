@@ -458,6 +458,17 @@ class DetectionTask(Task):
 
         return DetectionEvaluator(names)
 
+    def dataset_evaluator(self, dataset: Any, indices: Sequence[int]) -> tuple[Any, list[int]]:
+        """:class:`~downstream.metrics.DetectionEvaluator` over the dataset's own COCO ground truth of images
+        ``indices`` (crowd, ignored and difficult objects included: :func:`~downstream.datasets.to_coco_dict`), with
+        the VOC devkit's AP for VOC sets; ids = the dataset's image ids."""
+        from downstream.datasets import to_coco_dict
+        from downstream.metrics import DetectionEvaluator
+
+        gt = to_coco_dict(dataset, indices)
+        evaluator = DetectionEvaluator(dataset.names, ground_truth=gt, voc="voc" in dataset.protocols)
+        return evaluator, [dataset.image_ids[i] for i in indices]
+
     def loss(self, model: Detector, freeze: bool = True) -> Any:
         from downstream.task_losses import DetectionLoss
 

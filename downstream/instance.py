@@ -224,29 +224,35 @@ class CocoInstanceDataset(_InstanceMasks, CocoDetectionDataset):
 InstanceDataset = YoloInstanceDataset | CocoInstanceDataset
 
 
-def to_coco_instances(dataset: InstanceDataset) -> dict[str, Any]:
-    """COCO ground truth of an instance dataset, for ``coco_map(gt, results, iou_type="segm")`` and ``"bbox"``.
+def to_coco_instances(dataset: InstanceDataset, indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """COCO ground truth of an instance dataset (its images ``indices``, default all), for ``coco_map(gt, results,
+    iou_type="segm")`` and ``"bbox"``.
 
     :func:`~downstream.datasets.to_coco_dict` (ids, ``bbox``, ``iscrowd``, categories, image ``height``/``width``)
-    with each target's mask as compressed RLE in ``segmentation`` and its pixel count as ``area``. Crowd annotations
-    of COCO sets are kept as they are.
+    with each target's mask (as the dataset decodes it: ultralytics' rasterisation for YOLO polygons) as compressed
+    RLE in ``segmentation`` and its pixel count as ``area``. Crowd annotations of COCO sets are kept as they are
+    (a crowd region without ``area`` gets its pixel count).
     """
     from pycocotools import mask as mask_utils
 
-    gt = to_coco_dict(dataset)
-    cursor = 0
-    for i, r in enumerate(dataset.records):
+    indices = range(len(dataset)) if indices is None else indices
+    gt = to_coco_dict(dataset, indices)
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in gt["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    for i in indices:
+        r = dataset.records[i]
+        anns = by_image.get(r.image_id, [])
+        sources = r.annotations if r.annotations is not None else [{}] * len(anns)
+        targets = [a for a in anns if not a["iscrowd"]]
         rles = masks_to_rle(dataset.masks(i))
-        for rle in rles:
-            ann = gt["annotations"][cursor]
-            if ann["image_id"] != r.image_id or ann.get("iscrowd", 0):  # to_coco_dict's order: targets, then crowd
-                raise RuntimeError(f"annotation order of to_coco_dict changed at image {r.image_id}")
+        if len(rles) != len(targets):
+            raise RuntimeError(f"image {r.image_id}: {len(rles)} masks for {len(targets)} non-crowd annotations")
+        for ann, rle in zip(targets, rles, strict=True):
             ann["segmentation"], ann["area"] = rle, float(mask_utils.area(rle))
-            cursor += 1
-        for ann in gt["annotations"][cursor:cursor + len(r.crowd)]:
-            if "area" not in ann:  # pycocotools needs one; a crowd region's is its pixel count
+        for ann, source in zip(anns, sources, strict=True):
+            if ann["iscrowd"] and "area" not in source:  # a crowd region's area is its pixel count
                 ann["area"] = float(coco_segment_mask(ann["segmentation"], r.height, r.width).sum())
-        cursor += len(r.crowd)
     return gt
 
 
@@ -579,6 +585,12 @@ class InstanceTask(DetectionTask):
 
     def evaluator(self, names: Sequence[str]) -> Any:
         return InstanceEvaluator(names)
+
+    def dataset_evaluator(self, dataset: Any, indices: Sequence[int]) -> tuple[Any, list[int]]:
+        """:class:`InstanceEvaluator` over the dataset's own ground truth of images ``indices``
+        (:func:`to_coco_instances`: crowd regions included); ids = the dataset's image ids."""
+        evaluator = InstanceEvaluator(dataset.names, ground_truth=to_coco_instances(dataset, indices))
+        return evaluator, [dataset.image_ids[i] for i in indices]
 
     def loss(self, model: Any, freeze: bool = True) -> Any:
         criterion = InstanceSegmentationLoss(model, freeze=freeze)

@@ -10,9 +10,15 @@ Evaluators (:class:`Evaluator`) accumulate batch by batch and score at the end::
 They live below their users (the benchmark runner, joint training's validation, report grids): metric arithmetic
 never imports upward. ``image_stats`` is a list of ``{"kind", "prefix", "stats"}`` entries, the per-image
 statistics from which ``eval.bootstrap`` recomputes the metrics of resampled image sets (kind ``coco``: per
-category the detections' scores and match flags plus each image's ground-truth count; kind ``confusion``: per image
-and class the true-positive, false-positive and false-negative pixels); ``prefix`` is put before the names of the
-metrics recomputed from it (``mask_`` for instance masks).
+category the detections' scores and match flags plus each image's ground-truth count; kind ``voc``: per category
+the detections' scores, images and VOC devkit match flags plus each image's count of non-difficult objects; kind
+``confusion``: per image and class the true-positive, false-positive and false-negative pixels); ``prefix`` is put
+before the names of the metrics recomputed from it (``mask_`` for instance masks).
+
+Detection protocols: COCO (pycocotools' ``COCOeval``: a detection matched to an ``iscrowd`` region — COCO crowd,
+BDD100K's ignored categories and crowd labels, VOC's difficult objects, as the dataset readers write them — is
+neither a true nor a false positive, crowd regions match by intersection over the detection's area and are never
+missed) and, for VOC sets, the VOC devkit's AP@.5 (:func:`voc_map`).
 
 Segmentation protocol (DESIGN.md §5): mIoU is the mean over classes of IoU computed from the confusion matrix
 summed over ALL images (not a mean of per-image mIoUs); target pixels equal to ``ignore_index`` (255) are skipped;
@@ -227,16 +233,40 @@ def unpack_flags(bits: Sequence[int], t: int) -> np.ndarray:
 
 
 class DetectionEvaluator:
-    """Accumulates box predictions and targets batch by batch, then scores them with :func:`coco_map`.
+    """Accumulates box predictions batch by batch, then scores them with :func:`coco_map` (and, with ``voc``, the
+    VOC devkit's AP: :func:`voc_map`).
 
-    Ground truth is built from the targets fed in (xyxy pixel boxes, class indices), so no COCO file is
-    needed; ``names`` gives the class names (index ``k`` → category id ``k``). Predictions are
-    ``{"boxes": N×4 xyxy, "scores": N, "classes": N}``, targets ``{"boxes": N×4 xyxy, "classes": N}``.
+    Two sources of ground truth:
+
+    * ``ground_truth`` (what the benchmark uses): the dataset's own COCO ground truth (``to_coco_dict``: its image
+      and category ids, crowd / ignored / difficult objects as ``iscrowd=1`` regions, boxes as the official
+      evaluator reads them). ``update``'s ``image_ids`` are the dataset's image ids; each image's annotations come
+      from ``ground_truth`` (its targets are only counted against them), so crowd regions are scored exactly as
+      pycocotools scores them. Prediction class ``k`` is written as category ``ids[k]`` (the GT's category ids in
+      ascending order), so :meth:`results` loads with ``COCO.loadRes`` against the dataset's own annotation file.
+    * none: the ground truth is built from the targets fed in (xyxy pixel boxes, class indices, no crowd regions;
+      category id = class index), e.g. for joint training's validation crops.
+
+    Predictions are ``{"boxes": N×4 xyxy, "scores": N, "classes": N}``, targets ``{"boxes": N×4 xyxy, "classes":
+    N}``.
     """
 
-    def __init__(self, names: Sequence[str], max_dets: int = 100) -> None:
+    def __init__(self, names: Sequence[str], max_dets: int = 100, ground_truth: Mapping[str, Any] | None = None,
+                 voc: bool = False) -> None:
         self.names = list(names)
         self.max_dets = max_dets
+        self.voc = voc
+        self.ground_truth = ground_truth
+        self.category_ids: list[int] | None = None
+        if ground_truth is not None:
+            self.category_ids = category_ids_from_gt(dict(ground_truth))
+            if len(self.category_ids) != len(self.names):
+                raise ValueError(f"{len(self.names)} class names but the ground truth has {len(self.category_ids)} "
+                                 "categories")
+            self._gt_images = {int(im["id"]): im for im in ground_truth["images"]}
+            self._gt_annotations: dict[int, list[dict]] = {}
+            for ann in ground_truth["annotations"]:
+                self._gt_annotations.setdefault(int(ann["image_id"]), []).append(ann)
         self.reset()
 
     def reset(self) -> None:
@@ -256,9 +286,24 @@ class DetectionEvaluator:
             if image_id in self._seen:
                 raise ValueError(f"image id {image_id} was already added")
             self._seen.add(image_id)
-            self._images.append(self._image_entry(target, image_id))
-            self._annotations += self.annotations(target, image_id, len(self._annotations) + 1)
-        self._results.extend(predictions_to_coco(preds, image_ids))
+            if self.ground_truth is None:
+                self._images.append(self._image_entry(target, image_id))
+                self._annotations += self.annotations(target, image_id, len(self._annotations) + 1)
+            else:
+                self._add_ground_truth(target, image_id)
+        self._results.extend(predictions_to_coco(preds, image_ids, self.category_ids))
+
+    def _add_ground_truth(self, target: Mapping[str, Any], image_id: int) -> None:
+        """Image ``image_id`` of ``ground_truth``; its targets must be its non-crowd annotations (same count)."""
+        if image_id not in self._gt_images:
+            raise ValueError(f"image id {image_id} is not in the ground truth")
+        anns = self._gt_annotations.get(image_id, [])
+        n_targets = len(_np(target["classes"], np.int64).reshape(-1))
+        if n_targets != sum(not a.get("iscrowd", 0) for a in anns):
+            raise ValueError(f"image {image_id}: {n_targets} targets but the ground truth has "
+                             f"{sum(not a.get('iscrowd', 0) for a in anns)} non-crowd annotations")
+        self._images.append(self._gt_images[image_id])
+        self._annotations += anns
 
     def _image_entry(self, target: Mapping[str, Any], image_id: int) -> dict[str, Any]:
         return {"id": image_id}
@@ -275,7 +320,11 @@ class DetectionEvaluator:
         return out
 
     def gt_dict(self) -> dict:
-        """The COCO GT dict built from the targets so far."""
+        """The COCO ground truth of the images added so far (what :meth:`compute` scores; with ``ground_truth``,
+        its entries for these images, in the order they were added)."""
+        if self.ground_truth is not None:
+            return {**{k: v for k, v in self.ground_truth.items() if k not in ("images", "annotations")},
+                    "images": list(self._images), "annotations": list(self._annotations)}
         return {
             "images": list(self._images),
             "annotations": list(self._annotations),
@@ -283,15 +332,149 @@ class DetectionEvaluator:
         }
 
     def results(self) -> list[dict]:
-        """The COCO result rows of the predictions so far (class index = category id)."""
+        """The COCO result rows of the predictions so far (category ids of the ground truth, else class index)."""
         return list(self._results)
 
     def compute(self, image_stats: bool = False) -> dict[str, Any]:
-        """Score everything accumulated (see :func:`coco_map`); ``image_stats`` adds the bootstrap's statistics."""
-        out = coco_map(self.gt_dict(), self._results, max_dets=self.max_dets, image_stats=image_stats)
+        """Score everything accumulated (see :func:`coco_map`, and :func:`voc_map` with ``voc``); ``image_stats``
+        adds the bootstrap's statistics."""
+        gt = self.gt_dict()
+        out = coco_map(gt, self._results, max_dets=self.max_dets, image_stats=image_stats)
+        stats = [{"kind": "coco", "prefix": "", "stats": out.pop("image_stats")}] if image_stats else []
+        if self.voc:
+            voc = voc_map(gt, self._results, image_stats=image_stats)
+            if image_stats:
+                stats.append({"kind": "voc", "prefix": "", "stats": voc.pop("image_stats")})
+            out.update(voc)
         if image_stats:
-            out["image_stats"] = [{"kind": "coco", "prefix": "", "stats": out.pop("image_stats")}]
+            out["image_stats"] = stats
         return out
+
+
+# -------------------------------------------------------------------------------------------- Pascal VOC protocol
+VOC_IOU = 0.5
+VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)  # the devkit ports' 11 recall levels (np.arange, as py-faster-rcnn's)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes ``a`` (N×4) against ``b`` (M×4), continuous coordinates (no +1)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (area_a[:, None] + area_b[None, :] - inter)
+    return np.where(inter > 0, iou, 0.0)
+
+
+def _xyxy(bbox: Sequence[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def voc_matches(gt: dict, results: list[dict], category_id: int, image_ids: Sequence[int]) -> dict[str, Any]:
+    """The VOC devkit's matching of one category (``VOCevaldet.m``): detections sorted by descending score over
+    the whole set (stable), each matched to the ground-truth box of its image with the highest IoU; IoU ≥ 0.5 and
+    that box not difficult and not yet taken → true positive (1), taken → false positive (0), difficult → ignored
+    (-1); IoU < 0.5 → false positive. Difficult = ``iscrowd`` (the VOC reader writes difficult objects so).
+
+    Boxes: the COCO ``bbox`` of ``gt`` and ``results``; the devkit's inclusive-pixel areas (``x2 − x1 + 1``) on its
+    1-based corners equal continuous areas on the boxes the VOC reader writes (``[xmin − 1, ymin − 1, xmax,
+    ymax]``), so IoU here is continuous. Returns ``{"scores", "images" (index into image_ids), "flags", "npos"
+    (per image, non-difficult objects)}`` in the sorted order."""
+    index = {int(i): n for n, i in enumerate(image_ids)}
+    boxes: dict[int, list[list[float]]] = {}
+    difficult: dict[int, list[bool]] = {}
+    npos = np.zeros(len(image_ids), dtype=np.int64)
+    for a in gt["annotations"]:
+        if int(a["category_id"]) != category_id:
+            continue
+        i = int(a["image_id"])
+        boxes.setdefault(i, []).append(_xyxy(a["bbox"]))
+        difficult.setdefault(i, []).append(bool(a.get("iscrowd", 0)))
+        npos[index[i]] += not a.get("iscrowd", 0)
+    dets = [r for r in results if int(r["category_id"]) == category_id]
+    scores = np.asarray([float(r["score"]) for r in dets], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    taken = {i: np.zeros(len(b), dtype=bool) for i, b in boxes.items()}
+    gt_arrays = {i: np.asarray(b, dtype=np.float64) for i, b in boxes.items()}
+    flags = np.zeros(len(dets), dtype=np.int64)
+    for rank, d in enumerate(order):
+        i = int(dets[d]["image_id"])
+        if i not in gt_arrays:
+            continue  # no ground truth of this class in the image: false positive
+        iou = _iou_matrix(np.asarray([_xyxy(dets[d]["bbox"])]), gt_arrays[i])[0]
+        j = int(np.argmax(iou))
+        if iou[j] >= VOC_IOU:
+            if difficult[i][j]:
+                flags[rank] = -1
+            elif not taken[i][j]:
+                flags[rank], taken[i][j] = 1, True
+    return {"scores": scores[order].tolist(), "images": [index[int(dets[d]["image_id"])] for d in order],
+            "flags": flags.tolist(), "npos": npos.tolist()}
+
+
+def voc_ap_from_flags(flags: np.ndarray, npos: float | np.ndarray, weights: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """All-point (VOC2010+) and 11-point (VOC2007) AP from sorted detection flags (1 TP, 0 FP, -1 ignored).
+
+    ``weights`` (B, D): how often each detection counts in each of B resamples (None: once); ``npos`` scalar or
+    (B,). Returns two (B,) arrays (NaN where npos is 0). Precision and recall are those of the devkit (``rec =
+    tp / npos``, ``prec = tp / (tp + fp)``); only the true positives' positions are needed: recall rises only
+    there and the envelope's maxima sit on them (an ignored detection changes neither count), which also gives the
+    MATLAB devkit's answer where ignored detections lead the list (its ``max`` skips NaN precision)."""
+    flags = np.asarray(flags, dtype=np.int64)
+    w = np.ones((1, len(flags))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    b = w.shape[0]
+    npos = np.broadcast_to(np.asarray(npos, dtype=np.float64), (b,))
+    allpt, pt11 = np.zeros(b), np.zeros(b)
+    hit = flags == 1
+    if hit.any():
+        pos = np.flatnonzero(hit)
+        tps = np.cumsum(w[:, pos], axis=1)
+        fps = np.cumsum(w[:, : pos[-1] + 1] * (flags[: pos[-1] + 1] == 0), axis=1)[:, pos]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rec = tps / npos[:, None]
+            prec = np.where(tps + fps > 0, tps / (tps + fps), 0.0)  # no detection counted yet (weights 0): 0
+        env = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+        drec = np.diff(np.concatenate([np.zeros((b, 1)), rec], axis=1), axis=1)
+        allpt = (drec * env).sum(axis=1)
+        for t in VOC07_RECALLS:
+            reach = rec >= t
+            # the envelope is non-increasing: the best precision at recall >= t is at the first position reaching t
+            first = np.argmax(reach, axis=1)
+            pt11 += np.where(reach.any(axis=1), np.take_along_axis(env, first[:, None], axis=1)[:, 0], 0.0) / 11
+    nan = npos <= 0
+    return np.where(nan, np.nan, allpt), np.where(nan, np.nan, pt11)
+
+
+def voc_map(gt: dict, results: list[dict], image_stats: bool = False) -> dict[str, Any]:
+    """The Pascal VOC devkit's AP@.5 per category (:func:`voc_matches`): ``voc_map50_allpt`` (all-point
+    interpolation, VOC2010+) and ``voc07_map50_11pt`` (11-point, VOC2007), means over the categories with
+    non-difficult objects, and per class ``per_class_voc`` / ``per_class_voc07`` (NaN without objects).
+    ``image_stats`` adds the per-image statistics the bootstrap resamples (kind ``voc``)."""
+    categories = sorted(gt.get("categories", []), key=lambda c: int(c["id"]))
+    image_ids = [int(im["id"]) for im in gt.get("images", [])]
+    per_all, per_11, stats = {}, {}, []
+    for c in categories:
+        m = voc_matches(gt, results, int(c["id"]), image_ids)
+        npos = sum(m["npos"])
+        a, p = voc_ap_from_flags(np.asarray(m["flags"]), npos)
+        name = str(c.get("name", c["id"]))
+        per_all[name], per_11[name] = float(a[0]), float(p[0])
+        stats.append(m)
+
+    def mean(values: dict[str, float]) -> float:
+        v = [x for x in values.values() if not math.isnan(x)]
+        return float(np.mean(v)) if v else math.nan
+
+    out: dict[str, Any] = {"voc_map50_allpt": mean(per_all), "voc07_map50_11pt": mean(per_11),
+                           "per_class_voc": per_all, "per_class_voc07": per_11}
+    if image_stats:
+        out["image_stats"] = {"categories": stats, "images": len(image_ids)}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ semantic segmentation

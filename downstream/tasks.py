@@ -108,6 +108,12 @@ class Task(ABC):
     def evaluator(self, names: Sequence[str]) -> Evaluator:
         """A fresh evaluator over classes ``names`` (see :mod:`downstream.metrics`)."""
 
+    def dataset_evaluator(self, dataset: Any, indices: Sequence[int]) -> tuple[Evaluator, list[int]]:
+        """An evaluator scoring ``dataset``'s images ``indices`` as the dataset's official evaluator does, and the
+        image id to pass to ``update`` with each of them. Default: :meth:`evaluator` with the positions as ids
+        (tasks whose datasets hold more ground truth than their targets override it)."""
+        return self.evaluator(dataset.names), [int(i) for i in indices]
+
     def evaluate(self, model: Any, batches: Iterable[tuple[torch.Tensor, Sequence[Any], Sequence[int]]],
                  names: Sequence[str], image_stats: bool = False, **options: Any) -> dict[str, Any]:
         """The evaluation loop: predict each batch ``(images B×3×H×W in [0, 1], labels, unique image ids)`` with

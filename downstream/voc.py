@@ -14,7 +14,10 @@ alphabetically; category ids are class index + 1.
 Facts (the VOC devkit's ``VOCevaldet.m`` and the loaders built on it, e.g. detectron2 ``pascal_voc.py``): corners are
 1-based inclusive pixels, so ``(xmin, ymin, xmax, ymax)`` is the xyxy box ``[xmin − 1, ymin − 1, xmax, ymax]``;
 ``difficult`` objects are ignored by the evaluator (neither targets nor misses, detections on them not false
-positives): they are kept as ``iscrowd=1`` annotations, as COCO's ``iscrowd`` plays that role in pycocotools.
+positives): they are kept as ``iscrowd=1`` annotations (``record.annotations``), the role COCO's ``iscrowd`` plays
+in pycocotools (as mmdetection's VOC-to-COCO conversion writes them), and :func:`downstream.metrics.voc_map` reads
+them as the devkit's difficult flag. The scored ground truth holds the boxes unclipped (the COCO box ``[xmin − 1,
+ymin − 1, xmax − xmin + 1, ymax − ymin + 1]``); the targets (training, drawing) are clipped to the image.
 Every XML needs ``<size>`` with ``width`` and ``height`` equal to its image's.
 """
 
@@ -34,6 +37,7 @@ from downstream.datasets import (
     ImageRecord,
     _check_box,
     _stack_boxes,
+    box_annotation,
     read_classes,
     read_image_size,
 )
@@ -67,7 +71,9 @@ def read_voc_xml(path: Path) -> tuple[str, tuple[int, int], list[tuple[str, list
 
 class VocDetectionDataset(DetectionDataset):
     """VOC XML boxes over their images (``pairs`` = ``[(image, xml)]``); the detection protocol of
-    :mod:`downstream.datasets`, image ids = position + 1."""
+    :mod:`downstream.datasets`, image ids = position + 1; scored with COCO's mAP and the devkit's AP."""
+
+    protocols = ("coco", "voc")
 
     def __init__(self, pairs: list[tuple[Path, Path]], images_dir: Path, classes: list[str], source: str) -> None:
         index = {name: k for k, name in enumerate(classes)}
@@ -79,22 +85,19 @@ class VocDetectionDataset(DetectionDataset):
             h, w = read_image_size(image)
             if size != (h, w):
                 raise DatasetError(f"{xml}: <size> says {size[1]}×{size[0]} but {image} is {w}×{h}")
-            boxes, cls, crowd = [], [], []
+            boxes, cls, scored = [], [], []
             for k, (name, box, difficult) in enumerate(objects):
                 where = f"{xml}: object #{k}"
                 if name not in index:
                     raise DatasetError(f"{where}: unknown class {name!r} (classes: {', '.join(classes)})")
                 checked = _check_box(box, h, w, where)
-                if difficult:
-                    bw, bh = float(checked[2] - checked[0]), float(checked[3] - checked[1])
-                    crowd.append({"image_id": i + 1, "category_id": index[name] + 1,
-                                  "bbox": [float(checked[0]), float(checked[1]), bw, bh], "area": bw * bh,
-                                  "iscrowd": 1})
-                else:
+                x1, y1, x2, y2 = box
+                scored.append(box_annotation(i + 1, index[name] + 1, [x1, y1, x2 - x1, y2 - y1], iscrowd=difficult))
+                if not difficult:
                     boxes.append(checked)
                     cls.append(index[name])
             records.append(ImageRecord(image, image.relative_to(images_dir).as_posix(), i + 1, h, w,
-                                       _stack_boxes(boxes), np.array(cls, dtype=np.int64), crowd=crowd))
+                                       _stack_boxes(boxes), np.array(cls, dtype=np.int64), annotations=scored))
         super().__init__(list(classes), list(range(1, len(classes) + 1)), images_dir, records, source)
         self.xmls = [xml for _, xml in pairs]
 

@@ -6,6 +6,9 @@ resample recomputes the metric from per-image *statistics* weighted by how often
 - detection: per category, every detection's score and its COCO match flags at the 10 IoU thresholds (taken from
   pycocotools' own per-image evaluation), and each image's count of non-ignored ground-truth objects; the weighted
   accumulation reproduces ``COCOeval.accumulate`` exactly when every weight is 1 (tested);
+- Pascal VOC AP (``format: voc``): per category, every detection's score, image and devkit match flag (true
+  positive, false positive, ignored on a difficult object) in score order, and each image's count of non-difficult
+  objects; weights of 1 reproduce ``downstream.metrics.voc_map`` exactly (tested);
 - segmentation: per image and class the true-positive, false-positive and false-negative pixel counts.
 
 "Paired": two conditions of one dataset (clean vs rainy, derained vs rainy, method A vs B) are resampled with the
@@ -15,12 +18,13 @@ same draws, so image difficulty cancels in their difference. Intervals are perce
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from downstream.metrics import unpack_flags
+from downstream.metrics import unpack_flags, voc_ap_from_flags
 
 R_THRESHOLDS = np.linspace(0.0, 1.00, 101)  # COCO's recall thresholds
 LEVEL = 0.95
@@ -86,6 +90,27 @@ def _interpolated_ap(tps: np.ndarray, fps: np.ndarray, npos: np.ndarray) -> np.n
     return np.where(ok, q.mean(axis=1), 0.0)
 
 
+def voc_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"voc_map50_allpt": (B,), "voc07_map50_11pt": (B,)}`` for image weights ``(B, N)``: each category's devkit
+    AP (:func:`downstream.metrics.voc_ap_from_flags`) with every detection counted as often as its image was drawn,
+    averaged over the categories with objects in the resample."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    allpt, pt11 = [], []
+    for cat in stats["categories"]:
+        npos = weights @ np.asarray(cat["npos"], dtype=np.float64)
+        w = weights[:, np.asarray(cat["images"], dtype=np.int64)]
+        a, p = voc_ap_from_flags(np.asarray(cat["flags"], dtype=np.int64), npos, w)
+        allpt.append(a)
+        pt11.append(p)
+    if not allpt:
+        nan = np.full(weights.shape[0], np.nan)
+        return {"voc_map50_allpt": nan, "voc07_map50_11pt": nan.copy()}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any object: NaN
+        return {"voc_map50_allpt": np.nanmean(np.stack(allpt), axis=0),
+                "voc07_map50_11pt": np.nanmean(np.stack(pt11), axis=0)}
+
+
 # -- segmentation -------------------------------------------------------------------------------------------------
 def segmentation_metrics(stats: Sequence[Sequence[Sequence[int]]], weights: np.ndarray) -> dict[str, np.ndarray]:
     """``{"miou": (B,), "pixel_acc": (B,)}`` for per-image ``[tp, fp, fn]`` stats and weights ``(B, N)``."""
@@ -126,7 +151,7 @@ def excludes_zero(ci: tuple[float, float]) -> bool:
 
 
 MetricFn = Callable[[Any, np.ndarray], dict[str, np.ndarray]]
-STAT_KINDS: dict[str, MetricFn] = {"coco": detection_metrics, "confusion": segmentation_metrics}
+STAT_KINDS: dict[str, MetricFn] = {"coco": detection_metrics, "voc": voc_metrics, "confusion": segmentation_metrics}
 
 
 def resampled_metrics(image_stats: Sequence[dict[str, Any]], weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -301,13 +301,14 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
-    evaluator = task.evaluator(dataset.names)
+    evaluator, image_ids = task.dataset_evaluator(dataset, range(n))  # the dataset's own ground truth and ids
     for i, _, pred, label in items:
-        evaluator.update([pred], [label], [i])
+        evaluator.update([pred], [label], [image_ids[i]])
     metrics = evaluator.compute(image_stats=cfg.bootstrap > 0)
     image_stats = metrics.pop("image_stats", None)  # what the bootstrap resamples (see eval.bootstrap)
-    if hasattr(evaluator, "results"):  # COCO-protocol tasks: the predictions as COCO result rows
+    if hasattr(evaluator, "results"):  # COCO-protocol tasks: predictions and the ground truth scored, COCO JSON
         atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(evaluator.results()))
+        atomic_write_text(out / "predictions" / f"{cell.dataset}.gt.json", json.dumps(evaluator.gt_dict()))
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
     result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": to_jsonable(metrics),
