@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Detector:
     names: list[str]
     stride: int
     device: torch.device
+    train_imgsz: int | None = None  # the input size it was trained at (a .pt's ``train_args["imgsz"]``), if recorded
 
     @property
     def nc(self) -> int:
@@ -236,13 +238,18 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
     path = Path(model)
     device = torch.device(device)
     suffix = path.suffix.lower()
+    train_imgsz = None
     if suffix == ".pt":
         if not path.is_file():
             raise _missing_weights_error(path)
         require_safe_checkpoint(path)
         from ultralytics.nn.tasks import load_checkpoint
 
-        net, _ = load_checkpoint(str(path), device=device)
+        net, ckpt = load_checkpoint(str(path), device=device)
+        train_imgsz = checkpoint_imgsz(ckpt)
+        if train_imgsz is None:
+            warnings.warn(f"{path} records no training input size (train_args imgsz): the bench scores each image "
+                          "at its own long side unless the dataset sets imgsz", stacklevel=2)
     elif suffix in (".yaml", ".yml"):
         check_model_yaml(path)
         from ultralytics.nn.tasks import DetectionModel
@@ -255,7 +262,19 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
         raise ValueError(f"{path} predicts {net_nc} classes but nc={nc} was requested")
     stride = int(max(int(net.stride.max()), 32)) if hasattr(net, "stride") else 32
     return Detector(model=net.eval(), names=_names_list(getattr(net, "names", None), net_nc), stride=stride,
-                    device=device)
+                    device=device, train_imgsz=train_imgsz)
+
+
+def checkpoint_imgsz(ckpt: Any) -> int | None:
+    """The input size an ultralytics checkpoint was trained at (``ckpt["train_args"]["imgsz"]``, what its validator
+    defaults to; a ``[h, w]`` pair gives its long side), or None when it records none."""
+    imgsz = (ckpt.get("train_args") or {}).get("imgsz") if isinstance(ckpt, dict) else None
+    if isinstance(imgsz, (list, tuple)) and imgsz:
+        imgsz = max(imgsz)
+    try:
+        return int(imgsz) if imgsz is not None and int(imgsz) > 0 else None
+    except (TypeError, ValueError):
+        return None
 
 
 def class_count_check(detector: Detector, names: Sequence[str]) -> None:
@@ -399,8 +418,13 @@ class DetectionTask(Task):
     title = "Detection"
     aliases = ("det",)
     formats = ("yolo", "coco", "bdd100k", "voc")
-    metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"))
-    per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5")}
+    # COCO's mAP for every format; VOC sets add the devkit's AP@.5 (only their cells hold those keys)
+    metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"),
+               MetricSpec("voc_map50_allpt", "VOC mAP@.5, all-point (VOC2010+ devkit)", "VOC mAP50 all-pt"),
+               MetricSpec("voc07_map50_11pt", "VOC2007 mAP@.5, 11-point (VOC2007 devkit)", "VOC07 mAP50 11-pt"))
+    per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5"),
+                 "per_class_voc": MetricSpec("voc_ap50_allpt", "VOC AP@.5, all-point"),
+                 "per_class_voc07": MetricSpec("voc07_ap50_11pt", "VOC2007 AP@.5, 11-point")}
     val_metric = "map50"
     image_metric = MetricSpec("map50", "AP@.5")
     scoring_options = ("conf", "iou")
@@ -457,6 +481,13 @@ class DetectionTask(Task):
         from downstream.metrics import DetectionEvaluator
 
         return DetectionEvaluator(names)
+
+    def input_size(self, model: Detector) -> tuple[int | None, str]:
+        """The size it was trained at (a ``.pt``'s ``train_args``, as ultralytics' validator defaults to), else None
+        (each image at its own long side: a ``.yaml`` model, or a ``.pt`` that records no size)."""
+        if model.train_imgsz:
+            return model.train_imgsz, "checkpoint"
+        return None, "image long side"
 
     def dataset_evaluator(self, dataset: Any, indices: Sequence[int]) -> tuple[Any, list[int]]:
         """:class:`~downstream.metrics.DetectionEvaluator` over the dataset's own COCO ground truth of images

@@ -378,7 +378,8 @@ def load_instance_segmenter(model: str | Path, nc: int | None = None,
             raise _missing_weights_error(path)
         det = load_detector(path, nc=nc, device=device)
         _require_segment_head(det.model, path)
-        return InstanceSegmenter(model=det.model, names=det.names, stride=det.stride, device=device)
+        return InstanceSegmenter(model=det.model, names=det.names, stride=det.stride, device=device,
+                                 train_imgsz=det.train_imgsz)
     if suffix not in (".yaml", ".yml"):
         raise ValueError(f"unsupported instance segmentation model {model!r}: expected a local .pt or a model .yaml")
     check_model_yaml(path)

@@ -103,6 +103,11 @@ class Task(ABC):
         """Per-image predictions (on the CPU) for ``images``; ``imgsz``/``conf``/``iou`` are the detectors'
         inference size and thresholds (tasks without them ignore them)."""
 
+    def input_size(self, model: Any) -> tuple[int | None, str]:
+        """The inference size ``predict`` uses for ``model`` when the config gives none, and where it comes from
+        (``("", "")``-like ``(None, "")``: the task has no input size)."""
+        return None, ""
+
     # -- metrics ---------------------------------------------------------------------------------------------------
     @abstractmethod
     def evaluator(self, names: Sequence[str]) -> Evaluator:

@@ -39,7 +39,9 @@ class DatasetSpec:
     path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
     model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
     split: str = "val"
-    imgsz: int | None = None  # detector inference size (default: the image's long side)
+    # detector inference size; default: the size a .pt was trained at (train_args imgsz, as ultralytics' validator
+    # does), else (a .yaml, or a .pt without that record) each image's long side. Cells record the size used.
+    imgsz: int | None = None
     limit: int | None = None  # score at most this many images
     rainy: list[RainSource] = field(default_factory=list)  # pre-rained folders, scored beside the presets
     # The labelled images are themselves rainy (real rain, no clean twin): they are scored as severity NAME (rainy

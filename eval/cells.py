@@ -279,6 +279,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     bar = tqdm(total=len(inputs), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress,
                leave=False)
     hits = 0
+    imgsz, imgsz_from = (spec.imgsz, "config") if spec.imgsz else task.input_size(task_model)
     for batch in _batches(loader, rt.batch):
         if derainer is not None:
             hits += sum(b.derained is not None for b in batch)
@@ -286,7 +287,7 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         else:
             xs = [b.x for b in batch]
         x = torch.stack(xs).to(rt.device)
-        preds = task.predict(task_model, x, imgsz=spec.imgsz, conf=cfg.conf, iou=cfg.iou)
+        preds = task.predict(task_model, x, imgsz=imgsz, conf=cfg.conf, iou=cfg.iou)
         for (i, name, image, label, _, key, _), y, pred in zip(batch, xs, preds, strict=True):
             row: dict[str, Any] = {"image": name}
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
@@ -313,6 +314,8 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
     result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": to_jsonable(metrics),
               "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    if imgsz_from:  # the detector's input size: the config's, the checkpoint's, or each image's long side (None)
+        result["imgsz"], result["imgsz_from"] = imgsz, imgsz_from
     if derainer is not None:
         result["derain_cache_hits"] = int(sum(all_hits))
     if cfg.bootstrap > 0:

@@ -9,7 +9,7 @@ import io
 import json
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from downstream.tasks import get_task
 from eval.bench_config import SUMMARY_SEVERITY, BenchConfig, conditions
 
 
-def task_metrics(task: str) -> tuple[str, ...]:
-    """The dataset metrics ``task`` reports in results.csv (the first is its headline)."""
-    return get_task(task).metric_keys()
+def task_metrics(task: str, metrics: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The dataset metrics ``task`` reports in results.csv (the first is its headline); with a cell's ``metrics``,
+    those it holds (some exist for some dataset formats only: VOC's devkit AP)."""
+    keys = get_task(task).metric_keys()
+    return keys if metrics is None else tuple(k for k in keys if k in metrics)
 
 
 RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high", "std", "seeds"]
@@ -97,7 +99,7 @@ def _replicate(table: dict[tuple, Any], rep: int) -> dict[tuple, Any]:
 def _cell_rows(key: tuple[str, str, str], data: dict[str, Any]) -> list[dict[str, Any]]:
     """Tidy rows (restoration and task metrics) of one cell."""
     base = {"dataset": key[0], "task": data["task"], "severity": key[1], "method": key[2]}
-    values = {**data["restoration"], **{k: data["metrics"][k] for k in task_metrics(data["task"])}}
+    values = {**data["restoration"], **{k: data["metrics"][k] for k in task_metrics(data["task"], data["metrics"])}}
     return [{**base, "metric": k, "value": v} for k, v in values.items()]
 
 

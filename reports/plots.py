@@ -15,10 +15,9 @@ from matplotlib.lines import Line2D
 
 from derain.fileio import atomic_path
 from downstream.tasks import get_task
-from eval.bench import task_metrics
 from reports.runs import Combined, is_finite
 from reports.stats import correlation, primary_metric, psnr_task_points, worst_severity
-from reports.tables import metric_name
+from reports.tables import metric_name, shown_metrics
 from reports.training import TrainingLog
 
 DPI = 150
@@ -102,14 +101,15 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
     datasets = [d for d in combined.datasets if len(combined.severities_of(d)) > 1]
     if not datasets:
         return None
-    ncols = max(len(task_metrics(combined.datasets[d])) for d in datasets)
+    shown = {d: shown_metrics(combined, combined.datasets[d], [d]) for d in datasets}
+    ncols = max(len(m) for m in shown.values())
     fig = Figure(figsize=(4.3 * ncols + 1.8, 3.1 * len(datasets)), layout="constrained")
     axes = fig.subplots(len(datasets), ncols, squeeze=False)
     handles, labels = [], []
     for row, ds in zip(axes, datasets, strict=True):
         severities = [s for s in combined.severities_of(ds) if s != "none"]
         x = np.arange(len(severities))
-        for ax, metric in zip(row, task_metrics(combined.datasets[ds]), strict=False):
+        for ax, metric in zip(row, shown[ds], strict=False):
             clean = combined.value(ds, "none", "clean", metric)
             if clean and is_finite(clean[0]):
                 ax.axhline(clean[0], color=colors["clean"], linestyle="--", linewidth=1.2, label="clean (no rain)")
@@ -137,7 +137,7 @@ def metric_vs_severity(combined: Combined, colors: dict[str, str], path: Path) -
             ax.grid(alpha=0.3)
             h, lab = ax.get_legend_handles_labels()
             handles, labels = handles + h, labels + lab
-        for ax in row[len(task_metrics(combined.datasets[ds])) :]:
+        for ax in row[len(shown[ds]) :]:
             ax.set_visible(False)
     _legend_outside(fig, *_unique(handles, labels), title="method")
     return save_figure(fig, path)

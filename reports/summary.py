@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 from pathlib import Path
@@ -69,6 +70,33 @@ def _images(run: Run, dataset: str) -> str:
     return str(json.loads(cell.read_text()).get("n", "?"))
 
 
+# What the official evaluator of each detection format ignores, as the bench scores it (downstream.metrics)
+FORMAT_PROTOCOL = {
+    "coco": "; iscrowd regions neither hits nor misses (pycocotools)",
+    "bdd100k": "; ignored categories (other person, other vehicle, trailer) and crowd labels as crowd regions, "
+               "boxes as scalabel converts them (scalabel's det eval)",
+    "voc": "; difficult objects neither hits nor misses; also the VOC devkit's AP@.5, all-point (VOC2010+) and "
+           "11-point (VOC2007)",
+}
+
+
+def _input_size(run: Run, dataset: str, spec: dict) -> str:
+    """The detector input size the run's cells of ``dataset`` used and where it came from ("" for tasks without
+    one; runs made before cells recorded it: the config's imgsz, if any)."""
+    for cell in sorted((run.path / "cells").glob(f"{glob.escape(dataset)}__*.json")):
+        try:
+            data = json.loads(cell.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "imgsz_from" in data:
+            if data.get("imgsz") is None:
+                return ", imgsz: each image's long side (the model records no training size)"
+            origin = {"checkpoint": "the size it was trained at", "config": "set in the config"}
+            return f", imgsz {data['imgsz']} ({origin.get(data['imgsz_from'], data['imgsz_from'])})"
+        break
+    return f", imgsz {spec['imgsz']}" if spec.get("imgsz") else ""
+
+
 def datasets_table(combined: Combined) -> Table:
     """One row per dataset: task, data, split, images scored, task model and detector thresholds."""
     table = Table(
@@ -83,8 +111,7 @@ def datasets_table(combined: Combined) -> Table:
         data = f"{spec.get('path', '?')} ({spec.get('format', '?')})"
         options = get_task(task).scoring_options
         scoring = get_task(task).scoring_text.format(**{k: run.config.get(k) for k in options})
-        if spec.get("imgsz"):
-            scoring += f", imgsz {spec['imgsz']}"
+        scoring += FORMAT_PROTOCOL.get(str(spec.get("format")), "") + _input_size(run, name, spec)
         table.rows.append(
             (
                 [name],

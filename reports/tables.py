@@ -238,9 +238,25 @@ def real_rain_datasets(combined: Combined) -> list[str]:
     ]
 
 
+def shown_metrics(combined: Combined, task: str, datasets: Iterable[str] | None = None) -> list[str]:
+    """``task``'s dataset metrics that the runs hold for ``datasets`` (default: the task's): the headline always,
+    the others where scored (VOC's devkit AP exists for VOC sets only)."""
+    keys = task_metrics(task)
+    names = [d for d, t in combined.datasets.items() if t == task] if datasets is None else list(datasets)
+    held = set(combined.results.loc[combined.results["dataset"].isin(names), "metric"])
+    return [m for k, m in enumerate(keys) if k == 0 or m in held]
+
+
+VOC_PROTOCOL = ("VOC mAP50 all-pt = the Pascal VOC devkit's AP@.5 with all-point interpolation (VOC2010+), VOC07 "
+                "mAP50 11-pt = its 11-point interpolation (VOC2007); both: detections ranked by score over the whole "
+                "set per class, each matched to its highest-IoU object (IoU ≥ 0.5, the devkit's inclusive-pixel "
+                "boxes), difficult objects neither hits nor misses, mean over the classes with objects. mAP and "
+                "mAP@.5 are COCO's (pycocotools) on the same predictions, difficult objects as crowd regions.")
+
+
 def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Table:
     """Task metrics per dataset × severity × method with drop (rainy rows) and recovery (derained rows)."""
-    metrics = task_metrics(task)
+    metrics = shown_metrics(combined, task)
     columns = [Column(m, metric_label(m)) for m in metrics]
     columns += [Column(f"drop_{m}", metric_label(m), group="drop", best=False) for m in metrics]
     columns += [Column(f"recovery_{m}", metric_label(m), group="recovery", digits=2) for m in metrics]
@@ -256,6 +272,8 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
             "Bold: best per column among the rainy and derained rows of each dataset and severity."
         ],
     )
+    if any(m.startswith(("voc_", "voc07_")) for m in metrics):
+        table.notes.append(VOC_PROTOCOL)
     noisy = False
     for ds in [d for d, t in combined.datasets.items() if t == task]:
         for sev in combined.severities_of(ds):
@@ -283,7 +301,7 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
 def robustness_table(combined: Combined, task: str) -> Table | None:
     """mPC, rPC and gap closed per dataset × method for ``task``'s metrics (the robustness-benchmark summary);
     None when the runs hold no summary rows for it."""
-    metrics = task_metrics(task)
+    metrics = shown_metrics(combined, task)
     columns = []
     for m in metrics:
         columns += [
@@ -402,7 +420,7 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     """Per dataset: severity × method with the task metrics, PSNR-Y (dB), and drop / recovery of the headline metric."""
     tables = []
     for ds, task in combined.datasets.items():
-        metrics = task_metrics(task)
+        metrics = shown_metrics(combined, task, [ds])
         first = metrics[0]
         columns = [Column(m, metric_label(m)) for m in metrics]
         columns += [
