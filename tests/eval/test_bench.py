@@ -501,3 +501,82 @@ def test_an_out_folder_inside_a_dataset_image_folder_is_refused(setup: dict, tmp
     with pytest.raises(ValueError, match=r"out .*run lies inside the images of dataset '(det|seg)' .*choose an out"):
         run_bench(cfg, progress=False)
     assert not out.exists()
+
+
+def test_detection_cells_equal_pycocotools_with_crowd_and_write_rescorable_predictions(setup: dict,
+                                                                                     tmp_path: Path) -> None:
+    """A COCO set with crowd regions: results.csv's mAP equals pycocotools on the bench's own prediction JSON
+    against the dataset's annotation file (its own, non-contiguous ids) and against the written
+    ``predictions/<dataset>.gt.json``; the detector ran at the size its checkpoint records, and the cell says so."""
+    import contextlib
+    import io
+
+    import torch
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from ultralytics.nn.tasks import DetectionModel
+
+    from downstream.datasets import to_coco_dict
+    from downstream.tasks import load_task_dataset
+
+    def pycocotools(gt: Path, rows: list[dict]) -> list[float]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(gt))
+            ev = COCOeval(coco, coco.loadRes(rows), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        return list(ev.stats[:2])
+
+    root = setup["root"]
+    yolo = load_task_dataset("detection", "yolo", root / "scenes/det/data.yaml", "val")
+    gt = to_coco_dict(yolo)
+    image_id = {im["id"]: 500 + 3 * k for k, im in enumerate(gt["images"])}
+    category_id = {c["id"]: 10 * c["id"] for c in gt["categories"]}
+    for im in gt["images"]:
+        im["id"] = image_id[im["id"]]
+    for c in gt["categories"]:
+        c["id"] = category_id[c["id"]]
+    gt["annotations"] = []
+    ann0 = tmp_path / "ann0.json"
+    ann0.write_text(json.dumps(gt))
+    torch.manual_seed(0)
+    net = DetectionModel("yolo11n.yaml", nc=len(yolo.names), verbose=False)
+    net.names = dict(enumerate(yolo.names))
+    torch.save({"model": net, "train_args": {"imgsz": 64}}, tmp_path / "det.pt")
+
+    def run(ann: Path, out: str) -> Path:
+        spec = (f"{{name: cc, task: detection, format: coco, model: {tmp_path}/det.pt, "
+                f"path: {{images: {yolo.images_dir}, annotations: {ann}}}}}")
+        return run_bench(bench_config(setup, tmp_path / out, "severities=[light]", "derainers=[]", "bootstrap=50",
+                                      f"datasets=[{spec}]"), progress=False)
+
+    out = run(ann0, "run0")
+    cell = json.loads((out / "cells/cc__none__clean.json").read_text())
+    assert (cell["imgsz"], cell["imgsz_from"]) == (64, "checkpoint")
+    rows = json.loads((out / "predictions/cc__none__clean.json").read_text())
+    assert {r["image_id"] for r in rows} <= set(image_id.values())
+    assert {r["category_id"] for r in rows} <= set(category_id.values())
+    # ground truth from the predictions: in each image, of the class of its best detection, the top detection
+    # becomes a crowd region and the next one an object
+    anns = []
+    for im in gt["images"]:
+        mine = sorted((r for r in rows if r["image_id"] == im["id"]), key=lambda r: -r["score"])
+        top = [r for r in mine if r["category_id"] == mine[0]["category_id"]][:2]
+        for k, r in enumerate(top):
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": r["category_id"],
+                         "bbox": r["bbox"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": int(k == 0)})
+    ann1 = tmp_path / "ann1.json"
+    ann1.write_text(json.dumps({**gt, "annotations": anns}))
+    out = run(ann1, "run1")
+    res = pd.read_csv(out / "results.csv").set_index(["severity", "method", "metric"]).value
+    for cell_key, sev, method in (("cc__none__clean", "none", "clean"), ("cc__light__rainy", "light", "rainy")):
+        rows = json.loads((out / f"predictions/{cell_key}.json").read_text())
+        official = pycocotools(ann1, rows)
+        assert res[(sev, method, "map")] == pytest.approx(official[0], abs=1e-9)
+        assert res[(sev, method, "map50")] == pytest.approx(official[1], abs=1e-9)
+        assert pycocotools(out / "predictions/cc.gt.json", rows) == pytest.approx(official, abs=1e-12)
+    no_crowd = tmp_path / "ann1-no-crowd.json"
+    no_crowd.write_text(json.dumps({**gt, "annotations": [a for a in anns if not a["iscrowd"]]}))  # the old scoring
+    rows = json.loads((out / "predictions/cc__none__clean.json").read_text())
+    assert abs(pycocotools(no_crowd, rows)[1] - res[("none", "clean", "map50")]) > 0.05  # crowd matters here
