@@ -290,6 +290,8 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         preds = task.predict(task_model, x, imgsz=imgsz, conf=cfg.conf, iou=cfg.iou)
         for (i, name, image, label, _, key, _), y, pred in zip(batch, xs, preds, strict=True):
             row: dict[str, Any] = {"image": name}
+            if rainy_files is not None:  # which of a source's files (RainCityscapes: which pattern) was scored
+                row["rain_file"] = rainy_files[i].name
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
                 row.update(_restoration_scores(y, image, None if key is None else f"{digest}:{key}", rt))
             items.append((i, row, pred, label))

@@ -36,7 +36,8 @@ CellKey = tuple[str, str, str, int]  # (dataset, severity, method, rain replicat
 
 def write_results(out: Path, cfg: BenchConfig) -> None:
     """Rebuild results.csv, per_seed.csv, per_image.csv, per_class.csv, summary.csv, differences.csv and
-    timings.json from the finished cells.
+    timings.json from the finished cells. per_image.csv has a ``rain_file`` column (the name of the rainy file a
+    rain source's row scored; empty on other rows) only when a cell read a rain source.
 
     With ``rain_seeds`` > 1 every row of synthetic rain (and every robustness row) is the mean over the seeds of
     the row computed per seed, ``std`` its sample std over seeds and ``seeds`` their number (per_seed.csv has the
@@ -83,8 +84,9 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
     _write_csv(out / "differences.csv", differences,
                ["dataset", "task", "severity", "method", "versus", "metric", "value", "ci_low", "ci_high", "std",
                 "seeds"])
+    source = ["rain_file"] if any("rain_file" in r for r in image_rows) else []  # only runs with rain sources
     _write_csv(out / "per_image.csv", image_rows,
-               ["dataset", "task", "severity", "method", "seed", "image", "psnr_y", "ssim_y"])
+               ["dataset", "task", "severity", "method", "seed", "image", *source, "psnr_y", "ssim_y"])
     _write_csv(out / "per_class.csv", classes, ["dataset", "task", "severity", "method", "class", "metric", "value"])
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
 
@@ -236,6 +238,8 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], n
         if kind == "rpc":
             with np.errstate(invalid="ignore", divide="ignore"):
                 return m_pc / clean
+        if kind == "gap":
+            return clean - m_pc
         r_pc = pc("rainy", base)
         if r_pc is None:
             return None
@@ -260,9 +264,10 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The robustness-benchmark summary (Michaelis et al. 2019) per dataset, task metric m and method:
 
     ``<m>_pc`` = mPC, the metric averaged over the run's rain severities (levels 1–5 give the paper's mPC);
-    ``<m>_rpc`` = rPC = mPC / P_clean; for derainers ``<m>_gap_closed`` = (mPC − mPC_rainy) / (P_clean −
-    mPC_rainy), the share of the average clean-to-rainy gap the derainer closes (1 = all, 0 = none). A method
-    missing any severity gets no row (a partial average would not compare).
+    ``<m>_rpc`` = rPC = mPC / P_clean (NaN where P_clean is 0: undefined); for rainy ``<m>_gap`` = P_clean −
+    mPC_rainy, the average clean-to-rainy gap (its interval tells whether it is within noise); for derainers
+    ``<m>_gap_closed`` = (mPC − mPC_rainy) / (P_clean − mPC_rainy), the share of that gap the derainer closes (1 =
+    all, 0 = none). A method missing any severity gets no row (a partial average would not compare).
     """
     value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
     tasks = {r["dataset"]: r["task"] for r in rows}
@@ -284,6 +289,8 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({**base, "method": method, "metric": f"{metric}_pc", "value": pc})
                 out.append({**base, "method": method, "metric": f"{metric}_rpc",
                             "value": pc / clean if clean else float("nan")})
+                if method == "rainy":
+                    out.append({**base, "method": method, "metric": f"{metric}_gap", "value": clean - pc})
                 if method != "rainy" and "rainy" in pcs:
                     gap = clean - pcs["rainy"]
                     out.append({**base, "method": method, "metric": f"{metric}_gap_closed",

@@ -109,7 +109,7 @@ def build_report(
     if any(out.resolve() == Path(d).resolve() for d in dirs):
         raise ValueError(f"--out {out} is a run folder; write the report into a folder of its own (e.g. {out}/report)")
     summary = summary_tables(combined)
-    results = [restoration_table(combined), *task_tables(combined, min_drop), *robustness_tables(combined)]
+    results = [restoration_table(combined), *task_tables(combined, min_drop), *robustness_tables(combined, min_drop)]
     files: list[Path] = []
     if "csv" in formats:
         files += [write_csv(t, out / "tables") for t in [*summary, *results]]

@@ -1,7 +1,7 @@
-"""Qualitative grids from a run's ``samples/``: per image a row ground truth | clean | rainy | each derainer, with
-the task model's prediction drawn on the image it saw (by the dataset's task: boxes with class and score, class
-masks, instance masks), each panel titled with that image's PSNR-Y / SSIM-Y and task score (the task's per-image
-metric, e.g. AP@.5 or mIoU of the single image)."""
+"""Qualitative grids from the runs' ``samples/``: per image a row ground truth | clean | rainy | each derainer (real
+rain: no clean), with the task model's prediction drawn on the image it saw (by the dataset's task: boxes with class
+and score, class masks, instance masks), each panel titled with that image's PSNR-Y / SSIM-Y and task score (the
+task's per-image metric, e.g. AP@.5 or mIoU of the single image)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from derain.imageio import read_image
+from derain.synth import PRESETS
 from downstream.drawing import DEFAULT_DRAWN, DISPLAY_CONF, is_background
 from downstream.tasks import Task, get_task
 from reports.plots import PALETTE, save_figure
@@ -32,12 +33,23 @@ class Panel:
     caption: str = ""
 
 
-def _source(combined: Combined, method: str) -> tuple[Run, str] | None:
-    """The run (and its own method name) whose samples show ``method``: the first run's seed where possible, so all
-    columns show the same rain."""
-    sources = combined.sources.get(method) or []
-    seed = combined.runs[0].seed
-    return next((s for s in sources if s[0].seed == seed), sources[0] if sources else None)
+def _folder(combined: Combined, dataset: str, severity: str, method: str, seed: int) -> tuple[Run, str, Path] | None:
+    """The run (its own method name, the folder) whose ``samples/`` show ``method`` for ``dataset`` at ``severity``:
+    among the runs that saved them, the first with rain seed ``seed``, else the first."""
+    sev = "none" if method == "clean" else severity
+    found = [(run, name, run.path / "samples" / dataset / sev / name) for run, name in combined.sources.get(method, [])]
+    found = [f for f in found if f[2].is_dir()]
+    return next((f for f in found if f[0].seed == seed), found[0] if found else None)
+
+
+def _folders(combined: Combined, dataset: str, severity: str) -> dict[str, tuple[Run, str, Path]]:
+    """The samples to show per method (clean, rainy, derainers; real rain: no clean), each from a run that saved
+    them, all with the rain seed of the first run that saved rainy samples of this dataset and severity wherever
+    another run of that seed has them (so the columns show the same rain)."""
+    rainy = _folder(combined, dataset, severity, "rainy", combined.runs[0].seed)
+    seed = rainy[0].seed if rainy else combined.runs[0].seed
+    methods = ["clean", *[m for m in combined.methods_of(dataset, severity) if m != "clean"]]
+    return {m: f for m in methods if (f := _folder(combined, dataset, severity, m, seed)) is not None}
 
 
 def _stems(folder: Path) -> list[str]:
@@ -45,10 +57,17 @@ def _stems(folder: Path) -> list[str]:
 
 
 def class_names(run: Run, dataset: str) -> list[str]:
-    """The dataset's class names in index order, from the run's per-class rows (indices as names if unknown)."""
+    """The dataset's class names in index order, from the run's per-class rows of the clean images (of its first
+    condition for real rain, which has none); empty when unknown."""
     pc = run.per_class
-    rows = pc[(pc.dataset == dataset) & (pc.method == "clean")] if not pc.empty else pc
-    return list(dict.fromkeys(rows["class"])) if not rows.empty else []
+    if pc.empty:
+        return []
+    rows = pc[pc.dataset == dataset]
+    clean = rows[rows.method == "clean"]
+    if clean.empty and not rows.empty:
+        first = rows.iloc[0]
+        clean = rows[(rows.severity == first.severity) & (rows.method == first.method)]
+    return list(dict.fromkeys(clean["class"]))
 
 
 def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str) -> dict[str, float]:
@@ -93,39 +112,33 @@ def _caption(scores: dict[str, float], task: tuple[str, float] | None) -> str:
 def grid_panels(
     combined: Combined, dataset: str, severity: str, images: int = 3
 ) -> tuple[list[str], list[list[Panel]]]:
-    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers) of one severity,
-    each with the label the run saved (all predictions: :func:`sample_grid` picks what is drawn)."""
-    methods = ["clean", *[m for m in combined.methods_of(dataset, severity) if m != "clean"]]
-    folders: dict[str, tuple[Run, str, Path]] = {}
-    for method in methods:
-        src = _source(combined, method)
-        if src is None:
-            continue
-        sev = "none" if method == "clean" else severity
-        folder = src[0].path / "samples" / dataset / sev / src[1]
-        if folder.is_dir():
-            folders[method] = (src[0], src[1], folder)
-    if "clean" not in folders or len(folders) < 2:
+    """Image stems and, per image, the panels (ground truth when saved, clean, rainy, derainers; real rain: no
+    clean) of one severity, each with the label the run saved (all predictions: :func:`sample_grid` picks what is
+    drawn). A panel from a run of another rain seed than the rainy panel's says so in its title."""
+    folders = _folders(combined, dataset, severity)
+    base = "clean" if "clean" in folders else "rainy"  # real rain: the rainy image is the only one of the scene
+    if base not in folders or not any(m != "clean" for m in folders):
         return [], []
     common = set.intersection(*(set(_stems(f)) for _, _, f in folders.values()))
-    stems = [s for s in _stems(folders["clean"][2]) if s in common][:images]
-    clean_run = folders["clean"][0]
-    names = class_names(clean_run, dataset)
+    stems = [s for s in _stems(folders[base][2]) if s in common][:images]
+    base_run = folders[base][0]
+    seed = folders["rainy"][0].seed if "rainy" in folders else base_run.seed
+    names = class_names(base_run, dataset)
     task = get_task(combined.datasets[dataset])
-    truth_dir = clean_run.path / "samples" / dataset / "truth"
+    truth_dir = base_run.path / "samples" / dataset / "truth"
     rows = []
     for stem in stems:
         truth = task.load_label(truth_dir, stem)
-        clean_image = read_image(folders["clean"][2] / f"{stem}.png")
         row = []
         if truth is not None:
-            row.append(Panel("ground truth", clean_image, truth, task.describe(truth)))
+            row.append(Panel("ground truth", read_image(folders[base][2] / f"{stem}.png"), truth, task.describe(truth)))
         for method, (run, name, folder) in folders.items():
             pred = task.load_label(folder, stem)
             score = image_task_score(task, pred, truth, names)
             sev = "none" if method == "clean" else severity
             scores = _image_scores(run, dataset, sev, name, stem)
-            row.append(Panel(method, read_image(folder / f"{stem}.png"), pred, _caption(scores, score)))
+            title = method if run.seed == seed or sev not in PRESETS else f"{method} (seed {run.seed})"
+            row.append(Panel(title, read_image(folder / f"{stem}.png"), pred, _caption(scores, score)))
         rows.append(row)
     return stems, rows
 
@@ -148,8 +161,9 @@ def sample_grid(
     stems, rows = grid_panels(combined, dataset, severity, images)
     if not rows:
         return None
-    src = _source(combined, "clean")
-    names = class_names(src[0], dataset) if src else []
+    folders = _folders(combined, dataset, severity)
+    base = folders.get("clean") or folders["rainy"]
+    names = class_names(base[0], dataset)
     task = get_task(combined.datasets[dataset])
     ncols = max(len(r) for r in rows)
     h, w = rows[0][0].image.shape[:2]

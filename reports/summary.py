@@ -9,6 +9,7 @@ from pathlib import Path
 
 from derain.checkpoint import is_checkpoint, read_meta
 from downstream.tasks import get_task
+from eval.bench import Cell
 from reports.runs import BASELINES, Combined, Run
 from reports.tables import Column, Table
 
@@ -64,10 +65,15 @@ def runs_table(combined: Combined) -> Table:
 
 
 def _images(run: Run, dataset: str) -> str:
-    cell = run.path / "cells" / f"{dataset}__none__clean.json"
-    if not cell.is_file():
-        return "?"
-    return str(json.loads(cell.read_text()).get("n", "?"))
+    """How many images the run scored of ``dataset`` (every cell scores the same images): from its clean cell, or
+    for real rain (no clean images) its first rainy cell; ``?`` when neither cell file is there."""
+    rows = run.results[(run.results.dataset == dataset) & (run.results.method.isin(BASELINES))]
+    pairs = sorted(set(zip(rows.severity, rows.method, strict=True)), key=lambda p: (p != ("none", "clean"), p))
+    for severity, method in pairs:
+        cell = run.path / "cells" / f"{Cell(dataset, severity, method).key}.json"
+        if cell.is_file():
+            return str(json.loads(cell.read_text()).get("n", "?"))
+    return "?"
 
 
 # What the official evaluator of each detection format ignores, as the bench scores it (downstream.metrics)

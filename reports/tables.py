@@ -40,7 +40,8 @@ def metric_name(key: str) -> str:
     return spec.label if spec else key
 
 
-NOISE_MARK = "†"
+NOISE_MARK = "†"  # a recovery (gap closed) whose denominator, the drop (the average gap), is within noise
+UNDEFINED_MARK = "‡"  # rPC where the clean score is 0
 CI_MARK = "°"  # a difference whose 95 % paired-bootstrap interval contains 0
 MIN_DROP = 0.01  # |clean − rainy| below this (metric units, 0–1 scale) makes a recovery meaningless
 
@@ -129,12 +130,30 @@ def drop_within_noise(combined: Combined, dataset: str, severity: str, metric: s
     """True when the clean − rainy drop is too small to divide by: its 95 % paired-bootstrap interval contains 0
     (runs with intervals), else |drop| < ``min_drop`` or < 2 × its std over seeds."""
     drop = combined.value(dataset, severity, "rainy", f"drop_{metric}")
-    if drop is None or not is_finite(drop[0]):
+    return _within_noise(drop, combined.interval(dataset, severity, "rainy", f"drop_{metric}"), min_drop)
+
+
+def gap_within_noise(combined: Combined, dataset: str, metric: str, min_drop: float = MIN_DROP) -> bool:
+    """:func:`drop_within_noise` for the robustness summary: the average gap P_clean − mPC of rainy (``<m>_gap``)
+    that gap closed divides by. Runs made before that row: the gap from P_clean and rainy's mPC, without interval."""
+    gap = combined.value(dataset, SUMMARY_SEVERITY, "rainy", f"{metric}_gap")
+    if gap is not None:
+        return _within_noise(gap, combined.interval(dataset, SUMMARY_SEVERITY, "rainy", f"{metric}_gap"), min_drop)
+    clean = combined.value(dataset, "none", "clean", metric)
+    pc = combined.value(dataset, SUMMARY_SEVERITY, "rainy", f"{metric}_pc")
+    if clean is None or pc is None:
         return True
-    ci = combined.interval(dataset, severity, "rainy", f"drop_{metric}")
+    return _within_noise((clean[0] - pc[0], pc[1], pc[2]), None, min_drop)  # P_clean does not vary with the seed
+
+
+def _within_noise(diff: tuple[float, float, int] | None, ci: tuple[float, float] | None, min_drop: float) -> bool:
+    """The noise rule of a denominator ``(mean, std over seeds, seeds)``: its interval contains 0 where there is
+    one, else |mean| < ``min_drop`` or < 2 × std; a missing or non-finite one is noise too."""
+    if diff is None or not is_finite(diff[0]):
+        return True
     if ci is not None:
         return not excludes_zero(ci)
-    mean, std, n = drop
+    mean, std, n = diff
     return abs(mean) < min_drop or (n > 1 and is_finite(std) and abs(mean) < 2 * std)
 
 
@@ -298,9 +317,10 @@ def task_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Tab
     return table
 
 
-def robustness_table(combined: Combined, task: str) -> Table | None:
+def robustness_table(combined: Combined, task: str, min_drop: float = MIN_DROP) -> Table | None:
     """mPC, rPC and gap closed per dataset × method for ``task``'s metrics (the robustness-benchmark summary);
-    None when the runs hold no summary rows for it."""
+    None when the runs hold no summary rows for it. A gap closed over an average gap within noise is n/a† (the
+    rule of the recoveries, :func:`gap_within_noise`), an rPC over a clean score of 0 n/a‡."""
     metrics = shown_metrics(combined, task)
     columns = []
     for m in metrics:
@@ -322,25 +342,54 @@ def robustness_table(combined: Combined, task: str) -> Table | None:
     )
     for ds in [d for d, t in combined.datasets.items() if t == task]:
         for method in combined.methods:
-            entries = _robustness_entries(combined, ds, method, metrics)
-            if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
+            entries = _robustness_entries(combined, ds, method, metrics, min_drop)
+            if any(isinstance(e, Value) and (is_finite(e.mean) or e.mark) for e in entries):
                 table.rows.append(([ds, method], entries))
     if not any(keys[1] != "clean" for keys, _ in table.rows):
         return None
     _mark_best(table, 1)
-    table.footnotes += seeds_note(combined)
+    table.footnotes += robustness_notes(table, combined, min_drop) + ci_note(table) + seeds_note(combined)
     return table
 
 
-def _robustness_entries(combined: Combined, ds: str, method: str, metrics: Iterable[str]) -> list[Entry]:
-    """mPC, rPC and gap closed of each metric for one method; the clean row holds P_clean, 1 and nothing."""
+def _robustness_entries(combined: Combined, ds: str, method: str, metrics: Iterable[str],
+                        min_drop: float = MIN_DROP) -> list[Entry]:
+    """mPC, rPC and gap closed of each metric for one method; the clean row holds P_clean, 1 and nothing. rPC is
+    n/a‡ where P_clean is 0 (undefined), gap closed n/a† where the average gap is within noise."""
     entries: list[Entry] = []
     for m in metrics:
+        clean = _value(combined, ds, "none", "clean", m)
+        undefined = is_finite(clean.mean) and clean.mean == 0
         if method == "clean":
-            entries += [_value(combined, ds, "none", "clean", m), Value(1.0), Value(None)]
+            rpc = Value(None) if not is_finite(clean.mean) else Value(1.0)
+            entries += [clean, rpc, Value(None)]
         else:
-            entries += [_value(combined, ds, SUMMARY_SEVERITY, method, f"{m}_{k}") for k in ("pc", "rpc", "gap_closed")]
+            rpc, closed = (_value(combined, ds, SUMMARY_SEVERITY, method, f"{m}_{k}") for k in ("rpc", "gap_closed"))
+            if is_finite(closed.mean) and gap_within_noise(combined, ds, m, min_drop):
+                closed.mark = NOISE_MARK
+            entries += [_value(combined, ds, SUMMARY_SEVERITY, method, f"{m}_pc"), rpc, closed]
+        if undefined and (method == "clean" or not is_finite(entries[-2].mean)):
+            entries[-2] = Value(None, mark=UNDEFINED_MARK)
     return entries
+
+
+def robustness_notes(table: Table, combined: Combined, min_drop: float = MIN_DROP, short: bool = False) -> list[str]:
+    """The footnotes for the n/a marks a robustness table printed (``short``: fits a 100-column terminal)."""
+    marks = {e.mark for _, entries in table.rows for e in entries if isinstance(e, Value)}
+    notes = []
+    if NOISE_MARK in marks:
+        seeds = ", or < 2 × its std over seeds" if combined.max_n > 1 else ""
+        notes.append(
+            f"{NOISE_MARK} gap within noise (95 % interval contains 0, or |gap| < {min_drop:g} without intervals): "
+            "gap closed not meaningful"
+            if short
+            else f"{NOISE_MARK} n/a: the average gap P_clean − mPC of rainy is within noise (its 95 % bootstrap "
+            f"interval contains 0; runs without intervals: |gap| < {min_drop:g}{seeds}), so gap closed would divide "
+            "by almost zero, as a recovery over a drop within noise; the CSV keeps the number and flags it."
+        )
+    if UNDEFINED_MARK in marks:
+        notes.append(f"{UNDEFINED_MARK} n/a: rPC = mPC / P_clean is undefined where the clean score is 0.")
+    return notes
 
 
 def synthetic_severities(combined: Combined) -> list[str]:
@@ -348,10 +397,10 @@ def synthetic_severities(combined: Combined) -> list[str]:
     return [s for s in combined.rain_severities() if s in PRESETS]
 
 
-def robustness_tables(combined: Combined) -> list[Table]:
+def robustness_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     """One robustness table per task with summary rows (detection first)."""
     tasks = set(combined.datasets.values())
-    tables = [robustness_table(combined, t) for t in list_tasks() if t in tasks]
+    tables = [robustness_table(combined, t, min_drop) for t in list_tasks() if t in tasks]
     return [t for t in tables if t is not None]
 
 
@@ -363,9 +412,11 @@ def task_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
 
 def table_csv(table: Table) -> str:
     """The table as CSV with full-precision numbers: ``<key>`` (mean), ``<key>_std`` and ``<key>_n`` when
-    aggregated over seeds, ``<key>_within_noise`` for recoveries flagged as meaningless."""
+    aggregated over seeds, ``<key>_within_noise`` for recoveries (gaps closed) flagged as meaningless; an undefined
+    value (n/a‡) is an empty cell."""
     seeds = any(isinstance(e, Value) and e.n > 1 for _, entries in table.rows for e in entries)
-    flagged = {j for _, entries in table.rows for j, e in enumerate(entries) if isinstance(e, Value) and e.mark}
+    flagged = {j for _, entries in table.rows for j, e in enumerate(entries)
+               if isinstance(e, Value) and e.mark == NOISE_MARK}
     header = list(table.index)
     for j, col in enumerate(table.columns):
         header += [col.key] + ([f"{col.key}_std", f"{col.key}_n"] if seeds else [])
@@ -381,7 +432,7 @@ def table_csv(table: Table) -> str:
             else:
                 row += [_num(e.mean)] + ([_num(e.std), e.n] if seeds else [])
             if j in flagged:
-                row.append(isinstance(e, Value) and bool(e.mark))
+                row.append(isinstance(e, Value) and e.mark == NOISE_MARK)
         writer.writerow(row)
     return buf.getvalue()
 
@@ -453,7 +504,7 @@ def main_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     return tables
 
 
-def main_robustness_tables(combined: Combined) -> list[Table]:
+def main_robustness_tables(combined: Combined, min_drop: float = MIN_DROP) -> list[Table]:
     """Per dataset with robustness rows: mPC, rPC and gap closed of the headline metric."""
     tables = []
     for ds, task in combined.datasets.items():
@@ -471,11 +522,11 @@ def main_robustness_tables(combined: Combined) -> list[Table]:
             columns,
         )
         for method in combined.methods:
-            entries = _robustness_entries(combined, ds, method, [m])
-            if any(isinstance(e, Value) and is_finite(e.mean) for e in entries):
+            entries = _robustness_entries(combined, ds, method, [m], min_drop)
+            if any(isinstance(e, Value) and (is_finite(e.mean) or e.mark) for e in entries):
                 table.rows.append(([method], entries))
         if any(keys[0] != "clean" for keys, _ in table.rows):
-            table.footnotes = ci_note(table, short=True)
+            table.footnotes = robustness_notes(table, combined, min_drop, short=True) + ci_note(table, short=True)
             tables.append(table)
     return tables
 
@@ -485,7 +536,7 @@ def main_table_text(run_dirs: str | Path | Iterable[str | Path] | Combined, min_
     PSNR-Y, and drop / recovery of the headline metric, then the robustness summary (mPC, rPC, gap closed). Takes
     run folders or already combined runs."""
     combined = run_dirs if isinstance(run_dirs, Combined) else load_runs(run_dirs)
-    robust = {t.name.removeprefix("main_robustness_"): t for t in main_robustness_tables(combined)}
+    robust = {t.name.removeprefix("main_robustness_"): t for t in main_robustness_tables(combined, min_drop)}
     parts = []
     for table in main_tables(combined, min_drop):
         parts.append(table_text(table))

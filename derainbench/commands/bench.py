@@ -42,16 +42,18 @@ of the derainer digest).
 Output folder: config.yaml, results.csv (dataset, task, severity, method, metric, value, ci_low, ci_high,
 std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
 severity "mean" the robustness summary <m>_pc = mPC (the metric averaged over the run's severities),
-<m>_rpc = mPC / clean, <m>_gap_closed = share of the average clean-to-rainy gap a derainer closes;
+<m>_rpc = mPC / clean (empty where clean is 0: undefined), <m>_gap = clean - mPC of rainy (the average
+clean-to-rainy gap), <m>_gap_closed = share of that gap a derainer closes;
 ci_low/ci_high = 95 % paired-bootstrap interval over images, `bootstrap` resamples, seeded by the run seed),
 differences.csv (derainer A - B per severity and for mPC, with intervals), summary.csv, per_seed.csv
-(each seed's value of every seed-dependent row), per_image.csv (with the rain seed),
-per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO result JSON), samples/ (with the ground
-truth under samples/<dataset>/truth), timings.json, environment.json (device, versions), cells/
-(one JSON per finished (dataset, severity, method, rain seed); a rerun skips them unless --force, so a
-crash loses at most one cell), inputs/ (the sha256 of every dataset file the cells read). A rerun recomputes
-the cells whose inputs changed (config, weights, rain, scoring code, or the content of an image, label or
-annotation file) and says which and why, naming changed files. OUT may not lie inside a dataset's image folder.
+(each seed's value of every seed-dependent row), per_image.csv (with the rain seed; with rain sources
+rain_file, the rainy file a row scored), per_class.csv (AP, AP@.5, IoU per class), predictions/ (COCO
+result JSON), samples/ (with the ground truth under samples/<dataset>/truth), timings.json, environment.json
+(device, versions), cells/ (one JSON per finished (dataset, severity, method, rain seed); a rerun skips
+them unless --force, so a crash loses at most one cell), inputs/ (the sha256 of every dataset file the cells
+read). A rerun recomputes the cells whose inputs changed (config, weights, rain, scoring code, or the content of
+an image, label or annotation file) and says which and why, naming changed files. OUT may not lie inside a
+dataset's image folder.
 `derainbench report OUT` turns the folder into tables, figures and image grids.
 
 """ + DATASET_FORMATS_HELP + """

@@ -52,7 +52,7 @@ def test_demo_runs_every_stage(demo_dir: Path, capsys: pytest.CaptureFixture[str
     assert {r["method"] for r in rows} == METHODS
     assert {r["severity"] for r in rows} == {"none", "light", "heavy", "mean"}  # mean: the robustness summary
     assert {r["metric"] for r in rows if r["severity"] == "mean"} == {
-        f"{m}_{k}" for m in ("map", "map50", "miou", "pixel_acc") for k in ("pc", "rpc", "gap_closed")}
+        f"{m}_{k}" for m in ("map", "map50", "miou", "pixel_acc") for k in ("pc", "rpc", "gap", "gap_closed")}
     assert {r["task"] for r in rows} == {"detection", "segmentation"}
     value = {(r["dataset"], r["severity"], r["method"], r["metric"]): float(r["value"]) for r in rows}
     assert value[("scenes-det", "heavy", "rainy", "psnr_y")] < value[("scenes-det", "light", "rainy", "psnr_y")] - 5

@@ -83,7 +83,20 @@ def test_bench_rows_per_rain_setting(tmp_path: Path, cityscapes_segmenter: Path)
             f"model: {cityscapes_segmenter}, rainy: [{sources}]}}]")
     cfg = load_config(BenchConfig, None, [f"out={tmp_path / 'run'}", "device=cpu", "severities=[]", "samples=0",
                                           "bootstrap=0", spec, "derainers=[{name: identity, model: identity}]"])
-    res = pd.read_csv(run_bench(cfg, progress=False) / "results.csv")
+    run = run_bench(cfg, progress=False)
+    res = pd.read_csv(run / "results.csv")
     assert set(res.severity) >= {"none", "rc-a0.01", "rc-a0.02", "rc-a0.03"}
     psnr = res[(res.metric == "psnr_y") & (res.method == "rainy")].set_index("severity").value
     assert psnr["rc-a0.01"] != psnr["rc-a0.03"] and {"miou", "ssim_y"} <= set(res.metric)
+    # per_image.csv names the RainCityscapes file (so its pattern) each frame was scored on; clean rows have none
+    per_image = pd.read_csv(run / "per_image.csv", dtype=str, keep_default_na=False)
+    assert list(per_image.columns) == ["dataset", "task", "severity", "method", "seed", "image", "rain_file",
+                                       "psnr_y", "ssim_y"]
+    assert (per_image[per_image.severity == "none"].rain_file == "").all()
+    for (a, b, d), sev in zip(GROUPS, ["rc-a0.01", "rc-a0.02", "rc-a0.03"], strict=True):
+        rows = per_image[per_image.severity == sev]
+        assert len(rows) == 2 * len(FRAMES)  # rainy and identity
+        for image, rain_file in zip(rows.image, rows.rain_file, strict=True):
+            frame = next(f for f in FRAMES if f.endswith(image.removesuffix("_leftImg8bit.png")))
+            k = spread_pattern(frame, list(range(1, 13)))
+            assert rain_file == f"{Path(frame).name}_leftImg8bit_rain_alpha_{a}_beta_{b}_dropsize_{d}_pattern_{k}.png"

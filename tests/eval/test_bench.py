@@ -136,7 +136,7 @@ def test_robustness_summary_arithmetic() -> None:
             row("none", "clean", 0.9, "pixel_acc")]
     got = {(r["method"], r["metric"]): r["value"] for r in robustness(rows)}
     assert all(r["severity"] == "mean" for r in robustness(rows))
-    assert got == pytest.approx({("rainy", "miou_pc"): 0.2, ("rainy", "miou_rpc"): 0.4,
+    assert got == pytest.approx({("rainy", "miou_pc"): 0.2, ("rainy", "miou_rpc"): 0.4, ("rainy", "miou_gap"): 0.3,
                                  ("x", "miou_pc"): 0.35, ("x", "miou_rpc"): 0.7, ("x", "miou_gap_closed"): 0.5})
 
 

@@ -156,11 +156,22 @@ def test_a_bench_over_a_root_copy_gives_the_numbers_of_its_image_folder(tiny_ben
                 f"format: masks, path: {root}/scenes/seg, model: {root}/seg-model, {sources('seg', 'val/images')}}}]")
     cfg = load_config(BenchConfig, None, [f"out={tmp_path / 'run'}", "device=cpu", "severities=[]", "samples=0",
                                           "bootstrap=0", datasets, "derainers=[{name: identity, model: identity}]"])
-    res = pd.read_csv(run_bench(cfg, progress=False) / "results.csv")
+    run = run_bench(cfg, progress=False)
+    res = pd.read_csv(run / "results.csv")
     by = res.set_index(["dataset", "severity", "method", "metric"]).value
+    per_image = pd.read_csv(run / "per_image.csv", dtype=str, keep_default_na=False)
+    source_rows = per_image[per_image.severity != "none"]
+    assert len(source_rows) and (per_image[per_image.severity == "none"].rain_file == "").all()
+    assert [Path(f).stem for f in source_rows.rain_file] == [Path(f).stem for f in source_rows.image]  # by name
     keys = [k for k in by.index if k[1] == "root"]
     assert {k[0] for k in keys} == {"det", "seg"} and {"map", "miou", "psnr_y"} <= {k[3] for k in keys}
     for ds, _, method, metric in keys:
         np.testing.assert_equal(by[(ds, "folder", method, metric)], by[(ds, "root", method, metric)])  # NaN == NaN
     for ds in ("det", "seg"):
         assert 5 < by[(ds, "root", "rainy", "psnr_y")] < 40  # rainy images were read, not the clean ones
+
+
+def test_per_image_csv_without_rain_sources_keeps_its_columns(tiny_bench_run: Path) -> None:
+    """``rain_file`` (the rainy file a rain source's row was scored on) only where a dataset has rain sources."""
+    header = (tiny_bench_run / "per_image.csv").read_text().splitlines()[0]
+    assert header == "dataset,task,severity,method,seed,image,psnr_y,ssim_y"

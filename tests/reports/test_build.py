@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from derainbench.cli import main
 from reports.build import build_report, parse_formats
+from reports.grids import grid_panels
 from reports.tables import main_table_text
 
 TABLES = ["runs", "datasets", "methods", "restoration", "detection", "segmentation"]
@@ -61,7 +63,8 @@ def test_tables_hold_the_numbers_of_results_csv(report: Path, tiny_bench_run: Pa
               for task in ("detection", "segmentation")}
     checked = 0
     for r in results.itertuples():
-        if r.metric.startswith("gain_"):  # derained − rainy: behind the recovery column and its noise mark
+        if r.metric.startswith("gain_") or r.metric.endswith("_gap"):  # derained − rainy, clean − mPC of rainy:
+            # behind the recovery (gap closed) columns and their noise marks
             checked += 1
             continue
         if r.severity == "mean":  # the robustness summary: mPC, rPC, gap closed
@@ -138,3 +141,12 @@ def test_report_of_a_real_rain_dataset_says_why_psnr_is_absent(tiny_bench: dict,
     md = (report.out / "report.md").read_text()
     assert "No PSNR/SSIM for seg: real rain without clean images" in md
     assert "real rain without clean images: no PSNR-Y, drop or recovery" in main_table_text(run)
+    # the images scored, from the real-rain cells (there is no clean cell), and the grid of the saved samples
+    n = json.loads((run / "cells/seg__real__rainy.json").read_text())["n"]
+    datasets = pd.read_csv(report.out / "tables/datasets.csv", dtype=str).set_index("dataset")
+    assert datasets.loc["seg", "images"] == str(n) and n > 0
+    assert (run / "samples/seg/real/rainy").is_dir()
+    assert "figures/grid_seg_real.png" in md
+    stems, rows = grid_panels(report.combined, "seg", "real", images=3)
+    assert stems and all([p.title for p in row] == ["ground truth", "rainy", "identity", "lite"] for row in rows)
+    assert all(p.caption.startswith("mIoU") for row in rows for p in row[1:])  # no PSNR-Y: no clean image

@@ -64,3 +64,25 @@ def test_display_boxes_hide_low_confidence() -> None:
     assert display_boxes(pred, k=5, conf=0.95)["classes"] == []
     truth = {"boxes": [[0, 0, 10, 10]], "classes": [4]}  # no scores: always drawn
     assert display_boxes(truth, k=5)["classes"] == [4]
+
+
+def test_a_report_over_two_runs_keeps_each_runs_grids(tiny_bench: dict, tiny_bench_run: Path, tmp_path: Path) -> None:
+    """A later run with its own dataset and another rain seed: its grid is drawn from its own samples (the first
+    run has none of that dataset), every column from the same run, so the rain is the same in each."""
+    from eval.bench import run_bench
+    from reports.build import make_figures
+    from reports.runs import load_runs
+
+    root = tiny_bench["root"]
+    cfg = tiny_bench["config"](tmp_path / "later", "seed=1", "severities=[heavy]", "samples=2", "bootstrap=0",
+                               f"datasets=[{{name: seg2, task: segmentation, format: masks, path: {root}/scenes/seg, "
+                               f"model: {root}/seg-model}}]", "derainers=[{name: identity, model: identity}]")
+    later = run_bench(cfg, progress=False)
+    combined = load_runs([tiny_bench_run, later])
+    stems, rows = grid_panels(combined, "seg2", "heavy", images=5)
+    assert len(stems) == 2
+    for row in rows:
+        assert [p.title for p in row] == ["ground truth", "clean", "rainy", "identity"]
+        np.testing.assert_array_equal(row[3].image, row[2].image)  # identity of the very rain shown as rainy
+    names = {f.path.name for f in make_figures(combined, tmp_path / "report", images=2)}
+    assert {"grid_seg2_heavy.png", "grid_seg_heavy.png", "grid_det_light.png"} <= names

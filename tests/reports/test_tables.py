@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from reports.runs import load_runs
+from reports.runs import CLASS_COLUMNS, Run, combine, load_runs
 from reports.tables import (
     CI_MARK,
     NOISE_MARK,
@@ -15,6 +16,8 @@ from reports.tables import (
     Table,
     Value,
     _mark_best,
+    main_table_text,
+    robustness_table,
     table_csv,
     table_text,
     task_table,
@@ -103,3 +106,67 @@ def test_best_is_bold_as_printed_and_ties_are_not_a_win() -> None:
     assert "1.00" in table_text(table) and "–" not in table_text(table)
     assert Value(0.5, 0.01, n=3).text(2) == "0.50 ± 0.01" and Value(float("nan")).text(2) == "–"
     assert Value(-0.001).text(2) == "0.00" and Value(-0.01).text(2) == "-0.01"
+
+
+def _gap_closed_marks(combined, task: str, metric: str, min_drop: float) -> dict[tuple[str, str], bool]:
+    """``(dataset, method) -> gap closed printed n/a†`` of every derainer with a finite gap closed."""
+    table = robustness_table(combined, task, min_drop=min_drop)
+    j = [c.key for c in table.columns].index(f"{metric}_gap_closed")
+    marks = {}
+    for (ds, method), entries in table.rows:
+        e = entries[j]
+        if method not in ("clean", "rainy") and np.isfinite(e.mean):
+            marks[(ds, method)] = e.mark == NOISE_MARK
+            assert e.text(2) == f"n/a{NOISE_MARK}" or not e.mark
+    assert marks
+    assert any(marks.values()) == any(f.startswith(NOISE_MARK) for f in table.footnotes)  # every n/a explained
+    return marks
+
+
+def test_gap_closed_over_a_gap_within_noise_is_na_like_a_recovery(tiny_bench_run: Path) -> None:
+    """gap closed divides by the mean gap P_clean − mPC of rainy: n/a† when that gap is within noise, by the rule of
+    the per-severity recoveries (its 95 % interval contains 0; without intervals |gap| < min_drop)."""
+    combined = load_runs(tiny_bench_run)
+    res = pd.read_csv(tiny_bench_run / "results.csv").set_index(["dataset", "severity", "method", "metric"])
+    for task, ds, metric in (("segmentation", "seg", "miou"), ("segmentation", "seg", "pixel_acc")):
+        gap = res.loc[(ds, "mean", "rainy", f"{metric}_gap")]
+        assert gap.value == res.loc[(ds, "none", "clean", metric), "value"] - res.loc[(ds, "mean", "rainy",
+                                                                                          f"{metric}_pc"), "value"]
+        assert np.isfinite(gap.ci_low) and np.isfinite(gap.ci_high)  # its paired-bootstrap interval
+        noise = not (gap.ci_low > 0 or gap.ci_high < 0)
+        for min_drop in (0.0, 1.0):  # with intervals the interval decides
+            assert set(_gap_closed_marks(combined, task, metric, min_drop).values()) == {noise}
+    without = load_runs(tiny_bench_run)
+    without.results[["ci_low", "ci_high"]] = float("nan")  # a run without intervals
+    older = load_runs(tiny_bench_run)
+    older.results = older.results[~older.results.metric.str.endswith("_gap")]  # made before the gap rows
+    for combined in (without, older):
+        assert not any(_gap_closed_marks(combined, "segmentation", "miou", 0.0).values())
+        assert all(_gap_closed_marks(combined, "segmentation", "miou", 1.0).values())
+    text = main_table_text(without, min_drop=1.0)
+    assert "gap closed" in text and f"n/a{NOISE_MARK}" in text.split("seg: over all")[1]
+
+
+def test_rpc_is_undefined_where_the_clean_score_is_0(tmp_path: Path) -> None:
+    """rPC = mPC / P_clean: with P_clean = 0 the clean row is not 1 and no row divides by 0; the footnote says why."""
+    rows = [("none", "clean", "miou", 0.0), ("none", "clean", "pixel_acc", 0.5),
+            ("light", "rainy", "miou", 0.0), ("light", "rainy", "pixel_acc", 0.4),
+            ("light", "x", "miou", 0.1), ("light", "x", "pixel_acc", 0.45),
+            ("mean", "rainy", "miou_pc", 0.0), ("mean", "rainy", "miou_rpc", float("nan")),
+            ("mean", "x", "miou_pc", 0.1), ("mean", "x", "miou_rpc", float("nan")),
+            ("mean", "rainy", "pixel_acc_pc", 0.4), ("mean", "rainy", "pixel_acc_rpc", 0.8),
+            ("mean", "x", "pixel_acc_pc", 0.45), ("mean", "x", "pixel_acc_rpc", 0.9)]
+    results = pd.DataFrame([{"dataset": "d", "task": "segmentation", "severity": s, "method": m, "metric": k,
+                             "value": v} for s, m, k, v in rows])
+    run = Run(tmp_path, {"seed": 0}, results, pd.DataFrame(columns=CLASS_COLUMNS), pd.DataFrame(), None, {})
+    table = robustness_table(combine([run]), "segmentation")
+    keys = [c.key for c in table.columns]
+    got = {method: entries for (_, method), entries in table.rows}
+    for method in ("clean", "rainy", "x"):
+        rpc = got[method][keys.index("miou_rpc")]
+        assert rpc.text(3).startswith("n/a") and rpc.text(3) != "n/a" + NOISE_MARK
+    assert got["clean"][keys.index("pixel_acc_rpc")].text(3) == "1.000"  # P_clean 0.5: defined
+    assert got["x"][keys.index("pixel_acc_rpc")].text(3) == "0.900"
+    mark = got["clean"][keys.index("miou_rpc")].text(3).removeprefix("n/a")
+    assert any(f.startswith(mark) and "clean score is 0" in f for f in table.footnotes)
+    assert "miou_rpc_within_noise" not in table_csv(table)  # undefined, not noise: the CSV cell is empty
