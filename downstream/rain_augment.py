@@ -67,7 +67,13 @@ class RainAugment:
             presets = [resolve_preset(str(name)) for name in self.presets]
         except ValueError as exc:
             raise ConfigError(f"rain.presets: {exc}") from None
+        if self.raincityscapes is not None:
+            from downstream.raincityscapes import check_select
+
+            check_select(self.raincityscapes, "rain.path")  # a bad setting is refused before training
         run_seed = seed if self.seed is None else self.seed
+        if run_seed < 0:
+            raise ConfigError(f"rain.seed must be >= 0, got {run_seed}")
         return dataclasses.replace(self, presets=presets, p=float(self.p), seed=int(run_seed),
                                    path=str(self.path) if self.path else None)
 
@@ -185,10 +191,3 @@ def bind_to_dataset(rain: RainAugment, dataset: Any) -> TrainingRain:
     if rain.path:
         raise ValueError("rain.path needs a dataset that names its image files (image_path, images_dir)")
     return TrainingRain(rain, [f"#{i}" for i in range(len(dataset))])
-
-
-def rain_record(rain: RainAugment | None) -> dict[str, Any] | None:
-    """The JSON record of a resolved rain (what a trained model's metadata keeps), None without rain."""
-    from derain.config import to_dict
-
-    return None if rain is None else to_dict(rain)

@@ -16,6 +16,7 @@ retry is wrapped again at its epoch's start.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,7 +103,9 @@ def rain_train_loader(trainer: Any, rain: RainAugment) -> TrainingRain:
                          f"{type(dataset).__name__}")
     if getattr(loader, "iterator", None) is not None:
         raise RuntimeError("rain augmentation: the train loader was already iterated before the epoch began")
-    bound = bind_rain(rain, dataset.im_files)
+    # the files behind the links train-task writes to OUT/data for coco/bdd100k/voc sets: keys and rainy copies are
+    # matched against the user's image folder, as bench matches them
+    bound = bind_rain(rain, [os.path.realpath(f) for f in dataset.im_files])
     dataset.__class__ = RainyYOLODataset
     dataset.rain, dataset.rain_epoch = bound, None
     batches = EpochBatches(loader.batch_sampler.sampler, trainer.epoch)
