@@ -265,3 +265,15 @@ def test_yolo_rain_is_the_same_in_dataloader_workers(scenes: Path) -> None:
             clean = (np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8)[..., ::-1]
         assert np.array_equal(img, clean[..., ::-1].transpose(2, 0, 1)), (name, epoch)
     assert outcomes == {True, False}  # some images rained, some clean
+
+
+def test_yolo_trains_on_pre_rained_copies_resized_like_the_clean_images(scenes: Path, tmp_path: Path) -> None:
+    import cv2
+
+    rainy = tmp_path / "det-rainy"
+    synthesize_folder(scenes / "det", rainy, "rain100l", seed=2, progress=False, with_labels=True)
+    seen = _epochs_through_loader(scenes, RainAugment(path=str(rainy), p=1.0).resolve(0), workers=0)
+    for (name, _), img in seen.items():  # the copy of the dataset root, matched through images/train/NAME
+        want = cv2.resize(cv2.imread(str(rainy / "images" / "train" / name)), (32, 32), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(img.astype(int) - want[..., ::-1].transpose(2, 0, 1).astype(int)).max() <= 1, name
+    assert len(seen) == 3 * len(list((scenes / "det" / "images" / "train").iterdir()))
