@@ -223,6 +223,10 @@ def train_task_rain_presets_and_path(tmp: Path) -> tuple[list[str], str]:
     return _train_seg(tmp, "rain.presets=[rain100l]", f"rain.path={tmp}"), "rain.path"
 
 
+def train_task_rain_seed_negative(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l]", "rain.seed=-1"), "rain.seed"
+
+
 def train_task_rain_path_missing(tmp: Path) -> tuple[list[str], str]:
     return _train_seg(tmp, f"rain.path={tmp / 'no-rainy-copy'}"), "no-rainy-copy"
 
@@ -271,7 +275,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      synth_source_inside_destination,
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
                      train_task_rain_probability_above_one, train_task_rain_probability_negative,
-                     train_task_rain_unknown_preset, train_task_rain_presets_and_path, train_task_rain_path_missing]
+                     train_task_rain_unknown_preset, train_task_rain_presets_and_path, train_task_rain_path_missing,
+                     train_task_rain_seed_negative]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
