@@ -321,6 +321,8 @@ def train_detector(
     offline_ultralytics()
     if rain is not None:
         rain = rain.resolve(seed)  # a bad rain is refused before anything is trained
+        if "," in str(device):  # ultralytics' DDP runs a generated script that carries no callbacks
+            raise ValueError(f"rain augmentation trains YOLO models on one device, got device={device!r}")
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
         raise FileNotFoundError(f"detection data yaml not found: {data_yaml} (an ultralytics data.yaml is needed)")
