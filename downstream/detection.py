@@ -325,6 +325,7 @@ def train_detector(
     device: str = "cpu",
     seed: int = 0,
     task: str = "detect",
+    rain: Any = None,
     **overrides: Any,
 ) -> Path:
     """Train a YOLO detector with ultralytics, offline, and return the path of its best ``.pt``.
@@ -332,9 +333,15 @@ def train_detector(
     Runs go to ``out_dir/train`` (overwritten). Defaults: ``plots=False``, ``workers=0``, ``amp=False`` on
     CPU (ultralytics' AMP check would download a model), ``val=True``; ``overrides`` go to ``YOLO.train``.
     ``task="segment"`` trains an instance segmentation model (a ``-seg`` model on a YOLO-seg data.yaml with
-    polygon labels; see ``downstream.instance``).
+    polygon labels; see ``downstream.instance``). ``rain`` (a :class:`downstream.rain_augment.RainAugment`; its
+    seed defaults to ``seed``) rains training images as they are loaded, anew every epoch
+    (:mod:`downstream.rain_yolo`); validation stays clean.
     """
     offline_ultralytics()
+    if rain is not None:
+        rain = rain.resolve(seed)  # a bad rain is refused before anything is trained
+        if "," in str(device):  # ultralytics' DDP runs a generated script that carries no callbacks
+            raise ValueError(f"rain augmentation trains YOLO models on one device, got device={device!r}")
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
         raise FileNotFoundError(f"detection data yaml not found: {data_yaml} (an ultralytics data.yaml is needed)")
@@ -382,6 +389,10 @@ def train_detector(
         seed=seed,
     )
     yolo = YOLO(str(model), task=task)
+    if rain is not None:
+        from downstream.rain_yolo import add_rain_callback
+
+        add_rain_callback(yolo, rain)
     threads = torch.get_num_threads()
     try:
         yolo.train(**args)
@@ -533,7 +544,7 @@ class DetectionTask(Task):
         return {int(c) for c in shown["classes"]}
 
     def train(self, recipe: DetectorRecipe, data: Any, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True, format: str = "yolo") -> Path:
+              progress: bool = True, format: str = "yolo", rain: Any = None) -> Path:
         """``format`` other than ``yolo``: the train and val splits are opened as the benchmark opens them and
         trained on through a YOLO view of them (``out/data``: image links and label files; see
         :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train."""
@@ -551,7 +562,7 @@ class DetectionTask(Task):
             data = str(write_yolo_layout(splits, out / "data"))
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),
-                              seed=seed, task=self.yolo_task, **recipe.yolo)
+                              seed=seed, task=self.yolo_task, rain=rain, **recipe.yolo)
 
 
 def crop_boxes(label: Any, top: int, left: int, size: int, shape: tuple[int, int],

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from derain.checkpoint import WEIGHTS_FILE, read_state_dict, save_state_dict
+from derain.config import to_dict
 from derain.fileio import atomic_write_text
 from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
@@ -231,19 +232,25 @@ class RandomCrops(torch.utils.data.Dataset):
     """Sample ``k`` is a seeded random crop (+ horizontal flip) of a random dataset item.
 
     Returns ``(3×S×S float image, S×S int64 mask)``; items smaller than ``S`` are padded (image 0, mask 255).
-    Deterministic per (seed, k), so DataLoader workers reproduce the same stream.
+    Deterministic per (seed, k), so DataLoader workers reproduce the same stream. ``rain`` (a bound
+    :class:`downstream.rain_augment.TrainingRain`) rains the whole clean image before the crop, drawn per (its seed,
+    k, image).
     """
 
-    def __init__(self, dataset: SegDataset, crop: int, length: int, seed: int = 0) -> None:
-        self.dataset, self.crop, self.length, self.seed = dataset, crop, length, seed
+    def __init__(self, dataset: SegDataset, crop: int, length: int, seed: int = 0, rain: Any = None) -> None:
+        self.dataset, self.crop, self.length, self.seed, self.rain = dataset, crop, length, seed, rain
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, k))
-        image, mask = self.dataset[int(rng.integers(len(self.dataset)))]
-        image, mask = _pad_pair(np.asarray(image, np.float32), np.asarray(mask, np.int64), self.crop)
+        index = int(rng.integers(len(self.dataset)))
+        image, mask = self.dataset[index]
+        image = np.asarray(image, np.float32)
+        if self.rain is not None:
+            image = self.rain(image, index, k)
+        image, mask = _pad_pair(image, np.asarray(mask, np.int64), self.crop)
         h, w = mask.shape
         y, x = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
         image, mask = image[y:y + self.crop, x:x + self.crop], mask[y:y + self.crop, x:x + self.crop]
@@ -288,14 +295,25 @@ def train_segmenter(
     num_workers: int = 0,
     amp: bool = True,
     progress: bool = True,
+    rain: Any = None,
 ) -> Path:
     """Train ``cfg``'s segmenter with cross-entropy (ignore 255), AdamW and a cosine learning-rate decay.
+
+    ``rain`` (a :class:`downstream.rain_augment.RainAugment`; its seed defaults to ``seed``) rains training images
+    before the crop, anew for every sample (see :class:`RandomCrops`); validation stays clean, and the checkpoints'
+    ``segmenter.json`` records the rain (``rain``).
 
     ``epochs`` (if given) overrides ``iters`` as ``epochs × ceil(len(train) / batch_size)`` steps. Every
     ``val_every`` steps (default: 5 times per run) and at the end, ``out_dir/last`` is written, and
     ``out_dir/best`` when val mIoU improved (or, without a val set, the mean training loss since the last
     check). Returns the ``best`` folder.
     """
+    bound = None
+    if rain is not None:
+        from downstream.rain_augment import bind_to_dataset
+
+        rain = rain.resolve(seed)
+        bound = bind_to_dataset(rain, train_dataset)
     torch.manual_seed(seed)
     dev = resolve_device(device)
     if cfg.classes is None and getattr(train_dataset, "classes", None):
@@ -306,7 +324,7 @@ def train_segmenter(
         raise ValueError(f"train_segmenter needs at least one step, got iters={iters}, epochs={epochs}")
     check_every = val_every or max(steps // 5, 1)
     loader = torch.utils.data.DataLoader(
-        RandomCrops(train_dataset, crop_size, steps * batch_size, seed), batch_size=batch_size,
+        RandomCrops(train_dataset, crop_size, steps * batch_size, seed, rain=bound), batch_size=batch_size,
         num_workers=num_workers, drop_last=True, pin_memory=dev.type == "cuda",
     )
     opt = torch.optim.AdamW(seg.parameters(), lr=lr, weight_decay=weight_decay)
@@ -334,7 +352,7 @@ def train_segmenter(
                 metrics["val_miou"] = evaluate_miou(seg, val_dataset)
             score = metrics.get("val_miou", -metrics["train_loss"])
             losses = []
-            info = {"step": step, "metrics": metrics}
+            info = {"step": step, "metrics": metrics, **({"rain": to_dict(rain)} if rain is not None else {})}
             save_segmenter(seg, out_dir / "last", extra=info)
             if score > best:
                 best = score
@@ -465,7 +483,7 @@ class SegmentationTask(Task):
         return {int(k) for k in np.unique(label) if k != IGNORE_INDEX}
 
     def train(self, recipe: SegmenterRecipe, data: Any, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True, format: str = "masks") -> Path:
+              progress: bool = True, format: str = "masks", rain: Any = None) -> Path:
         for key in ("iters", "crop"):
             if getattr(recipe, key) < 1:
                 raise ValueError(f"recipe.{key} must be >= 1, got {getattr(recipe, key)}")
@@ -481,7 +499,7 @@ class SegmentationTask(Task):
         try:
             return train_segmenter(train, cfg, out, iters=recipe.iters, batch_size=batch, lr=recipe.lr,
                                    crop_size=recipe.crop, device=device, seed=seed, val_dataset=val,
-                                   progress=progress)
+                                   progress=progress, rain=rain)
         except FloatingPointError as exc:
             raise RuntimeError(f"{exc}: training diverged with recipe.lr={recipe.lr:g}; try a smaller recipe.lr "
                                f"(default {SegmenterRecipe.lr:g})") from exc

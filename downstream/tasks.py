@@ -170,9 +170,10 @@ class Task(ABC):
     # -- training --------------------------------------------------------------------------------------------------
     @abstractmethod
     def train(self, recipe: Any, data: Any, out: Path, device: torch.device, seed: int, batch: int,
-              progress: bool = True, format: str = "") -> Path:
+              progress: bool = True, format: str = "", rain: Any = None) -> Path:
         """Train the task model on ``data`` (a dataset in ``format``, one of :attr:`formats`; ``""`` = the first)
-        with ``recipe``; returns the path of the best model."""
+        with ``recipe``; ``rain`` (a resolved :class:`downstream.rain_augment.RainAugment`, or None) rains the
+        training images before the task's augmentation; returns the path of the best model."""
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

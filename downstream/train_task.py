@@ -5,11 +5,13 @@ defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from derain.config import ConfigError, from_dict, save_config
+from downstream.rain_augment import RainAugment
 from downstream.tasks import get_task, list_tasks
 
 
@@ -26,6 +28,9 @@ class TaskTrainConfig:
     seed: int = 0
     batch: int = 16
     recipe: dict[str, Any] = field(default_factory=dict)  # the task's recipe (model, epochs, ...); see its class
+    # rain augmentation (a rain-trained task model): {presets: [rain100l, ...] | path: RAINY-COPY, p, seed}; recorded
+    # resolved (versioned presets, the seed used) in OUT/config.yaml; see downstream.rain_augment
+    rain: RainAugment | None = None
 
 
 def check_task_config(cfg: TaskTrainConfig) -> Any:
@@ -55,10 +60,14 @@ def train_task(cfg: TaskTrainConfig, progress: bool = True) -> Path:
     from derain.runtime import resolve_device
 
     recipe = check_task_config(cfg)
+    if cfg.rain is not None:
+        cfg = dataclasses.replace(cfg, rain=cfg.rain.resolve(cfg.seed))  # what config.yaml records is what is used
     task = get_task(cfg.task)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    extra = {"format": cfg.format} if cfg.format else {}  # tasks written before formats were configurable still run
+    extra: dict[str, Any] = {"format": cfg.format} if cfg.format else {}  # tasks written before formats/rain run
+    if cfg.rain is not None:
+        extra["rain"] = cfg.rain
     return task.train(recipe, cfg.data, out, resolve_device(cfg.device), cfg.seed, cfg.batch, progress=progress,
                       **extra)

@@ -14,8 +14,8 @@ Configured like train, joint and bench: a YAML file (configs/task_*.yaml) plus k
 keys; the run writes OUT/config.yaml.
 
 Keys: task (detection | segmentation | instance), data, format (the task's dataset format; default yolo for
-detection and instance, masks for segmentation), out (default runs/task), device, seed, batch (16), and
-recipe.KEY for the task's recipe:
+detection and instance, masks for segmentation), out (default runs/task), device, seed, batch (16), rain.KEY
+(rain augmentation, below), and recipe.KEY for the task's recipe:
   detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
     argument, checked before training; recipe.yolo.resume=true continues OUT's interrupted run from
     OUT/train/weights/last.pt); data = a YOLO data.yaml, or with format=coco|bdd100k|voc the dataset's path
@@ -26,6 +26,19 @@ recipe.KEY for the task's recipe:
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with
     format=cityscapes, the Cityscapes root (leftImg8bit/, gtFine/: the 19 evaluated classes, label ids mapped by
     the official table); writes OUT/best, OUT/last
+
+Rain augmentation (a rain-trained task model, the third strategy beside deraining and joint tuning; README
+"Three strategies against rain"): rain.presets=[rain100l,rain100h] (synthetic rain presets, recorded by
+versioned name, e.g. rain100l@v1) or rain.path=DIR (pre-rained copies of the training images, matched as bench
+matches a rain source: DIR is the rainy copy of the image folder or of a folder above it; with
+rain.raincityscapes={alpha: A, beta: B, dropsize: D} a RainCityscapes leftImg8bit_rain/train folder), rain.p
+(0.5: the probability that an image is rained, drawn per image and epoch), rain.seed (default: seed). The clean
+image is rained as it is loaded, before the task's augmentation; labels and the user's files are never changed;
+validation stays clean. Synthetic rain is new every epoch: detection and instance through a hook in ultralytics'
+train dataset (no extra disk; the epoch travels with each sample into the dataloader workers, so the rain is the
+same for any recipe.yolo.workers), segmentation for every sampled crop. OUT/config.yaml records the rain used
+(presets with versions, p, seed); the draw is a fixed function of them (downstream/rain_augment.py). Synthesis
+runs on the CPU (about 0.1 s for a 320 px image, 0.7 s for a 2048x1024 frame).
 
 Short runs on small data: recipe.yolo.warmup_epochs=0 (ultralytics otherwise warms up for at least 100
 iterations, and a few epochs of a small set learn nothing).
@@ -38,6 +51,8 @@ Examples:
   derainbench train-task task=detection format=bdd100k out=runs/bdd \\
     "data={labels: /data/bdd100k/labels/det_20/det_{split}.json, images: /data/bdd100k/images/100k/{split}}"
   derainbench train-task --config configs/task_instance.yaml data=data/scenes/inst/data.yaml out=runs/inst
+  derainbench train-task --config configs/task_detection.yaml data=data/scenes/det/data.yaml out=runs/det-rain \
+    "rain.presets=[rain100l,rain100h]" rain.p=0.5
 """
 
 

@@ -207,6 +207,30 @@ def train_task_resume_nothing_to_resume(tmp: Path) -> tuple[list[str], str]:
     return [*argv, "recipe.yolo.resume=true"], "last.pt"
 
 
+def train_task_rain_probability_above_one(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l]", "rain.p=1.5"), "rain.p"
+
+
+def train_task_rain_probability_negative(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l]", "rain.p=-0.1"), "rain.p"
+
+
+def train_task_rain_unknown_preset(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l,drizzle]"), "'drizzle'"
+
+
+def train_task_rain_presets_and_path(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l]", f"rain.path={tmp}"), "rain.path"
+
+
+def train_task_rain_seed_negative(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "rain.presets=[rain100l]", "rain.seed=-1"), "rain.seed"
+
+
+def train_task_rain_path_missing(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, f"rain.path={tmp / 'no-rainy-copy'}"), "no-rainy-copy"
+
+
 def _segmenter_saying(tmp: Path, **config: object) -> tuple[list[str], str]:
     from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
 
@@ -249,7 +273,10 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
                      segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,
                      synth_source_inside_destination,
-                     train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
+                     train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
+                     train_task_rain_probability_above_one, train_task_rain_probability_negative,
+                     train_task_rain_unknown_preset, train_task_rain_presets_and_path, train_task_rain_path_missing,
+                     train_task_rain_seed_negative]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -20,7 +20,7 @@ from derain.imageio import read_image, to_tensor, write_image
 from downstream.datasets import read_mask
 from downstream.joint import JointConfig, JointTrainer, crop_sample
 from downstream.scenes import generate_scenes
-from downstream.segmentation import SegmenterConfig, build_segmenter, load_segmenter, save_segmenter
+from downstream.segmentation import SegmenterConfig, build_segmenter, load_segmenter, save_segmenter, train_segmenter
 from downstream.tasks import get_task
 
 TINY = ["derainer.name=mspfn-lite", "derainer.options.channels=8", "derainer.options.cfm_channels=4",
@@ -135,6 +135,38 @@ def test_instance_segmentation_loss_tunes_the_derainer_with_crops(scenes: Path, 
     assert summary["task"] == "instance" and summary["metric"] == "mask_map50" and 0.0 <= summary["after"] <= 1.0
     header = (tmp_path / "inst" / "log.csv").read_text().splitlines()[0]
     assert "loss_task" in header and "loss_feat" in header and "val_mask_map50" in header
+
+
+def test_a_rain_trained_task_model_is_tuned_for_like_any_other(scenes: Path, tmp_path: Path) -> None:
+    """The third strategy's model in the second's loop (issue 26 item 6): a detector and a segmenter trained with rain
+    augmentation are what `joint` tunes a derainer for, frozen and unchanged, like clean-trained ones."""
+    from downstream.datasets import open_mask_dataset
+    from downstream.detection import train_detector
+    from downstream.rain_augment import RainAugment
+
+    rain = RainAugment(presets=["rain100l", "rain100h"], p=0.5)
+    train = open_mask_dataset(scenes / "seg", "train")
+    seg = train_segmenter(train, SegmenterConfig(num_classes=len(train.names), classes=list(train.names),
+                                                 encoder_depth=3, decoder_channels=[16, 8, 8]),
+                          tmp_path / "rain-seg", iters=2, batch_size=2, crop_size=32, device="cpu", amp=False,
+                          progress=False, rain=rain)
+    assert json.loads((seg / "segmenter.json").read_text())["rain"]["presets"] == ["rain100l@v1", "rain100h@v1"]
+    cfg = seg_cfg(scenes, tmp_path, f"task_model={seg}", "weights.restore=0", "weights.task=1", "iters=2",
+                  "val_limit=2", "val_every=1000", "save_every=1000", "optim.lr=1e-2", "name=seg")
+    trainer = JointTrainer(cfg, progress=False)
+    assert trainer.run().step == 2
+    for k, v in trainer.task_model.state_dict().items():
+        assert torch.equal(v.cpu(), load_segmenter(seg).state_dict()[k]), k
+    assert json.loads((tmp_path / "seg" / "summary.json").read_text())["task"] == "segmentation"
+
+    det = train_detector(scenes / "det" / "data.yaml", epochs=1, imgsz=64, batch=4, out_dir=tmp_path / "rain-det",
+                         rain=rain, warmup_epochs=0, verbose=False)
+    probe = JointTrainer(det_cfg(scenes, tmp_path, f"task_model={det}", "weights.restore=0", "weights.task=1",
+                                 "iters=2", "val_limit=1", "val_every=1000", "save_every=1000", "optim.lr=1e-2",
+                                 "name=det"), progress=False)
+    probe.build()
+    only_the_derainer_trains(probe, tmp_path / "det")
+    assert json.loads((tmp_path / "det" / "summary.json").read_text())["metric"] == "map50"
 
 
 def test_resume_matches_uninterrupted(scenes: Path, tmp_path: Path) -> None:
