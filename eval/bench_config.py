@@ -1,12 +1,12 @@
 """What a bench run is configured with: the datasets (and their rain sources), derainers and run settings
-(:class:`BenchConfig`), the cells a config asks for (:func:`conditions`) and the checks a config must pass before
-anything runs (:func:`validate`)."""
+(:class:`BenchConfig`), the cells a config asks for (:func:`plan`, each a :class:`PlannedCell`) and the checks a
+config must pass before anything runs (:func:`validate`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from derain.checkpoint import is_checkpoint, load_derainer, read_meta
 from derain.config import check_name
@@ -14,6 +14,9 @@ from derain.inference import DEFAULT_STAT_PASSES
 from derain.registry import list_models, model_options
 from derain.synth import PRESETS
 from downstream.tasks import get_task
+
+if TYPE_CHECKING:
+    from eval.fingerprints import OpenedDataset
 
 
 @dataclass
@@ -89,6 +92,8 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Cell:
+    """A cell's identity: its file name under ``cells/`` (:attr:`key`) and its rows' coordinates."""
+
     dataset: str
     severity: str  # "none" for clean
     method: str  # clean | rainy | a derainer name
@@ -99,20 +104,66 @@ class Cell:
         return f"{self.dataset}__{self.severity}__{self.method}" + (f"__r{self.rep}" if self.rep else "")
 
 
-def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec | None]]:
-    """Clean first, then per severity (synthetic presets, then the dataset's rain sources) the rainy images and each
-    derainer's output; a real-rain dataset has only its own rainy images and their derained versions."""
+@dataclass(frozen=True)
+class Scoring:
+    """The run settings that change a cell's numbers (so they are in its fingerprint): the detector thresholds,
+    whether intervals are kept (``bootstrap`` > 0 keeps per-image statistics) and derainer autocast."""
+
+    conf: float
+    iou: float
+    bootstrap: int
+    derain_amp: bool
+
+    @classmethod
+    def of(cls, cfg: BenchConfig) -> Scoring:
+        return cls(conf=cfg.conf, iou=cfg.iou, bootstrap=cfg.bootstrap, derain_amp=cfg.derain_amp)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell as a value: what it scores (dataset spec, condition, derainer) and how (rain seed, scoring
+    settings); :func:`eval.bench.plan_cells` adds the opened dataset, its inputs and fingerprint, and
+    :func:`eval.cells.run_cell` runs it. :func:`plan` is the one place that lists a config's cells."""
+
+    cell: Cell
+    dataset: DatasetSpec
+    derainer: DerainerSpec | None  # None for clean and rainy
+    seed: int  # synthetic rain's seed (the run seed + the cell's replicate)
+    scoring: Scoring
+    data: OpenedDataset | None = None  # the opened dataset (None until planned against it)
+    inputs: dict[str, str] = field(default_factory=dict)  # a digest per part of what determines its numbers
+    fingerprint: str = ""  # the digest of ``inputs``
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def clean_input(self) -> bool:
+        """The task model sees the dataset's own images (clean cells, or a real-rain dataset's rainy photos)."""
+        return self.cell.severity == "none" or bool(self.dataset.real_rain)
+
+
+def plan(cfg: BenchConfig, dataset: str) -> list[PlannedCell]:
+    """The cells of ``dataset``, in run order: clean first, then per severity (synthetic presets, then the
+    dataset's rain sources) the rainy images and each derainer's output; a real-rain dataset has only its own rainy
+    images and their derained versions."""
     spec = next(d for d in cfg.datasets if d.name == dataset)
+    scoring = Scoring.of(cfg)
+
+    def cell(sev: str, method: str, rep: int = 0, derainer: DerainerSpec | None = None) -> PlannedCell:
+        return PlannedCell(Cell(dataset, sev, method, rep), spec, derainer, cfg.seed + rep, scoring)
+
     if spec.real_rain:
-        cells: list[tuple[Cell, DerainerSpec | None]] = []
+        cells: list[PlannedCell] = []
         severities = [spec.real_rain]
     else:
-        cells = [(Cell(dataset, "none", "clean"), None)]
+        cells = [cell("none", "clean")]
         severities = [*cfg.severities, *(src.name for src in spec.rainy)]
     for sev in severities:
         for rep in range(cfg.rain_seeds if sev in PRESETS else 1):  # only synthetic rain has a seed
-            cells.append((Cell(dataset, sev, "rainy", rep), None))
-            cells += [(Cell(dataset, sev, d.name, rep), d) for d in cfg.derainers]
+            cells.append(cell(sev, "rainy", rep))
+            cells += [cell(sev, d.name, rep, d) for d in cfg.derainers]
     return cells
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from derain.fileio import atomic_write_text
 from derain.synth import PRESETS
 from downstream.tasks import get_task
-from eval.bench_config import SUMMARY_SEVERITY, BenchConfig, conditions
+from eval.bench_config import SUMMARY_SEVERITY, BenchConfig, plan
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
@@ -44,14 +44,15 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
     cells: dict[CellKey, dict[str, Any]] = {}
     image_rows, timings = [], {}
     for spec in cfg.datasets:
-        for cell, _ in conditions(cfg, spec.name):
+        for planned in plan(cfg, spec.name):
+            cell = planned.cell
             path = out / "cells" / f"{cell.key}.json"
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
             cells[(cell.dataset, cell.severity, cell.method, cell.rep)] = data
             base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method,
-                    "seed": cfg.seed + cell.rep if cell.severity in PRESETS else ""}
+                    "seed": planned.seed if cell.severity in PRESETS else ""}
             image_rows += [{**base, **r} for r in data["per_image"]]
             timings[cell.key] = round(data["seconds"], 3)
     names = [d.name for d in cfg.derainers]
