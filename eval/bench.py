@@ -1,10 +1,10 @@
 """The benchmark runner: clean / rainy / derained images -> task model -> mAP or mIoU, per method × severity.
 
-Every (dataset, severity, method) *cell* is computed in memory (rain synthesized with the run seed and the
+Every (dataset, severity, method, task model) *cell* is computed in memory (rain synthesized with the run seed and the
 image's name, exactly as ``derainbench synth`` would write it, then quantized to 8 bits like a PNG; derained
 tensors go straight into the task model) and saved atomically to ``cells/`` when finished, so a crash or
 Ctrl-C loses at most the cell in progress and a rerun skips finished cells. ``results.csv`` (tidy rows:
-dataset, task, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
+dataset, task, task_model, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
 ``per_class.csv`` (AP / IoU per class), ``predictions/`` (COCO result JSON), ``samples/`` and ``timings.json``
 are rebuilt from the cells; ``environment.json`` records the device and package versions of the last invocation.
 
@@ -29,7 +29,9 @@ from derain.fileio import atomic_write_text
 from derain.inference import NonFiniteOutputError
 from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from eval.bench_config import (
+    DEFAULT_TASK_MODEL,
     SUMMARY_SEVERITY,
+    TRAINED_ON,
     BenchConfig,
     Cell,
     DatasetSpec,
@@ -37,6 +39,7 @@ from eval.bench_config import (
     PlannedCell,
     RainSource,
     Scoring,
+    TaskModelSpec,
     plan,
     validate,
 )
@@ -89,6 +92,7 @@ __all__ = [
     "CellItem",
     "CellKey",
     "CellsFailedError",
+    "DEFAULT_TASK_MODEL",
     "DERAINERS_FILE",
     "DatasetSpec",
     "DerainerSpec",
@@ -100,6 +104,8 @@ __all__ = [
     "Runtime",
     "SCORING_MODULES",
     "Scoring",
+    "TRAINED_ON",
+    "TaskModelSpec",
     "SUMMARY_SEVERITY",
     "bootstrap_samples",
     "cell_fingerprint",

@@ -45,13 +45,14 @@ def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform(), "packages": packages}
 
 
-def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """The dataset's task model made ready for scoring (YOLO: Conv+BN fused), its weights in NHWC when
+def _load_task_model(spec: DatasetSpec, path: str, dataset: Any, device: torch.device,
+                     channels_last: bool = False) -> Any:
+    """The dataset's task model ``path`` made ready for scoring (YOLO: Conv+BN fused), its weights in NHWC when
     ``channels_last`` (the convs then run NHWC on NCHW inputs; measured 1.8x (YOLO11n) and 3x (U-Net) faster at
     160 px on 2 CPU cores)."""
     task = get_task(spec.task)
     try:
-        model = task.load_model(spec.model, dataset.names, device=device)
+        model = task.load_model(path, dataset.names, device=device)
     except ValueError as exc:
         raise ValueError(f"dataset {spec.name!r}: {exc}") from exc
     return task.for_inference(model, channels_last)
@@ -189,7 +190,7 @@ class Runtime:
     samples: int = 0  # images saved per condition (for reports)
     progress: bool = False  # progress bars (rank 0)
     derainers: dict[str, torch.nn.Module] = field(default_factory=dict)  # loaded once, shared by every dataset
-    _task_model: tuple[str, Any] | None = None  # (dataset, model): the last dataset's task model
+    _task_model: tuple[tuple[str, str], Any] | None = None  # ((dataset, name), model): the last task model loaded
 
     def derainer_policy(self, derainer: torch.nn.Module) -> InferencePolicy:
         """The inference policy for ``derainer`` on this device, with the run's configured overrides."""
@@ -197,13 +198,15 @@ class Runtime:
                                 batch_size=self.policy.batch_size, compile=self.compile, amp=self.amp)
 
     def task_model(self, cell: PlannedCell) -> Any:
-        """The task model that scores ``cell``, loaded when its dataset's first cell runs (one dataset's at a
-        time)."""
-        if self._task_model is None or self._task_model[0] != cell.cell.dataset:
+        """The task model that scores ``cell``, loaded when its first cell runs (one at a time: cells come
+        grouped by dataset and task model)."""
+        key = (cell.cell.dataset, cell.task_model.name)
+        if self._task_model is None or self._task_model[0] != key:
             assert cell.data is not None, "run_cell needs a cell planned against its opened dataset"
-            self._task_model = None  # the previous dataset's model is freed before the next one loads
-            model = _load_task_model(cell.dataset, cell.data.dataset, self.device, self.policy.channels_last)
-            self._task_model = (cell.cell.dataset, model)
+            self._task_model = None  # the previous model is freed before the next one loads
+            model = _load_task_model(cell.dataset, cell.task_model.model, cell.data.dataset, self.device,
+                                     self.policy.channels_last)
+            self._task_model = (key, model)
         return self._task_model[1]
 
     def derainer(self, cell: PlannedCell) -> torch.nn.Module | None:
@@ -324,7 +327,7 @@ def run_cell(cell: PlannedCell, rt: Runtime) -> dict[str, Any]:
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
                 row.update(_restoration_scores(y, image, None if ckey is None else f"{digest}:{ckey}", rt))
             items.append((i, row, pred, label))
-            if i < rt.samples and key.rep == 0:
+            if i < rt.samples and key.rep == 0 and not key.task_model:  # samples show the first task model's view
                 _save_sample(rt.out, key, task, name, y, pred, label)
         bar.update(len(batch))
     bar.close()
@@ -342,8 +345,9 @@ def run_cell(cell: PlannedCell, rt: Runtime) -> dict[str, Any]:
         atomic_write_text(rt.out / "predictions" / f"{key.key}.json", json.dumps(evaluator.results()))
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
-    result = {"cell": key.__dict__, "task": spec.task, "n": data.n, "metrics": to_jsonable(metrics),
-              "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    result = {"cell": key.__dict__, "task": spec.task, "task_model": cell.task_model.name, "n": data.n,
+              "metrics": to_jsonable(metrics), "restoration": restoration, "per_image": per_image,
+              "seconds": time.perf_counter() - t0}
     if derainer is not None:
         result["derain_cache_hits"] = int(sum(all_hits))
     if scoring.bootstrap > 0:

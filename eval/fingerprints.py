@@ -46,10 +46,13 @@ def cell_inputs(cell: PlannedCell, hashes: dict[str, str]) -> dict[str, str]:
         if data is not None and severity in data.source_files:
             rain = {"source": rain, "files": _digest(data.source_files[severity])}
     dspec = cell.derainer
+    # asdict recurses into the rain sources; the cell's own task model stands in for the dataset's list, so a
+    # one-model dataset's cells keep their digest whether it says model: or models: and however many follow
+    dataset = {k: v for k, v in asdict(spec).items() if k != "models"} | {"model": cell.task_model.model}
     parts = {
-        "dataset": asdict(spec),  # asdict recurses into the rain sources
+        "dataset": dataset,
         "data_files": None,  # below: the digest naming its manifest (see _save_manifest)
-        "task_model": _content_digest(spec.model, hashes),
+        "task_model": _content_digest(cell.task_model.model, hashes),
         "rain": rain,
         "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, scoring.derain_amp)],
         "scoring_options": {k: getattr(scoring, k) for k in get_task(spec.task).scoring_options} or None,
@@ -150,7 +153,8 @@ def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str], amp: bool = Fal
     from dataclasses import asdict
 
     untiled = ("overlap", "stat_passes") if dspec.tile is None else ()  # without tiles they change nothing
-    parts = {k: v for k, v in asdict(dspec).items() if k != "name" and k not in untiled}
+    # neither its name nor what it was tuned with (tuned_with, for the report) changes its outputs
+    parts = {k: v for k, v in asdict(dspec).items() if k not in ("name", "tuned_with") and k not in untiled}
     if amp:  # autocast outputs are other outputs (absent otherwise, so fp32 digests stay as they were)
         parts["amp"] = True
     parts.update(content=_content_digest(dspec.weights or dspec.model, hashes), output="uint8")
