@@ -143,7 +143,7 @@ def per_class_rows(cell: dict[str, Any], task_model: str | None = None) -> list[
 
 def _coords(r: dict[str, Any], **change: str) -> tuple[str, str, str, str, str]:
     """A row's ``(dataset, task model, severity, method, metric)``, with ``change`` applied."""
-    r = {**r, **change}
+    r = {"task_model": DEFAULT_TASK_MODEL, **r, **change}
     return r["dataset"], r["task_model"], r["severity"], r["method"], r["metric"]
 
 
@@ -288,8 +288,8 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     mPC_rainy), the share of the average clean-to-rainy gap the derainer closes (1 = all, 0 = none). A method
     missing any severity gets no row (a partial average would not compare).
     """
-    value = {(r["dataset"], r["task_model"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
-    tasks = {(r["dataset"], r["task_model"]): r["task"] for r in rows}
+    value = {_coords(r): r["value"] for r in rows}
+    tasks = {_coords(r)[:2]: r["task"] for r in rows}
     out = []
     for (ds, tm), task in tasks.items():  # synthetic severities only: rain sources are not a severity ladder
         severities = sorted({k[2] for k in value if k[:2] == (ds, tm) and k[3] == "rainy" and k[2] in PRESETS})

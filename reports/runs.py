@@ -326,6 +326,7 @@ def scoring(run: Run, dataset: str) -> dict[str, Any]:
     if entry is None:
         return {"task": task}
     spec = {k: entry.get(k) for k in SCORING_KEYS}
+    spec["models"] = entry.get("models") or []  # runs made before several task models have no models key
     spec.update({k: run.config.get(k) for k in get_task(task).scoring_options})
     return spec
 

@@ -23,8 +23,9 @@ def bench_config(setup: dict, out: Path, *extra: str) -> BenchConfig:
 def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tiny_bench_run: Path) -> None:
     out = tiny_bench_run
     res = pd.read_csv(out / "results.csv")
-    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high",
-                                "std", "seeds"}
+    assert set(res.columns) == {"dataset", "task", "task_model", "severity", "method", "metric", "value", "ci_low",
+                                "ci_high", "std", "seeds"}
+    assert set(res.task_model) == {"model"}  # the one-model shorthand's name
     assert (res.seeds == 1).all() and res["std"].isna().all()  # one rain seed: no spread to report
     # 95 % paired-bootstrap intervals: around each task metric, drop and gain; none for recoveries
     for r in res[res.metric.isin(["map", "miou", "drop_miou", "gain_miou", "psnr_y"])].itertuples():
