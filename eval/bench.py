@@ -1,15 +1,17 @@
 """The benchmark runner: clean / rainy / derained images -> task model -> mAP or mIoU, per method × severity.
 
-Every (dataset, severity, method) *cell* is computed in memory (rain synthesized with the run seed and the
+Every (dataset, severity, method, task model) *cell* is computed in memory (rain synthesized with the run seed and the
 image's name, exactly as ``derainbench synth`` would write it, then quantized to 8 bits like a PNG; derained
 tensors go straight into the task model) and saved atomically to ``cells/`` when finished, so a crash or
 Ctrl-C loses at most the cell in progress and a rerun skips finished cells. ``results.csv`` (tidy rows:
-dataset, task, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
+dataset, task, task_model, severity, method, metric, value), ``per_image.csv``, ``summary.csv`` (drop and recovery),
 ``per_class.csv`` (AP / IoU per class), ``predictions/`` (COCO result JSON), ``samples/`` and ``timings.json``
 are rebuilt from the cells; ``environment.json`` records the device and package versions of the last invocation.
 
-This module runs the cells; the parts live beside it and their public names are re-exported here:
-:mod:`eval.bench_config` (the config and its checks), :mod:`eval.rain_sources` (matching rain sources),
+This module plans the cells against the opened datasets (:func:`plan_cells`: each a :class:`PlannedCell` with
+its inputs and fingerprint) and runs the missing ones (:func:`eval.cells.run_cell`); the parts live beside it and
+their public names are re-exported here: :mod:`eval.bench_config` (the config, its checks and :func:`plan`, the one
+place that lists a config's cells), :mod:`eval.rain_sources` (matching rain sources),
 :mod:`eval.fingerprints` (what determines a cell's numbers), :mod:`eval.cells` (running one cell) and
 :mod:`eval.results` (the result files).
 """
@@ -18,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 from derain.checkpoint import folder_lock
 from derain.config import save_config
@@ -28,13 +29,18 @@ from derain.fileio import atomic_write_text
 from derain.inference import NonFiniteOutputError
 from derain.runtime import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from eval.bench_config import (
+    DEFAULT_TASK_MODEL,
     SUMMARY_SEVERITY,
+    TRAINED_ON,
     BenchConfig,
     Cell,
     DatasetSpec,
     DerainerSpec,
+    PlannedCell,
     RainSource,
-    conditions,
+    Scoring,
+    TaskModelSpec,
+    plan,
     validate,
 )
 from eval.cells import (
@@ -42,14 +48,12 @@ from eval.cells import (
     CellInputs,
     CellItem,
     Runtime,
-    _load_derainer,
-    _load_task_model,
-    _run_cell,
     default_workers,
     describe_derainer,
     environment,
     rainy_image,
     record_derainer,
+    run_cell,
 )
 from eval.fingerprints import (
     INPUT_PARTS,
@@ -88,21 +92,25 @@ __all__ = [
     "CellItem",
     "CellKey",
     "CellsFailedError",
+    "DEFAULT_TASK_MODEL",
     "DERAINERS_FILE",
     "DatasetSpec",
     "DerainerSpec",
     "INPUT_PARTS",
     "OpenedDataset",
+    "PlannedCell",
     "RESULT_FIELDS",
     "RainSource",
     "Runtime",
     "SCORING_MODULES",
+    "Scoring",
+    "TRAINED_ON",
+    "TaskModelSpec",
     "SUMMARY_SEVERITY",
     "bootstrap_samples",
     "cell_fingerprint",
     "cell_inputs",
     "check_out_folder",
-    "conditions",
     "default_workers",
     "derainer_digest",
     "describe_derainer",
@@ -112,10 +120,13 @@ __all__ = [
     "match_rain_source",
     "open_dataset",
     "per_class_rows",
+    "plan",
+    "plan_cells",
     "rainy_image",
     "record_derainer",
     "robustness",
     "run_bench",
+    "run_cell",
     "scoring_code_digest",
     "summarize",
     "task_metrics",
@@ -148,6 +159,17 @@ def run_bench(cfg: BenchConfig, force: bool = False, progress: bool = True) -> P
     return out
 
 
+def plan_cells(cfg: BenchConfig, spec: DatasetSpec, data: OpenedDataset, hashes: dict[str, str]) -> list[PlannedCell]:
+    """The cells of dataset ``spec`` (:func:`plan`) planned against its opened files (``data``): each with its
+    inputs and fingerprint (``hashes`` caches file digests)."""
+    cells = []
+    for cell in plan(cfg, spec.name):
+        cell = replace(cell, data=data)
+        inputs = cell_inputs(cell, hashes)
+        cells.append(replace(cell, inputs=inputs, fingerprint=_digest(inputs)))
+    return cells
+
+
 def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progress: bool,
                opened: dict[str, OpenedDataset], hashes: dict[str, str]) -> None:
     """Score the missing or stale cells of every dataset (``opened``), then rebuild the result files (rank 0)."""
@@ -157,22 +179,19 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
     device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
     if dist.is_main:
         atomic_write_text(out / "environment.json", json.dumps(environment(device, dist), indent=1))
-    rt = Runtime.of(cfg, device, out)
+    rt = Runtime.of(cfg, device, out, dist, progress)
     rt.hashes = hashes
-    derainers: dict[str, torch.nn.Module] = {}  # loaded once, shared by every dataset
     failed: list[str] = []  # cells whose derainer output was not finite (never scored, retried by a rerun)
     for spec in cfg.datasets:
         data = opened[spec.name]
-        dataset, n, sources = data.dataset, data.n, data.sources
         todo, stale = [], {}
-        for c, d in conditions(cfg, spec.name):
-            inputs = cell_inputs(cfg, spec, c, d, hashes, data)
-            path, fp = out / "cells" / f"{c.key}.json", _digest(inputs)
+        for cell in plan_cells(cfg, spec, data, hashes):
+            path = out / "cells" / f"{cell.key}.json"
             if force or not path.is_file():
-                todo.append((c, d, fp, inputs))
-            elif why := _stale(path, fp, inputs):
-                todo.append((c, d, fp, inputs))
-                stale[c.key] = why
+                todo.append(cell)
+            elif why := _stale(path, cell.fingerprint, cell.inputs):
+                todo.append(cell)
+                stale[cell.key] = why
         if stale and dist.is_main:
             _log_stale(out, spec.name, stale, data)
         barrier(dist)  # every rank has decided what to do before rank 0 writes the next cell
@@ -180,15 +199,9 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
             continue
         if dist.is_main:
             _save_manifest(out, spec.name, data, _data_digests(out, cfg, spec.name))
-        task_model = _load_task_model(spec, dataset, device, rt.policy.channels_last)
-        for cell, dspec, fingerprint, inputs in todo:
-            if dspec is not None and dspec.name not in derainers:
-                derainers[dspec.name] = _load_derainer(dspec, device)
-                if dist.is_main:
-                    record_derainer(out, dspec, derainers[dspec.name], hashes)
+        for cell in todo:
             try:
-                result = _run_cell(cfg, spec, cell, dataset, n, task_model, derainers.get(cell.method), dspec, rt,
-                                   out, progress and dist.is_main, dist, sources.get(cell.severity))
+                result = run_cell(cell, rt)
             except NonFiniteOutputError as exc:
                 if dist.enabled:  # ranks may disagree on which images fail: stop all rather than wait on each other
                     raise
@@ -196,7 +209,7 @@ def _run_cells(cfg: BenchConfig, out: Path, dist: DistInfo, force: bool, progres
                 print(f"bench: cell {cell.key} failed, not scored: {exc}")
                 continue
             if dist.is_main:
-                result["fingerprint"], result["inputs"] = fingerprint, inputs
+                result["fingerprint"], result["inputs"] = cell.fingerprint, cell.inputs
                 atomic_write_text(out / "cells" / f"{cell.key}.json", json.dumps(result, indent=1))
     if dist.is_main:
         write_results(out, cfg)

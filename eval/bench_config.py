@@ -1,12 +1,12 @@
 """What a bench run is configured with: the datasets (and their rain sources), derainers and run settings
-(:class:`BenchConfig`), the cells a config asks for (:func:`conditions`) and the checks a config must pass before
-anything runs (:func:`validate`)."""
+(:class:`BenchConfig`), the cells a config asks for (:func:`plan`, each a :class:`PlannedCell`) and the checks a
+config must pass before anything runs (:func:`validate`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from derain.checkpoint import is_checkpoint, load_derainer, read_meta
 from derain.config import check_name
@@ -14,6 +14,9 @@ from derain.inference import DEFAULT_STAT_PASSES
 from derain.registry import list_models, model_options
 from derain.synth import PRESETS
 from downstream.tasks import get_task
+
+if TYPE_CHECKING:
+    from eval.fingerprints import OpenedDataset
 
 
 @dataclass
@@ -29,15 +32,30 @@ class RainSource:
     raincityscapes: dict[str, Any] | None = None
 
 
+TRAINED_ON = ("clean", "rain")  # what a task model was trained on (the report's strategies table reads it)
+DEFAULT_TASK_MODEL = "model"  # the name of a dataset's task model given by the one-model shorthand ``model:``
+
+
+@dataclass
+class TaskModelSpec:
+    """One task model that scores a dataset (an entry of ``models:``)."""
+
+    name: str  # its rows carry this in the ``task_model`` column
+    model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
+    trained_on: str = "clean"  # clean | rain: trained on clean images, or with rain (augmentation, rainy photos)
+
+
 @dataclass
 class DatasetSpec:
-    """One task dataset and the task model that scores it."""
+    """One task dataset and the task model(s) that score it: ``model`` (one) or ``models`` (several)."""
 
     name: str
     task: str  # a registered task (downstream.tasks): detection | segmentation | instance
     format: str  # one of the task's formats (yolo, coco, bdd100k, voc; masks, cityscapes, acdc; README "Tasks")
     path: Any  # yolo: data.yaml; coco: {images, annotations}; masks: root or {images, masks, classes}
-    model: str  # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder
+    # detection, instance: local .pt or model .yaml; segmentation: segmenter checkpoint folder. Shorthand for
+    # models: [{name: model, model: PATH}] (trained on clean images)
+    model: str | None = None
     split: str = "val"
     # detector inference size; default: the size a .pt was trained at (train_args imgsz, as ultralytics' validator
     # does), else (a .yaml, or a .pt without that record) each image's long side. Cells record the size used.
@@ -47,6 +65,14 @@ class DatasetSpec:
     # The labelled images are themselves rainy (real rain, no clean twin): they are scored as severity NAME (rainy
     # and each derainer); no clean row, no synthetic severities, no PSNR/SSIM (nothing to compare with).
     real_rain: str | None = None
+    # Several task models, each scoring every condition: cells of the first keep the keys (and fingerprints) a
+    # one-model run gives, so a rerun adding a model computes only the new model's cells.
+    models: list[TaskModelSpec] = field(default_factory=list)
+
+    @property
+    def task_models(self) -> list[TaskModelSpec]:
+        """The dataset's task models, ``model:`` as a one-model list."""
+        return self.models or ([TaskModelSpec(DEFAULT_TASK_MODEL, self.model)] if self.model else [])
 
 
 @dataclass
@@ -61,6 +87,9 @@ class DerainerSpec:
     tile: int | None = None  # derain in tiles of this size (None: whole images)
     overlap: int | None = None  # pixels neighbouring tiles share (None: the model's default, 128 for MSPFN, else 64)
     stat_passes: int = DEFAULT_STAT_PASSES  # tiled passes gathering MSPFN's whole-image statistics (see derain)
+    # Jointly tuned with this task model (a name among the datasets' task models, e.g. the one `derainbench joint`
+    # had as task_model): the report's strategies table shows it with that task model only.
+    tuned_with: str | None = None
 
 
 @dataclass
@@ -91,31 +120,80 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Cell:
+    """A cell's identity: its file name under ``cells/`` (:attr:`key`) and its rows' coordinates."""
+
     dataset: str
     severity: str  # "none" for clean
     method: str  # clean | rainy | a derainer name
     rep: int = 0  # rain replicate: synthetic rain made with seed ``cfg.seed + rep``
+    task_model: str = ""  # the task model's name; "" for the dataset's first, whose keys are a one-model run's
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}__{self.severity}__{self.method}" + (f"__r{self.rep}" if self.rep else "")
+        return (f"{self.dataset}__{self.severity}__{self.method}" + (f"__on-{self.task_model}" if self.task_model
+                                                                     else "") + (f"__r{self.rep}" if self.rep else ""))
 
 
-def conditions(cfg: BenchConfig, dataset: str) -> list[tuple[Cell, DerainerSpec | None]]:
-    """Clean first, then per severity (synthetic presets, then the dataset's rain sources) the rainy images and each
-    derainer's output; a real-rain dataset has only its own rainy images and their derained versions."""
+@dataclass(frozen=True)
+class Scoring:
+    """The run settings that change a cell's numbers (so they are in its fingerprint): the detector thresholds,
+    whether intervals are kept (``bootstrap`` > 0 keeps per-image statistics) and derainer autocast."""
+
+    conf: float
+    iou: float
+    bootstrap: int
+    derain_amp: bool
+
+    @classmethod
+    def of(cls, cfg: BenchConfig) -> Scoring:
+        return cls(conf=cfg.conf, iou=cfg.iou, bootstrap=cfg.bootstrap, derain_amp=cfg.derain_amp)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell as a value: what it scores (dataset spec, condition, derainer) and how (rain seed, scoring
+    settings); :func:`eval.bench.plan_cells` adds the opened dataset, its inputs and fingerprint, and
+    :func:`eval.cells.run_cell` runs it. :func:`plan` is the one place that lists a config's cells."""
+
+    cell: Cell
+    dataset: DatasetSpec
+    task_model: TaskModelSpec
+    derainer: DerainerSpec | None  # None for clean and rainy
+    seed: int  # synthetic rain's seed (the run seed + the cell's replicate)
+    scoring: Scoring
+    data: OpenedDataset | None = None  # the opened dataset (None until planned against it)
+    inputs: dict[str, str] = field(default_factory=dict)  # a digest per part of what determines its numbers
+    fingerprint: str = ""  # the digest of ``inputs``
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def clean_input(self) -> bool:
+        """The task model sees the dataset's own images (clean cells, or a real-rain dataset's rainy photos)."""
+        return self.cell.severity == "none" or bool(self.dataset.real_rain)
+
+
+def plan(cfg: BenchConfig, dataset: str) -> list[PlannedCell]:
+    """The cells of ``dataset``, in run order: per task model, clean first, then per severity (synthetic presets,
+    then the dataset's rain sources) the rainy images and each derainer's output; a real-rain dataset has only its
+    own rainy images and their derained versions."""
     spec = next(d for d in cfg.datasets if d.name == dataset)
+    scoring = Scoring.of(cfg)
     if spec.real_rain:
-        cells: list[tuple[Cell, DerainerSpec | None]] = []
+        conditions: list[tuple[str, str, int, DerainerSpec | None]] = []
         severities = [spec.real_rain]
     else:
-        cells = [(Cell(dataset, "none", "clean"), None)]
+        conditions = [("none", "clean", 0, None)]
         severities = [*cfg.severities, *(src.name for src in spec.rainy)]
     for sev in severities:
         for rep in range(cfg.rain_seeds if sev in PRESETS else 1):  # only synthetic rain has a seed
-            cells.append((Cell(dataset, sev, "rainy", rep), None))
-            cells += [(Cell(dataset, sev, d.name, rep), d) for d in cfg.derainers]
-    return cells
+            conditions.append((sev, "rainy", rep, None))
+            conditions += [(sev, d.name, rep, d) for d in cfg.derainers]
+    return [PlannedCell(Cell(dataset, sev, method, rep, tm.name if i else ""), spec, tm, derainer, cfg.seed + rep,
+                        scoring)
+            for i, tm in enumerate(spec.task_models) for sev, method, rep, derainer in conditions]
 
 
 def validate(cfg: BenchConfig) -> None:
@@ -136,11 +214,26 @@ def validate(cfg: BenchConfig) -> None:
         if clash:
             raise ValueError(f"dataset {ds.name!r}: rain source names must be unique and differ from the presets and "
                              f"'none'/'mean': {clash}")
+        if (ds.model is None) == (not ds.models):
+            raise ValueError(f"dataset {ds.name!r}: give its task model as model: PATH or several as models: [{{name: "
+                             "NAME, model: PATH, trained_on: clean|rain}, ...]" + (", not both" if ds.models else ""))
+        for tm in ds.models:
+            check_name(tm.name, f"dataset {ds.name!r}: task model name")
+            if tm.trained_on not in TRAINED_ON:
+                raise ValueError(f"dataset {ds.name!r}: task model {tm.name!r}: trained_on must be one of "
+                                 f"{', '.join(TRAINED_ON)}, got {tm.trained_on!r}")
+        names = [tm.name for tm in ds.models]
+        if len(set(names)) < len(names):
+            raise ValueError(f"dataset {ds.name!r}: task model names must be unique, got {names}")
         if ds.real_rain and ds.rainy:
             raise ValueError(f"dataset {ds.name!r}: a real-rain dataset (real_rain) has no clean images to pair with "
                              "pre-rained copies (rainy)")
     for d in cfg.derainers:
         check_name(d.name, "derainer name")
+        known = {tm.name for ds in cfg.datasets for tm in ds.task_models}
+        if d.tuned_with is not None and d.tuned_with not in known:
+            raise ValueError(f"derainer {d.name!r}: tuned_with {d.tuned_with!r} names no task model of the datasets "
+                             f"(their task models: {', '.join(sorted(known))})")
     names = [d.name for d in cfg.derainers]
     clash = {"clean", "rainy"} & set(names) or {n for n in names if names.count(n) > 1}
     if clash:
@@ -200,11 +293,17 @@ def validate(cfg: BenchConfig) -> None:
         if ds.format in task.real_rain_formats and not ds.real_rain:
             raise ValueError(f"dataset {ds.name!r}: {ds.format} images are real rain; set real_rain: NAME (the "
                              "severity their rows get)")
-        if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):
-            raise FileNotFoundError(
-                f"dataset {ds.name!r}: task model not found: {ds.model}. Supply {task.model_help} (e.g. trained "
-                "with `derainbench train-task`); nothing is ever downloaded."
-            )
+        for tm in ds.task_models:
+            if not Path(tm.model).exists() and not str(tm.model).endswith((".yaml", ".yml")):
+                raise FileNotFoundError(
+                    f"dataset {ds.name!r}: task model not found: {tm.model}. Supply {task.model_help} (e.g. trained "
+                    "with `derainbench train-task`); nothing is ever downloaded."
+                )
+    keys = [c.key for ds in cfg.datasets for c in plan(cfg, ds.name)]
+    if len(set(keys)) < len(keys):
+        clash = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"cells {clash[:3]} would share a file: rename the derainer or task model whose name "
+                         "contains '__on-' or '__r'")
 
 
 SUMMARY_SEVERITY = "mean"  # the ``severity`` of robustness rows (averages over the run's rain severities)

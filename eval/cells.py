@@ -1,5 +1,5 @@
 """Running one cell: loading the task model and derainers (and recording them), preparing the cell's images in
-DataLoader workers (rain synthesized or read, derained images from the cache), scoring them (:func:`_run_cell`)
+DataLoader workers (rain synthesized or read, derained images from the cache), scoring them (:func:`run_cell`)
 and the run's environment and runtime settings."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from derain.metrics import compute_metrics
 from derain.runtime import DistInfo, InferencePolicy, inference_policy
 from derain.synth import image_seed, synthesize
 from downstream.tasks import get_task
-from eval.bench_config import BenchConfig, Cell, DatasetSpec, DerainerSpec
+from eval.bench_config import BenchConfig, Cell, DatasetSpec, DerainerSpec, PlannedCell
 from eval.fingerprints import derainer_digest
 
 
@@ -45,13 +45,14 @@ def environment(device: torch.device, dist: DistInfo) -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform(), "packages": packages}
 
 
-def _load_task_model(spec: DatasetSpec, dataset: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """The dataset's task model made ready for scoring (YOLO: Conv+BN fused), its weights in NHWC when
+def _load_task_model(spec: DatasetSpec, path: str, dataset: Any, device: torch.device,
+                     channels_last: bool = False) -> Any:
+    """The dataset's task model ``path`` made ready for scoring (YOLO: Conv+BN fused), its weights in NHWC when
     ``channels_last`` (the convs then run NHWC on NCHW inputs; measured 1.8x (YOLO11n) and 3x (U-Net) faster at
     160 px on 2 CPU cores)."""
     task = get_task(spec.task)
     try:
-        model = task.load_model(spec.model, dataset.names, device=device)
+        model = task.load_model(path, dataset.names, device=device)
     except ValueError as exc:
         raise ValueError(f"dataset {spec.name!r}: {exc}") from exc
     return task.for_inference(model, channels_last)
@@ -173,7 +174,7 @@ def _as_is(item: Any) -> Any:
 @dataclass
 class Runtime:
     """How cells run (not what they compute): device, task-model batch, the derainers' inference policy (layout,
-    batch), loader workers, cache."""
+    batch), loader workers, cache, the output folder and process group, and the models loaded so far."""
 
     device: torch.device
     batch: int
@@ -184,18 +185,50 @@ class Runtime:
     amp: bool = False  # derain_amp as configured
     hashes: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # restoration scores shared by tasks
+    out: Path = Path(".")  # the run folder (predictions/, samples/, derainers.json)
+    dist: DistInfo = field(default_factory=DistInfo)
+    samples: int = 0  # images saved per condition (for reports)
+    progress: bool = False  # progress bars (rank 0)
+    derainers: dict[str, torch.nn.Module] = field(default_factory=dict)  # loaded once, shared by every dataset
+    _task_model: tuple[tuple[str, str], Any] | None = None  # ((dataset, name), model): the last task model loaded
 
     def derainer_policy(self, derainer: torch.nn.Module) -> InferencePolicy:
         """The inference policy for ``derainer`` on this device, with the run's configured overrides."""
         return inference_policy(self.device, model=derainer, channels_last=self.policy.channels_last,
                                 batch_size=self.policy.batch_size, compile=self.compile, amp=self.amp)
 
+    def task_model(self, cell: PlannedCell) -> Any:
+        """The task model that scores ``cell``, loaded when its first cell runs (one at a time: cells come
+        grouped by dataset and task model)."""
+        key = (cell.cell.dataset, cell.task_model.name)
+        if self._task_model is None or self._task_model[0] != key:
+            assert cell.data is not None, "run_cell needs a cell planned against its opened dataset"
+            self._task_model = None  # the previous model is freed before the next one loads
+            model = _load_task_model(cell.dataset, cell.task_model.model, cell.data.dataset, self.device,
+                                     self.policy.channels_last)
+            self._task_model = (key, model)
+        return self._task_model[1]
+
+    def derainer(self, cell: PlannedCell) -> torch.nn.Module | None:
+        """``cell``'s derainer (None for clean and rainy cells), loaded once per run and recorded in
+        ``derainers.json`` (rank 0)."""
+        spec = cell.derainer
+        if spec is None:
+            return None
+        if spec.name not in self.derainers:
+            self.derainers[spec.name] = _load_derainer(spec, self.device)
+            if self.dist.is_main:
+                record_derainer(self.out, spec, self.derainers[spec.name], self.hashes)
+        return self.derainers[spec.name]
+
     @classmethod
-    def of(cls, cfg: BenchConfig, device: torch.device, out: Path) -> Runtime:
+    def of(cls, cfg: BenchConfig, device: torch.device, out: Path, dist: DistInfo | None = None,
+           progress: bool = False) -> Runtime:
         policy = inference_policy(device, channels_last=cfg.channels_last, batch_size=cfg.derain_batch)
         return cls(device=device, batch=cfg.batch or 8, policy=policy, compile=cfg.derain_compile, amp=cfg.derain_amp,
                    workers=default_workers() if cfg.workers is None else cfg.workers,
-                   cache_root=out / "cache" if cfg.cache else None)
+                   cache_root=out / "cache" if cfg.cache else None, out=out, dist=dist or DistInfo(),
+                   samples=cfg.samples, progress=progress and (dist or DistInfo()).is_main)
 
 
 def default_workers() -> int:
@@ -256,27 +289,30 @@ def _restoration_scores(y: torch.Tensor, clean: np.ndarray, key: str | None, rt:
     return dict(rt.scores[full])
 
 
-def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: int, task_model: Any,
-              derainer: torch.nn.Module | None, dspec: DerainerSpec | None, rt: Runtime, out: Path,
-              progress: bool, dist: DistInfo, rainy_files: list[Path] | None = None) -> dict[str, Any]:
-    """Score one (dataset, severity, method) on this rank's share of the images; rank 0 gets the totals.
+def run_cell(cell: PlannedCell, rt: Runtime) -> dict[str, Any]:
+    """Score one planned cell on this rank's share of the images; rank 0 gets the totals (the cell file's content,
+    without its fingerprint and inputs).
 
     Images are read (and rain synthesized) by DataLoader workers while the models run; derainer outputs come from
     the run's derain cache when another cell (another task, another dataset with the same pixels) already made
     them, and are scored as 8-bit images either way."""
     from eval.image_cache import ImageCache
 
+    assert cell.data is not None, "run_cell needs a cell planned against its opened dataset"
     t0 = time.perf_counter()
+    spec, key, dist, data, scoring = cell.dataset, cell.cell, rt.dist, cell.data, cell.scoring
     task = get_task(spec.task)
-    clean_input = cell.severity == "none" or bool(spec.real_rain)
+    task_model, derainer, dspec = rt.task_model(cell), rt.derainer(cell), cell.derainer
+    clean_input = cell.clean_input
     digest = derainer_digest(dspec, rt.hashes, rt.amp) if dspec is not None else None
     cache = ImageCache(rt.cache_root if digest else None, f"derained/{digest}")
-    inputs = CellInputs(dataset, range(dist.rank, n, dist.world_size), cell.severity, cfg.seed + cell.rep, clean_input,
-                        rainy_files, rt.cache_root, digest)
+    rainy_files = data.sources.get(key.severity)
+    inputs = CellInputs(data.dataset, range(dist.rank, data.n, dist.world_size), key.severity, cell.seed,
+                        clean_input, rainy_files, rt.cache_root, digest)
     loader = torch.utils.data.DataLoader(inputs, batch_size=None, collate_fn=_as_is, num_workers=rt.workers,
                                          prefetch_factor=4 if rt.workers else None)
     items: list[tuple[int, dict[str, Any], Any, Any]] = []  # (index, per-image row, prediction, label)
-    bar = tqdm(total=len(inputs), desc=f"{cell.dataset} {cell.severity} {cell.method}", disable=not progress,
+    bar = tqdm(total=len(inputs), desc=f"{key.dataset} {key.severity} {key.method}", disable=not rt.progress,
                leave=False)
     hits = 0
     imgsz, imgsz_from = (spec.imgsz, "config") if spec.imgsz else task.input_size(task_model)
@@ -287,16 +323,16 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
         else:
             xs = [b.x for b in batch]
         x = torch.stack(xs).to(rt.device)
-        preds = task.predict(task_model, x, imgsz=imgsz, conf=cfg.conf, iou=cfg.iou)
-        for (i, name, image, label, _, key, _), y, pred in zip(batch, xs, preds, strict=True):
+        preds = task.predict(task_model, x, imgsz=imgsz, conf=scoring.conf, iou=scoring.iou)
+        for (i, name, image, label, _, ckey, _), y, pred in zip(batch, xs, preds, strict=True):
             row: dict[str, Any] = {"image": name}
             if rainy_files is not None:  # which of a source's files (RainCityscapes: which pattern) was scored
                 row["rain_file"] = rainy_files[i].name
             if not clean_input:  # no clean twin for real rain; the clean cell scores itself
-                row.update(_restoration_scores(y, image, None if key is None else f"{digest}:{key}", rt))
+                row.update(_restoration_scores(y, image, None if ckey is None else f"{digest}:{ckey}", rt))
             items.append((i, row, pred, label))
-            if i < cfg.samples and cell.rep == 0:
-                _save_sample(out, cell, task, name, y, pred, label)
+            if i < rt.samples and key.rep == 0 and not key.task_model:  # samples show the first task model's view
+                _save_sample(rt.out, key, task, name, y, pred, label)
         bar.update(len(batch))
     bar.close()
     items = _gather(items, dist)
@@ -304,23 +340,24 @@ def _run_cell(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dataset: Any, n: 
     if not dist.is_main:
         return {}
     items.sort(key=lambda item: item[0])
-    evaluator, image_ids = task.dataset_evaluator(dataset, range(n))  # the dataset's own ground truth and ids
+    evaluator, image_ids = task.dataset_evaluator(data.dataset, range(data.n))  # the dataset's own truth and ids
     for i, _, pred, label in items:
         evaluator.update([pred], [label], [image_ids[i]])
-    metrics = evaluator.compute(image_stats=cfg.bootstrap > 0)
+    metrics = evaluator.compute(image_stats=scoring.bootstrap > 0)
     image_stats = metrics.pop("image_stats", None)  # what the bootstrap resamples (see eval.bootstrap)
     if hasattr(evaluator, "results"):  # COCO-protocol tasks: predictions and the ground truth scored, COCO JSON
-        atomic_write_text(out / "predictions" / f"{cell.key}.json", json.dumps(evaluator.results()))
-        atomic_write_text(out / "predictions" / f"{cell.dataset}.gt.json", json.dumps(evaluator.gt_dict()))
+        atomic_write_text(rt.out / "predictions" / f"{key.key}.json", json.dumps(evaluator.results()))
+        atomic_write_text(rt.out / "predictions" / f"{key.dataset}.gt.json", json.dumps(evaluator.gt_dict()))
     per_image = [row for _, row, _, _ in items]
     restoration = {k: float(np.mean([r[k] for r in per_image])) for k in ("psnr_y", "ssim_y") if k in per_image[0]}
-    result = {"cell": cell.__dict__, "task": spec.task, "n": n, "metrics": to_jsonable(metrics),
-              "restoration": restoration, "per_image": per_image, "seconds": time.perf_counter() - t0}
+    result = {"cell": key.__dict__, "task": spec.task, "task_model": cell.task_model.name, "n": data.n,
+              "metrics": to_jsonable(metrics), "restoration": restoration, "per_image": per_image,
+              "seconds": time.perf_counter() - t0}
     if imgsz_from:  # the detector's input size: the config's, the checkpoint's, or each image's long side (None)
         result["imgsz"], result["imgsz_from"] = imgsz, imgsz_from
     if derainer is not None:
         result["derain_cache_hits"] = int(sum(all_hits))
-    if cfg.bootstrap > 0:
+    if scoring.bootstrap > 0:
         result["image_stats"] = image_stats
     return result
 

@@ -1,5 +1,6 @@
 """What determines a cell's numbers: opening a dataset and digesting the files its cells read, the digests of
-task models, derainers and scoring code (:func:`cell_inputs`), and telling which finished cells are stale and why."""
+task models, derainers and scoring code (:func:`cell_inputs` of a planned cell), and telling which finished cells
+are stale and why."""
 
 from __future__ import annotations
 
@@ -16,21 +17,19 @@ from derain.checkpoint import file_sha256, update_hash
 from derain.fileio import atomic_write_text
 from derain.synth import PRESETS
 from downstream.tasks import get_task, load_task_dataset
-from eval.bench_config import BenchConfig, Cell, DatasetSpec, DerainerSpec, conditions
+from eval.bench_config import BenchConfig, DatasetSpec, DerainerSpec, PlannedCell, plan
 from eval.rain_sources import match_rain_source
 
 
-def cell_fingerprint(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: DerainerSpec | None,
-                     hashes: dict[str, str], data: OpenedDataset | None = None) -> str:
+def cell_fingerprint(cell: PlannedCell, hashes: dict[str, str]) -> str:
     """A digest of everything that determines a cell's numbers (:func:`cell_inputs`): a finished cell whose digest
     differs is recomputed, so neither a config edited between runs nor edited data leave stale numbers behind."""
-    return _digest(cell_inputs(cfg, spec, cell, dspec, hashes, data))
+    return _digest(cell_inputs(cell, hashes))
 
 
-def cell_inputs(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: DerainerSpec | None,
-                hashes: dict[str, str], data: OpenedDataset | None = None) -> dict[str, str]:
+def cell_inputs(cell: PlannedCell, hashes: dict[str, str]) -> dict[str, str]:
     """A digest per part of what determines a cell's numbers (:data:`INPUT_PARTS`): the dataset spec, the content
-    of the files the cell reads (``data``: images, labels, class names, a rain source's files), the task model's
+    of the files the cell reads (``cell.data``: images, labels, class names, a rain source's files), the task model's
     weights, the rain (preset parameters, seed and synthesizer code, or the source), the derainer spec and its
     weights' content, the task's scoring options (a detector's thresholds), whether intervals are kept and the
     scoring code. Cell files keep them, so a rerun says which part changed (``hashes`` caches file digests)."""
@@ -38,22 +37,26 @@ def cell_inputs(cfg: BenchConfig, spec: DatasetSpec, cell: Cell, dspec: Derainer
 
     from eval.image_cache import synthesizer_digest
 
+    spec, severity, data, scoring = cell.dataset, cell.cell.severity, cell.data, cell.scoring
     rain: Any = None
-    if cell.severity in PRESETS and not spec.real_rain:  # the synthesizer's code too: a new one makes other rain
-        rain = {"preset": asdict(PRESETS[cell.severity]), "seed": cfg.seed + cell.rep,
-                "synthesizer": synthesizer_digest()}
-    elif cell.severity != "none":
-        rain = next((asdict(src) for src in spec.rainy if src.name == cell.severity), spec.real_rain)
-        if data is not None and cell.severity in data.source_files:
-            rain = {"source": rain, "files": _digest(data.source_files[cell.severity])}
+    if severity in PRESETS and not spec.real_rain:  # the synthesizer's code too: a new one makes other rain
+        rain = {"preset": asdict(PRESETS[severity]), "seed": cell.seed, "synthesizer": synthesizer_digest()}
+    elif severity != "none":
+        rain = next((asdict(src) for src in spec.rainy if src.name == severity), spec.real_rain)
+        if data is not None and severity in data.source_files:
+            rain = {"source": rain, "files": _digest(data.source_files[severity])}
+    dspec = cell.derainer
+    # asdict recurses into the rain sources; the cell's own task model stands in for the dataset's list, so a
+    # one-model dataset's cells keep their digest whether it says model: or models: and however many follow
+    dataset = {k: v for k, v in asdict(spec).items() if k != "models"} | {"model": cell.task_model.model}
     parts = {
-        "dataset": asdict(spec),  # asdict recurses into the rain sources
+        "dataset": dataset,
         "data_files": None,  # below: the digest naming its manifest (see _save_manifest)
-        "task_model": _content_digest(spec.model, hashes),
+        "task_model": _content_digest(cell.task_model.model, hashes),
         "rain": rain,
-        "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, cfg.derain_amp)],
-        "scoring_options": {k: getattr(cfg, k) for k in get_task(spec.task).scoring_options} or None,
-        "intervals": cfg.bootstrap > 0,
+        "derainer": None if dspec is None else [dspec.name, derainer_digest(dspec, hashes, scoring.derain_amp)],
+        "scoring_options": {k: getattr(scoring, k) for k in get_task(spec.task).scoring_options} or None,
+        "intervals": scoring.bootstrap > 0,
         "scoring_code": scoring_code_digest(spec.task),
     }
     digests = {k: _digest(v) for k, v in parts.items()}
@@ -150,7 +153,8 @@ def derainer_digest(dspec: DerainerSpec, hashes: dict[str, str], amp: bool = Fal
     from dataclasses import asdict
 
     untiled = ("overlap", "stat_passes") if dspec.tile is None else ()  # without tiles they change nothing
-    parts = {k: v for k, v in asdict(dspec).items() if k != "name" and k not in untiled}
+    # neither its name nor what it was tuned with (tuned_with, for the report) changes its outputs
+    parts = {k: v for k, v in asdict(dspec).items() if k not in ("name", "tuned_with") and k not in untiled}
     if amp:  # autocast outputs are other outputs (absent otherwise, so fp32 digests stay as they were)
         parts["amp"] = True
     parts.update(content=_content_digest(dspec.weights or dspec.model, hashes), output="uint8")
@@ -232,7 +236,7 @@ def _save_manifest(out: Path, name: str, data: OpenedDataset, keep: set[str]) ->
 def _data_digests(out: Path, cfg: BenchConfig, dataset: str) -> set[str]:
     """The data digests the finished cells of ``dataset`` were scored with (whose manifests are kept)."""
     keep = set()
-    for cell, _ in conditions(cfg, dataset):
+    for cell in plan(cfg, dataset):
         with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
             keep.add(json.loads((out / "cells" / f"{cell.key}.json").read_text()).get("inputs", {}).get("data_files"))
     return {k for k in keep if isinstance(k, str)}

@@ -18,7 +18,7 @@ import numpy as np
 from derain.fileio import atomic_write_text
 from derain.synth import PRESETS
 from downstream.tasks import get_task
-from eval.bench_config import SUMMARY_SEVERITY, BenchConfig, conditions
+from eval.bench_config import DEFAULT_TASK_MODEL, SUMMARY_SEVERITY, BenchConfig, plan
 
 
 def task_metrics(task: str, metrics: Mapping[str, Any] | None = None) -> tuple[str, ...]:
@@ -28,10 +28,11 @@ def task_metrics(task: str, metrics: Mapping[str, Any] | None = None) -> tuple[s
     return keys if metrics is None else tuple(k for k in keys if k in metrics)
 
 
-RESULT_FIELDS = ["dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high", "std", "seeds"]
+RESULT_FIELDS = ["dataset", "task", "task_model", "severity", "method", "metric", "value", "ci_low", "ci_high", "std",
+                 "seeds"]
 
 
-CellKey = tuple[str, str, str, int]  # (dataset, severity, method, rain replicate)
+CellKey = tuple[str, str, str, int, str]  # (dataset, severity, method, rain replicate, task model)
 
 
 def write_results(out: Path, cfg: BenchConfig) -> None:
@@ -47,14 +48,15 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
     cells: dict[CellKey, dict[str, Any]] = {}
     image_rows, timings = [], {}
     for spec in cfg.datasets:
-        for cell, _ in conditions(cfg, spec.name):
+        for planned in plan(cfg, spec.name):
+            cell, tm = planned.cell, planned.task_model.name
             path = out / "cells" / f"{cell.key}.json"
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
-            cells[(cell.dataset, cell.severity, cell.method, cell.rep)] = data
-            base = {"dataset": cell.dataset, "task": data["task"], "severity": cell.severity, "method": cell.method,
-                    "seed": cfg.seed + cell.rep if cell.severity in PRESETS else ""}
+            cells[(cell.dataset, cell.severity, cell.method, cell.rep, tm)] = data
+            base = {"dataset": cell.dataset, "task": data["task"], "task_model": tm, "severity": cell.severity,
+                    "method": cell.method, "seed": planned.seed if cell.severity in PRESETS else ""}
             image_rows += [{**base, **r} for r in data["per_image"]]
             timings[cell.key] = round(data["seconds"], 3)
     names = [d.name for d in cfg.derainers]
@@ -66,11 +68,11 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
         rows.append(r_rows)
         summary.append(r_summary)
         differences.append(difference_rows(r_rows + r_summary, names))
-        classes.append([row for data in view.values() for row in per_class_rows(data)])
-    keys = ("dataset", "severity", "method", "metric")
+        classes.append([row for key, data in view.items() for row in per_class_rows(data, key[3])])
+    keys = ("dataset", "task_model", "severity", "method", "metric")
     (rows, seed_rows), (summary, seed_summary) = _over_seeds(rows, keys, cfg), _over_seeds(summary, keys, cfg)
-    differences, _ = _over_seeds(differences, (*keys, "versus"), cfg)
-    classes, _ = _over_seeds(classes, ("dataset", "severity", "method", "class", "metric"), cfg)
+    differences, _ = _over_seeds(differences, (*keys, "versus_task_model", "versus"), cfg)
+    classes, _ = _over_seeds(classes, ("dataset", "task_model", "severity", "method", "class", "metric"), cfg)
     if cfg.bootstrap > 0:
         samples = bootstrap_samples(cells, cfg)
         views = [_replicate(samples, rep) for rep in range(cfg.rain_seeds)]
@@ -80,27 +82,28 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
     _write_csv(out / "results.csv", rows + summary, RESULT_FIELDS)
     _write_csv(out / "summary.csv", summary, RESULT_FIELDS)
     _write_csv(out / "per_seed.csv", seed_rows + seed_summary,
-               ["dataset", "task", "severity", "method", "seed", "metric", "value"])
+               ["dataset", "task", "task_model", "severity", "method", "seed", "metric", "value"])
     _write_csv(out / "differences.csv", differences,
-               ["dataset", "task", "severity", "method", "versus", "metric", "value", "ci_low", "ci_high", "std",
-                "seeds"])
+               ["dataset", "task", "task_model", "severity", "method", "versus_task_model", "versus", "metric", "value",
+                "ci_low", "ci_high", "std", "seeds"])
     source = ["rain_file"] if any("rain_file" in r for r in image_rows) else []  # only runs with rain sources
     _write_csv(out / "per_image.csv", image_rows,
-               ["dataset", "task", "severity", "method", "seed", "image", *source, "psnr_y", "ssim_y"])
-    _write_csv(out / "per_class.csv", classes, ["dataset", "task", "severity", "method", "class", "metric", "value"])
+               ["dataset", "task", "task_model", "severity", "method", "seed", "image", *source, "psnr_y", "ssim_y"])
+    _write_csv(out / "per_class.csv", classes,
+               ["dataset", "task", "task_model", "severity", "method", "class", "metric", "value"])
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
 
 
 def _replicate(table: dict[tuple, Any], rep: int) -> dict[tuple, Any]:
     """The entries of rain replicate ``rep`` with the replicate dropped from the key: ``(dataset, severity, method,
-    rep, *rest) -> (dataset, severity, method, *rest)``; seed-independent cells (replicate 0 only) serve every
-    replicate."""
+    rep, task model, *rest) -> (dataset, severity, method, task model, *rest)``; seed-independent cells (replicate 0
+    only) serve every replicate."""
     return {(k[0], k[1], k[2], *k[4:]): v for k, v in table.items() if k[3] == (rep if k[1] in PRESETS else 0)}
 
 
-def _cell_rows(key: tuple[str, str, str], data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tidy rows (restoration and task metrics) of one cell."""
-    base = {"dataset": key[0], "task": data["task"], "severity": key[1], "method": key[2]}
+def _cell_rows(key: tuple[str, str, str, str], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows (restoration and task metrics) of one cell (``key``: dataset, severity, method, task model)."""
+    base = {"dataset": key[0], "task": data["task"], "task_model": key[3], "severity": key[1], "method": key[2]}
     values = {**data["restoration"], **{k: data["metrics"][k] for k in task_metrics(data["task"], data["metrics"])}}
     return [{**base, "metric": k, "value": v} for k, v in values.items()]
 
@@ -130,45 +133,68 @@ def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def per_class_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
+def per_class_rows(cell: dict[str, Any], task_model: str | None = None) -> list[dict[str, Any]]:
     """Tidy per-class rows of one cell JSON (the task's per-class metrics: ``ap``/``ap50`` for detection, ``iou``
-    for segmentation, ...)."""
-    base = {"dataset": cell["cell"]["dataset"], "task": cell["task"], "severity": cell["cell"]["severity"],
-            "method": cell["cell"]["method"]}
+    for segmentation, ...); ``task_model``: its name (default: the one the cell records, else the one-model
+    shorthand's)."""
+    base = {"dataset": cell["cell"]["dataset"], "task": cell["task"],
+            "task_model": task_model or cell.get("task_model", DEFAULT_TASK_MODEL),
+            "severity": cell["cell"]["severity"], "method": cell["cell"]["method"]}
     return [{**base, "class": name, "metric": spec.key, "value": value}
             for key, spec in get_task(cell["task"]).per_class.items()
             for name, value in cell["metrics"].get(key, {}).items()]
 
 
+def _coords(r: dict[str, Any], **change: str) -> tuple[str, str, str, str, str]:
+    """A row's ``(dataset, task model, severity, method, metric)``, with ``change`` applied."""
+    r = {"task_model": DEFAULT_TASK_MODEL, **r, **change}
+    return r["dataset"], r["task_model"], r["severity"], r["method"], r["metric"]
+
+
 def gain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``gain_<m>`` = derained − rainy per severity and task metric (the difference a recovery divides)."""
-    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
+    """``gain_<m>`` = derained − rainy per severity, task model and task metric (the difference a recovery
+    divides)."""
+    value = {_coords(r): r["value"] for r in rows}
     out = []
     for r in rows:
         if r["severity"] == "none" or r["method"] == "rainy" or r["metric"] not in task_metrics(r["task"]):
             continue
-        rainy = value.get((r["dataset"], r["severity"], "rainy", r["metric"]))
+        rainy = value.get(_coords(r, method="rainy"))
         if rainy is not None:
             out.append({**r, "metric": f"gain_{r['metric']}", "value": r["value"] - rainy})
     return out
 
 
 def difference_rows(rows: list[dict[str, Any]], derainers: Sequence[str]) -> list[dict[str, Any]]:
-    """``method − versus`` for every pair of derainers (config order), per severity and for the robustness mPC
-    (severity ``mean``), for each task metric; ``differences.csv``."""
-    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r for r in rows}
+    """``method − versus`` per severity and for the robustness mPC (severity ``mean``), for each task metric;
+    ``differences.csv``. With one task model: every pair of derainers (config order). With several (a dataset's
+    first is the reference, e.g. clean-trained), also across task models, each later one (``task_model``) against
+    each earlier one (``versus_task_model``): its clean images against the earlier one's (what robustness costs on
+    clean images), its rainy images against every strategy of the earlier one (does training with rain beat
+    deraining?) and each derainer against the same derainer."""
+    value = {_coords(r): r for r in rows}
     out = []
-    for (ds, sev, method, metric), r in value.items():
-        base_metric = metric.removesuffix("_pc")
-        if method not in derainers or base_metric not in task_metrics(r["task"]):
+
+    def add(r: dict[str, Any], o: dict[str, Any] | None) -> None:
+        if o is not None:
+            out.append({"dataset": r["dataset"], "task": r["task"], "task_model": r["task_model"],
+                        "severity": r["severity"], "method": r["method"], "versus_task_model": o["task_model"],
+                        "versus": o["method"], "metric": r["metric"], "value": r["value"] - o["value"]})
+
+    for r in value.values():
+        base_metric = r["metric"].removesuffix("_pc")
+        if base_metric not in task_metrics(r["task"]) or (r["severity"] == SUMMARY_SEVERITY) != (
+                r["metric"].endswith("_pc")):
             continue
-        if (sev == SUMMARY_SEVERITY) != metric.endswith("_pc"):
-            continue
-        for other in derainers[derainers.index(method) + 1:]:
-            o = value.get((ds, sev, other, metric))
-            if o is not None:
-                out.append({"dataset": ds, "task": r["task"], "severity": sev, "method": method, "versus": other,
-                            "metric": metric, "value": r["value"] - o["value"]})
+        method = r["method"]
+        if method in derainers:
+            for other in derainers[derainers.index(method) + 1:]:
+                add(r, value.get(_coords(r, method=other)))
+        models = list(dict.fromkeys(x["task_model"] for x in rows if x["dataset"] == r["dataset"]))
+        for earlier in models[: models.index(r["task_model"])]:
+            versus = {"clean": ["clean"], "rainy": ["rainy", *derainers]}.get(method, [method])
+            for other in versus:
+                add(r, value.get(_coords(r, task_model=earlier, method=other)))
     return out
 
 
@@ -211,20 +237,20 @@ def _interval_of(row: dict[str, Any], views: list[dict[tuple[str, str, str, str]
     return (lo, hi) if math.isfinite(lo) else ("", "")
 
 
-def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str], np.ndarray]) -> np.ndarray | None:
-    ds, sev, method, metric = row["dataset"], row["severity"], row["method"], row["metric"]
+def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str, str], np.ndarray]) -> np.ndarray | None:
+    ds, sev, method, metric, tm = row["dataset"], row["severity"], row["method"], row["metric"], row["task_model"]
 
-    def get(s: str, m: str, k: str) -> np.ndarray | None:
-        return samples.get((ds, s, m, k))
+    def get(s: str, m: str, k: str, t: str = tm) -> np.ndarray | None:
+        return samples.get((ds, s, m, t, k))
 
-    def pc(m: str, k: str) -> np.ndarray | None:
-        per = [get(s, m, k) for s in {key[1] for key in samples if key[0] == ds and key[1] in PRESETS}]
+    def pc(m: str, k: str, t: str = tm) -> np.ndarray | None:
+        per = [get(s, m, k, t) for s in {key[1] for key in samples if key[0] == ds and key[1] in PRESETS}]
         return np.mean(per, axis=0) if per and all(p is not None for p in per) else None
 
     if "versus" in row:  # differences.csv
-        k = metric.removesuffix("_pc")
-        a, b = (pc(method, k), pc(row["versus"], k)) if sev == SUMMARY_SEVERITY else (get(sev, method, k),
-                                                                                     get(sev, row["versus"], k))
+        k, vt = metric.removesuffix("_pc"), row["versus_task_model"]
+        a, b = (pc(method, k), pc(row["versus"], k, vt)) if sev == SUMMARY_SEVERITY else (
+            get(sev, method, k), get(sev, row["versus"], k, vt))
         return None if a is None or b is None else a - b
     if sev == SUMMARY_SEVERITY:
         base, _, kind = metric.rpartition("_")
@@ -269,22 +295,22 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``<m>_gap_closed`` = (mPC − mPC_rainy) / (P_clean − mPC_rainy), the share of that gap the derainer closes (1 =
     all, 0 = none). A method missing any severity gets no row (a partial average would not compare).
     """
-    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
-    tasks = {r["dataset"]: r["task"] for r in rows}
+    value = {_coords(r): r["value"] for r in rows}
+    tasks = {_coords(r)[:2]: r["task"] for r in rows}
     out = []
-    for ds, task in tasks.items():  # synthetic severities only: rain sources are not a severity ladder
-        severities = sorted({k[1] for k in value if k[0] == ds and k[2] == "rainy" and k[1] in PRESETS})
-        methods = list(dict.fromkeys(k[2] for k in value if k[0] == ds and k[1] != "none"))
+    for (ds, tm), task in tasks.items():  # synthetic severities only: rain sources are not a severity ladder
+        severities = sorted({k[2] for k in value if k[:2] == (ds, tm) and k[3] == "rainy" and k[2] in PRESETS})
+        methods = list(dict.fromkeys(k[3] for k in value if k[:2] == (ds, tm) and k[2] != "none"))
         for metric in task_metrics(task):
-            clean = value.get((ds, "none", "clean", metric))
+            clean = value.get((ds, tm, "none", "clean", metric))
             if clean is None or not severities:
                 continue
             pcs = {}
             for method in methods:
-                vals = [value.get((ds, sev, method, metric)) for sev in severities]
+                vals = [value.get((ds, tm, sev, method, metric)) for sev in severities]
                 if all(v is not None for v in vals):
                     pcs[method] = float(np.mean(vals))
-            base = {"dataset": ds, "task": task, "severity": SUMMARY_SEVERITY}
+            base = {"dataset": ds, "task": task, "task_model": tm, "severity": SUMMARY_SEVERITY}
             for method, pc in pcs.items():
                 out.append({**base, "method": method, "metric": f"{metric}_pc", "value": pc})
                 out.append({**base, "method": method, "metric": f"{metric}_rpc",
@@ -299,16 +325,17 @@ def robustness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _drop_recovery(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    value = {(r["dataset"], r["severity"], r["method"], r["metric"]): r["value"] for r in rows}
+    value = {_coords(r): r["value"] for r in rows}
+    tasks = {r["dataset"]: r["task"] for r in rows}
     out = []
-    for (ds, sev, method, metric), v in value.items():
-        task = next(r["task"] for r in rows if r["dataset"] == ds)
+    for (ds, tm, sev, method, metric), v in value.items():
+        task = tasks[ds]
         if sev == "none" or metric not in task_metrics(task):
             continue
-        clean, rainy = value.get((ds, "none", "clean", metric)), value.get((ds, sev, "rainy", metric))
+        clean, rainy = value.get((ds, tm, "none", "clean", metric)), value.get((ds, tm, sev, "rainy", metric))
         if clean is None or rainy is None:
             continue
-        base = {"dataset": ds, "task": task, "severity": sev, "method": method}
+        base = {"dataset": ds, "task": task, "task_model": tm, "severity": sev, "method": method}
         if method == "rainy":
             out.append({**base, "metric": f"drop_{metric}", "value": clean - rainy})
         else:

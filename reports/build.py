@@ -25,6 +25,7 @@ from reports.latex import table_latex
 from reports.markdown import render_markdown
 from reports.runs import Combined, load_runs
 from reports.stats import primary_metric, psnr_task_correlation
+from reports.strategies import strategies_figure, strategies_tables
 from reports.summary import summary_tables
 from reports.tables import (
     MIN_DROP,
@@ -109,7 +110,8 @@ def build_report(
     if any(out.resolve() == Path(d).resolve() for d in dirs):
         raise ValueError(f"--out {out} is a run folder; write the report into a folder of its own (e.g. {out}/report)")
     summary = summary_tables(combined)
-    results = [restoration_table(combined), *task_tables(combined, min_drop), *robustness_tables(combined, min_drop)]
+    results = [restoration_table(combined), *task_tables(combined, min_drop), *robustness_tables(combined, min_drop),
+               *strategies_tables(combined)]
     files: list[Path] = []
     if "csv" in formats:
         files += [write_csv(t, out / "tables") for t in [*summary, *results]]
@@ -156,6 +158,12 @@ def make_figures(
         "Per-class AP@[.5:.95] (detection) / IoU (segmentation) at each dataset's worst rain severity "
         "(largest clean − rainy drop), clean images for reference.",
     )
+    for ds in combined.datasets:
+        add(
+            strategies_figure(combined, ds, folder / f"strategies_{_slug(ds)}.png"),
+            f"{ds}: the strategies against rain (rows of its strategies table) per condition, with 95 % "
+            "paired-bootstrap intervals; hatched: a rain-trained task model (//) or a jointly tuned derainer (xx).",
+        )
     logs = find_training_logs(combined)
     add(
         plots.training_curves(logs, colors, folder / "training_curves.png"),
@@ -202,6 +210,7 @@ def report_blocks(
     ]
     by_name = {f.path.name: f for f in figures}
     plots_ = [by_name[n] for n in ("metric_vs_severity.png", "psnr_vs_task.png", "per_class.png") if n in by_name]
+    plots_ += [f for f in figures if f.path.name.startswith("strategies_")]
     if plots_:
         blocks.append(Heading("Figures"))
         for fig in plots_:

@@ -20,14 +20,14 @@ import pandas as pd
 from derain.config import read_yaml
 from derain.synth import PRESETS
 from downstream.tasks import get_task
-from eval.bench import SUMMARY_SEVERITY
+from eval.bench import DEFAULT_TASK_MODEL, SUMMARY_SEVERITY
 
 RESULT_COLUMNS = ["dataset", "task", "severity", "method", "metric", "value"]
 NUMERIC_COLUMNS = ("value", "ci_low", "ci_high", "std", "seeds", "seed")  # checked to be numbers where present
 CLASS_COLUMNS = ["dataset", "task", "severity", "method", "class", "metric", "value"]
 BASELINES = ("clean", "rainy")
 # What makes two runs score a dataset the same way (so their rows may share a table).
-SCORING_KEYS = ("task", "format", "path", "split", "limit", "imgsz", "model")
+SCORING_KEYS = ("task", "format", "path", "split", "limit", "imgsz", "model", "models")
 DERAINER_KEYS = ("model", "weights", "options", "tile", "overlap")
 
 
@@ -43,6 +43,9 @@ class Run:
     environment: dict[str, Any] | None
     timings: dict[str, float]
     derainer_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # derainers.json: architecture, weights...
+    # Every task model's rows (``results`` holds each dataset's first task model's, which the other tables show)
+    all_results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # differences.csv (empty when absent)
 
     @property
     def name(self) -> str:
@@ -67,6 +70,12 @@ class Run:
         """The dataset entry named ``name`` in the run's config."""
         return next((d for d in self.config.get("datasets") or [] if d.get("name") == name), None)
 
+    def trained_on(self, dataset: str, task_model: str) -> str:
+        """What a dataset's task model was trained on (its ``trained_on``; clean for the one-model shorthand)."""
+        entry = self.dataset(dataset) or {}
+        found = next((m for m in entry.get("models") or [] if m.get("name") == task_model), {})
+        return str(found.get("trained_on") or "clean")
+
 
 def load_run(path: str | Path) -> Run:
     """Read a run folder; a folder that is not a benchmark run is an error saying what is missing and what to do."""
@@ -82,23 +91,52 @@ def load_run(path: str | Path) -> Run:
     results = _read_csv(results_csv, RESULT_COLUMNS)
     if results.empty:
         raise ValueError(f"{results_csv} has no rows: rerun `derainbench bench` so that at least one cell finishes")
-    results = _expand_seeds(results, path / "per_seed.csv")
+    config = _read_config(path)
+    results = _with_task_model(_expand_seeds(_with_task_model(results), path / "per_seed.csv"))
+    per_class = _with_task_model(_read_per_class(path))
+    differences = _read_optional_csv(path / "differences.csv")
+    if not differences.empty and "task_model" not in differences:
+        differences["task_model"] = differences["versus_task_model"] = DEFAULT_TASK_MODEL
+    return Run(
+        path=path,
+        config=config,
+        results=_first_task_model(results),
+        per_class=_first_task_model(per_class),
+        per_image=_read_optional_csv(path / "per_image.csv"),
+        environment=_read_json(path / "environment.json"),
+        timings=_read_json(path / "timings.json") or {},
+        derainer_info=_read_json(path / "derainers.json") or {},
+        all_results=results,
+        differences=differences,
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
     config_yaml = path / "config.yaml"
     if not config_yaml.is_file():
         raise FileNotFoundError(
             f"{config_yaml} not found: the report needs the run's config (seed, models); "
             "`derainbench bench` writes it first, so copy it back next to results.csv"
         )
-    return Run(
-        path=path,
-        config=read_yaml(config_yaml),
-        results=results,
-        per_class=_read_per_class(path),
-        per_image=_read_optional_csv(path / "per_image.csv"),
-        environment=_read_json(path / "environment.json"),
-        timings=_read_json(path / "timings.json") or {},
-        derainer_info=_read_json(path / "derainers.json") or {},
-    )
+    return read_yaml(config_yaml)
+
+
+def _with_task_model(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its ``task_model`` column (runs made before several task models had none: the one-model
+    shorthand's name)."""
+    if not table.empty and "task_model" not in table:
+        table = table.assign(task_model=DEFAULT_TASK_MODEL)
+    if "task_model" in table:
+        table["task_model"] = table["task_model"].astype(str)
+    return table
+
+
+def _first_task_model(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each dataset's first task model (the one the result tables show; rows come in config order)."""
+    if table.empty:
+        return table
+    first = table.drop_duplicates("dataset").set_index("dataset")["task_model"]
+    return table[table["task_model"].to_numpy() == first.reindex(table["dataset"]).to_numpy()].reset_index(drop=True)
 
 
 def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -130,10 +168,10 @@ def _expand_seeds(results: pd.DataFrame, per_seed_csv: Path) -> pd.DataFrame:
     each keeps the row's interval, which resampled the seeds too), so runs aggregate over all their seeds."""
     if not per_seed_csv.is_file():
         return results
-    per_seed = _read_csv(per_seed_csv, [*RESULT_COLUMNS[:4], "seed", "metric", "value"])
+    per_seed = _with_task_model(_read_csv(per_seed_csv, [*RESULT_COLUMNS[:4], "seed", "metric", "value"]))
     if per_seed["seed"].nunique() < 2:
         return results
-    keys = ["dataset", "severity", "method", "metric"]
+    keys = ["dataset", "task_model", "severity", "method", "metric"]
     intervals = [c for c in ("ci_low", "ci_high") if c in results]
     expanded = per_seed.merge(results[keys + intervals], on=keys, how="left")
     hit = results.set_index(keys).index.isin(per_seed.set_index(keys).index)
@@ -176,6 +214,7 @@ class Combined:
     severities: list[str]  # "none" first, then the rain presets in their order
     methods: list[str]  # clean, rainy, then derainers in order of appearance
     sources: dict[str, list[tuple[Run, str]]] = field(default_factory=dict)  # method label -> (run, its name there)
+    strategies: pd.DataFrame = field(default_factory=pd.DataFrame)  # like results, every task model (task_model)
 
     @property
     def seeds(self) -> list[int]:
@@ -239,6 +278,8 @@ def combine(runs: Sequence[Run]) -> Combined:
     labels = method_labels(runs)
     results = _aggregate([_relabel(r.results, i, r, labels) for i, r in enumerate(runs)], RESULT_COLUMNS[:-2])
     per_class = _aggregate([_relabel(r.per_class, i, r, labels) for i, r in enumerate(runs)], CLASS_COLUMNS[:-2])
+    strategies = _aggregate([_relabel(r.all_results, i, r, labels) for i, r in enumerate(runs)],
+                            [*RESULT_COLUMNS[:2], "task_model", *RESULT_COLUMNS[2:4]])
     sources: dict[str, list[tuple[Run, str]]] = {}
     for (i, method), label in labels.items():
         sources.setdefault(label, []).append((runs[i], method))
@@ -254,6 +295,7 @@ def combine(runs: Sequence[Run]) -> Combined:
         severities=_order_severities(results.severity),
         methods=_order_methods(runs, labels),
         sources=sources,
+        strategies=strategies,
     )
 
 
@@ -284,6 +326,7 @@ def scoring(run: Run, dataset: str) -> dict[str, Any]:
     if entry is None:
         return {"task": task}
     spec = {k: entry.get(k) for k in SCORING_KEYS}
+    spec["models"] = entry.get("models") or []  # runs made before several task models have no models key
     spec.update({k: run.config.get(k) for k in get_task(task).scoring_options})
     return spec
 

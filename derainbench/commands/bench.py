@@ -29,6 +29,16 @@ looked up at DIR/REL, DIR/<last folder of IMAGES>/REL, DIR/<last two>/REL, ... (
 reading that finds rainy files is used; two (copies at two levels), none, or DIR being the clean image folder
 itself are refused in one line naming the folders, and a labelled image without its rainy file is listed.
 
+Task models and strategies: a dataset's model: PATH is its one task model (named "model", trained on clean
+images); models: [{name: clean-trained, model: A.pt}, {name: rain-trained, model: B.pt, trained_on: rain}]
+scores every condition and derainer with each (trained_on: clean | rain, default clean). Rows carry the
+task_model column; cells of the first model keep the keys of a one-model run, so adding a model to a finished
+run folder computes only the new model's cells. differences.csv compares derainers per task model and, across
+task models, each later model's clean and rainy rows and derainers with the earlier ones' (paired bootstrap: same
+images, same rain). A derainer entry's tuned_with: NAME says it was jointly tuned with that task model (e.g. by
+`derainbench joint`); the report's strategies table shows it with that model only, beside rainy and each
+derainer -> each task model.
+
 Speed: every rainy and derained image is made once per run folder and shared by all cells, tasks and
 datasets that need it (cache/, 8-bit PNGs keyed by content and derainer digest; safe to delete; cache=false
 turns it off). Derained images are scored on the 8-bit grid, as saved outputs are. Images are read and rain

@@ -139,6 +139,17 @@ def coco_id_not_a_number(tmp: Path) -> tuple[list[str], str]:
     return argv, "ann.json"
 
 
+def bench_task_model_and_models(tmp: Path) -> tuple[list[str], str]:
+    argv = _coco_bench(tmp, [1, 2])
+    argv[-1] = argv[-1].replace("model: yolo11n.yaml", "model: yolo11n.yaml, models: [{name: a, model: yolo11n.yaml}]")
+    return argv, "dataset 'c': give its task model as model: PATH or several as models"
+
+
+def bench_tuned_with_unknown_task_model(tmp: Path) -> tuple[list[str], str]:
+    return ([*_coco_bench(tmp, [1, 2]), "derainers=[{name: j, model: identity, tuned_with: rain-trained}]"],
+            "derainer 'j': tuned_with 'rain-trained' names no task model")
+
+
 def bench_conf_nan(tmp: Path) -> tuple[list[str], str]:
     return [*_coco_bench(tmp, [1, 2]), "conf=.nan"], "conf"
 
@@ -269,6 +280,7 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
                      bench_malicious_derainer, coco_json_a_list, coco_id_not_a_number, bench_conf_nan,
+                     bench_task_model_and_models, bench_tuned_with_unknown_task_model,
                      bench_iou_above_one, bench_bootstrap_inf, train_iters_inf, train_decay_steps_zero,
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
                      segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,

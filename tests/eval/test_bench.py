@@ -23,8 +23,9 @@ def bench_config(setup: dict, out: Path, *extra: str) -> BenchConfig:
 def test_tiny_bench_writes_tidy_results_and_resumes(setup: dict, tiny_bench_run: Path) -> None:
     out = tiny_bench_run
     res = pd.read_csv(out / "results.csv")
-    assert set(res.columns) == {"dataset", "task", "severity", "method", "metric", "value", "ci_low", "ci_high",
-                                "std", "seeds"}
+    assert set(res.columns) == {"dataset", "task", "task_model", "severity", "method", "metric", "value", "ci_low",
+                                "ci_high", "std", "seeds"}
+    assert set(res.task_model) == {"model"}  # the one-model shorthand's name
     assert (res.seeds == 1).all() and res["std"].isna().all()  # one rain seed: no spread to report
     # 95 % paired-bootstrap intervals: around each task metric, drop and gain; none for recoveries
     for r in res[res.metric.isin(["map", "miou", "drop_miou", "gain_miou", "psnr_y"])].itertuples():
@@ -580,3 +581,96 @@ def test_detection_cells_equal_pycocotools_with_crowd_and_write_rescorable_predi
     no_crowd.write_text(json.dumps({**gt, "annotations": [a for a in anns if not a["iscrowd"]]}))  # the old scoring
     rows = json.loads((out / "predictions/cc__none__clean.json").read_text())
     assert abs(pycocotools(no_crowd, rows)[1] - res[("none", "clean", "map50")]) > 0.05  # crowd matters here
+
+
+def test_several_task_models_per_dataset_and_a_rerun_adding_one(setup: dict, tmp_path: Path) -> None:
+    """models: [...] scores every (condition, derainer, task model); a one-model run folder (model:, cell files
+    without a task model as older versions wrote them) keeps its cells when a second model is added; strategies
+    across task models get paired-bootstrap differences."""
+    import torch
+
+    from downstream.segmentation import SegmenterConfig, build_segmenter, save_segmenter
+
+    root, out = setup["root"], tmp_path / "run"
+    classes = (root / "scenes/seg/classes.txt").read_text().split()
+    torch.manual_seed(1)
+    save_segmenter(build_segmenter(SegmenterConfig(arch="Unet", encoder="resnet18", num_classes=len(classes),
+                                                   classes=classes, encoder_depth=3, decoder_channels=[16, 8, 8])),
+                   tmp_path / "seg-rain")
+    common = ["severities=[heavy]", "samples=0", "bootstrap=50", "derainers=[{name: identity, model: identity}, "
+              "{name: joint, model: identity, tuned_with: clean-trained}]"]
+    seg = f"name: seg, task: segmentation, format: masks, path: {root}/scenes/seg"
+    old = [*common[:3], "derainers=[{name: identity, model: identity}, {name: joint, model: identity}]"]
+    run_bench(bench_config(setup, out, f"datasets=[{{{seg}, model: {root}/seg-model}}]", *old), progress=False)
+    for cell in (out / "cells").glob("*.json"):  # as written before cells recorded their task model
+        data = json.loads(cell.read_text())
+        data.pop("task_model")
+        data["cell"].pop("task_model")
+        cell.write_text(json.dumps(data))
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert set(stamps) == {"seg__none__clean.json", "seg__heavy__rainy.json", "seg__heavy__identity.json",
+                           "seg__heavy__joint.json"}
+    assert set(pd.read_csv(out / "results.csv").task_model) == {"model"}
+
+    models = (f"models: [{{name: clean-trained, model: {root}/seg-model}}, "
+              f"{{name: rain-trained, model: {tmp_path}/seg-rain, trained_on: rain}}]")
+    run_bench(bench_config(setup, out, f"datasets=[{{{seg}, {models}}}]", *common), progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert {k: after[k] for k in stamps} == stamps  # the first model's cells were reused, not recomputed
+    assert set(after) - set(stamps) == {f"seg__{c}__on-rain-trained.json" for c in ("none__clean", "heavy__rainy",
+                                                                                    "heavy__identity", "heavy__joint")}
+
+    res = pd.read_csv(out / "results.csv")
+    miou = res[res.metric == "miou"]
+    assert set(zip(miou.task_model, miou.severity, miou.method, strict=True)) == {
+        (tm, sev, m) for tm in ("clean-trained", "rain-trained")
+        for sev, m in (("none", "clean"), ("heavy", "rainy"), ("heavy", "identity"), ("heavy", "joint"))}
+    v = miou.set_index(["task_model", "severity", "method"]).value
+    assert v[("clean-trained", "none", "clean")] != v[("rain-trained", "none", "clean")]  # two different models
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary[summary.metric == "drop_miou"].task_model) == {"clean-trained", "rain-trained"}
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert len(per_image) == 2 * 4 * json.loads((out / "cells/seg__none__clean.json").read_text())["n"]
+
+    diffs = pd.read_csv(out / "differences.csv")
+    cross = diffs[(diffs.task_model == "rain-trained") & (diffs.versus_task_model == "clean-trained")]
+    row = cross[(cross.severity == "heavy") & (cross.method == "rainy") & (cross.versus == "identity")
+                & (cross.metric == "miou")].iloc[0]  # rainy -> rain-trained vs derained -> clean-trained
+    assert row.value == pytest.approx(v[("rain-trained", "heavy", "rainy")] - v[("clean-trained", "heavy", "identity")])
+    assert row.ci_low <= row.value <= row.ci_high and row.ci_low < row.ci_high  # paired bootstrap interval
+    assert {("clean", "none"), ("rainy", "heavy"), ("identity", "heavy")} <= set(
+        zip(cross.method, cross.severity, strict=True))
+    assert set(cross[cross.method == "clean"].versus) == {"clean"} and "mean" in set(cross.severity)
+
+    from reports.build import build_report
+
+    report = build_report([out], tmp_path / "report", formats="md,csv")
+    table = pd.read_csv(tmp_path / "report/tables/strategies_seg.csv")
+    assert list(table.strategy) == ["rainy → clean-trained", "identity → clean-trained", "rainy → rain-trained",
+                                    "identity → rain-trained", "joint → clean-trained (joint)"]
+    assert list(table["trained on"]) == ["clean", "clean", "rain", "rain", "clean"]
+    assert table.loc[2, "heavy"] == pytest.approx(v[("rain-trained", "heavy", "rainy")])
+    assert table.loc[2, "none"] == pytest.approx(v[("rain-trained", "none", "clean")])
+    assert table["heavy_ci"].str.match(r"\[\d\.\d{3}, \d\.\d{3}\]").all() and "mpc" in table
+    md = report.markdown.read_text()
+    assert "seg: strategies against rain" in md and "figures/strategies_seg.png" in md
+    assert (tmp_path / "report/figures/strategies_seg.png").stat().st_size > 5000
+
+
+def test_task_model_config_errors(setup: dict, tmp_path: Path) -> None:
+    root, out = setup["root"], tmp_path / "run"
+    seg = f"name: seg, task: segmentation, format: masks, path: {root}/scenes/seg"
+    cases = [
+        (f"{{{seg}}}", "give its task model as model: PATH or several as models"),
+        (f"{{{seg}, model: {root}/seg-model, models: [{{name: a, model: {root}/seg-model}}]}}", "not both"),
+        (f"{{{seg}, models: [{{name: a, model: {root}/seg-model, trained_on: fog}}]}}", "trained_on must be one of"),
+        (f"{{{seg}, models: [{{name: a, model: {root}/seg-model}}, {{name: a, model: {root}/seg-model}}]}}",
+         "task model names must be unique"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_bench(bench_config(setup, out, f"datasets=[{spec}]"), progress=False)
+    with pytest.raises(ValueError, match="tuned_with 'rain-trained' names no task model"):
+        run_bench(bench_config(setup, out, "derainers=[{name: identity, model: identity, tuned_with: rain-trained}]"),
+                  progress=False)
+    assert not out.exists()

@@ -101,8 +101,8 @@ def test_per_class_rows_come_from_cells_when_the_csv_is_missing(tiny_bench_run: 
     assert merged.value_csv.fillna(-1).tolist() == pytest.approx(merged.value_cells.fillna(-1).tolist())
 
 
-@pytest.mark.parametrize("row", ["seg,segmentation,heavy,lite,miou,abc,,,,",
-                                 "seg,segmentation,heavy,lite,miou,0.5,,,,two"])
+@pytest.mark.parametrize("row", ["seg,segmentation,model,heavy,lite,miou,abc,,,,",
+                                 "seg,segmentation,model,heavy,lite,miou,0.5,,,,two"])
 def test_a_garbage_results_row_is_named(tiny_bench_run: Path, tmp_path: Path, row: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A hand-edited results.csv fails in one line naming the file and row (was a pandas TypeError or silence)."""
