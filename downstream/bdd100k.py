@@ -39,6 +39,9 @@ from downstream.datasets import (
     ImageRecord,
     _check_box,
     _stack_boxes,
+    listed_twice,
+    name_under,
+    path_value,
     read_image_size,
     read_json_file,
 )
@@ -90,6 +93,9 @@ class Bdd100kDetectionDataset(DetectionDataset):
         self.labels_json, self.images_dir = Path(labels_json), Path(images_dir)
         self.where = check_where(where)
         frames = _load_frames(self.labels_json)
+        twice = listed_twice([str(f.get("name")) for f in frames])
+        if twice:  # its boxes would be scored twice
+            raise DatasetError(f"{self.labels_json}: frame(s) listed twice: {', '.join(twice[:10])}")
         if not self.images_dir.is_dir():
             raise DatasetError(f"BDD100K images folder not found: {self.images_dir}")
         records = [self._record(k, frame) for k, frame in enumerate(frames) if self._selected(frame)]
@@ -99,21 +105,31 @@ class Bdd100kDetectionDataset(DetectionDataset):
 
     def _selected(self, frame: Mapping[str, Any]) -> bool:
         attributes = frame.get("attributes") or {}
+        if not isinstance(attributes, Mapping):
+            raise DatasetError(f"{self.labels_json}: frame {frame.get('name')!r}: attributes must be an object "
+                               f"{{weather, scene, timeofday}}, got {attributes!r}")
         return all(attributes.get(key) in values for key, values in self.where.items())
 
     def _record(self, k: int, frame: Mapping[str, Any]) -> ImageRecord:
         name = frame.get("name")
         if not isinstance(name, str) or not name:
             raise DatasetError(f"{self.labels_json}: frame #{k} has no image name")
-        path = self.images_dir / name
+        path = name_under(self.images_dir, name, f"{self.labels_json}: frame #{k} name")
         if not path.is_file():
             raise DatasetError(f"{self.labels_json}: image {name!r} not found: {path}")
         h, w = read_image_size(path)
         boxes, classes, crowd = [], [], []
-        for j, label in enumerate(frame.get("labels") or []):
+        labels = frame.get("labels") or []
+        if not isinstance(labels, list):
+            raise DatasetError(f"{self.labels_json}: frame {name!r}: labels must be a list, got {labels!r}")
+        for j, label in enumerate(labels):
+            where = f"{self.labels_json}: frame {name!r} label #{j}"
+            if not isinstance(label, Mapping):
+                raise DatasetError(f"{where} must be an object {{category, box2d, attributes}}, got {label!r}")
+            if not isinstance(label.get("attributes") or {}, Mapping):
+                raise DatasetError(f"{where} attributes must be an object, got {label['attributes']!r}")
             if label.get("box2d") is None:
                 continue  # lanes and drivable areas (poly2d) in the legacy files
-            where = f"{self.labels_json}: frame {name!r} label #{j}"
             category = str(label.get("category"))
             category = LEGACY_NAMES.get(category, category)
             ignored = category in IGNORED
@@ -152,5 +168,6 @@ def open_bdd100k(path: Any, split: str = "val") -> Bdd100kDetectionDataset:
     unknown = sorted(set(path) - {"labels", "images", "where"})
     if unknown:
         raise ValueError(f"format bdd100k: unknown path keys {unknown} (labels, images, where)")
-    labels, images = (str(path[k]).replace("{split}", split) for k in ("labels", "images"))
+    labels, images = (str(path_value(path[k], f"a {k} path (path.{k})")).replace("{split}", split)
+                      for k in ("labels", "images"))
     return Bdd100kDetectionDataset(labels, images, path.get("where"))

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from derain.imageio import walk_files
-from downstream.datasets import IGNORE_INDEX, DatasetError, MaskSegmentationDataset, path_spec, read_mask
+from downstream.datasets import (
+    IGNORE_INDEX,
+    DatasetError,
+    MaskSegmentationDataset,
+    path_spec,
+    path_value,
+    read_mask,
+)
 
 # (name, label id, train id) of cityscapesScripts helpers/labels.py; 255 = not evaluated (ignoreInEval)
 LABELS: tuple[tuple[str, int, int], ...] = (
@@ -123,5 +130,5 @@ def open_cityscapes(path: Any, split: str = "val") -> CityscapesDataset:
     if isinstance(path, Mapping):
         spec = path_spec(path, ("images", "gt"), split)
         return CityscapesDataset(spec["images"], spec["gt"])
-    root = Path(path)
+    root = path_value(path, "the Cityscapes root or {images, gt}")
     return CityscapesDataset(root / "leftImg8bit" / split, root / "gtFine" / split)
