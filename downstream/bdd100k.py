@@ -37,6 +37,7 @@ from downstream.datasets import (
     DatasetError,
     DetectionDataset,
     ImageRecord,
+    SplitNotFoundError,
     _check_box,
     _stack_boxes,
     listed_twice,
@@ -170,4 +171,6 @@ def open_bdd100k(path: Any, split: str = "val") -> Bdd100kDetectionDataset:
         raise ValueError(f"format bdd100k: unknown path keys {unknown} (labels, images, where)")
     labels, images = (str(path_value(path[k], f"a {k} path (path.{k})")).replace("{split}", split)
                       for k in ("labels", "images"))
+    if not Path(labels).is_file():
+        raise SplitNotFoundError(f"BDD100K label file not found: {labels}")
     return Bdd100kDetectionDataset(labels, images, path.get("where"))

@@ -28,6 +28,7 @@ from downstream.datasets import (
     IGNORE_INDEX,
     DatasetError,
     MaskSegmentationDataset,
+    SplitNotFoundError,
     path_spec,
     path_value,
     read_mask,
@@ -82,9 +83,10 @@ class CityscapesDataset(MaskSegmentationDataset):
     def __init__(self, images_dir: str | Path, gt_dir: str | Path) -> None:
         self.images_dir, self.masks_dir = Path(images_dir), Path(gt_dir)
         self.classes = list(TRAIN_NAMES)
-        for d, what in ((self.images_dir, self.images_what), (self.masks_dir, self.gt_what)):
-            if not d.is_dir():
-                raise DatasetError(f"{what} folder not found: {d}")
+        if not self.images_dir.is_dir():  # the split is not there (train-task then trains without val)
+            raise SplitNotFoundError(f"{self.images_what} folder not found: {self.images_dir}")
+        if not self.masks_dir.is_dir():
+            raise DatasetError(f"{self.gt_what} folder not found: {self.masks_dir}")
         self.images = sorted(p for p in walk_files(self.images_dir) if p.name.endswith(self.image_suffix))
         if not self.images:
             raise DatasetError(f"{self.images_dir}: no *{self.image_suffix} images in its subfolders")

@@ -321,7 +321,7 @@ class YoloDetectionDataset(DetectionDataset):
         if data.get("path"):
             root = Path(str(data["path"])) if Path(str(data["path"])).is_absolute() else root / str(data["path"])
         if not data.get(split):
-            raise DatasetError(f"{yaml_path}: no {split!r} split (keys: {sorted(data)})")
+            raise SplitNotFoundError(f"{yaml_path}: no {split!r} split (keys: {sorted(data)})")
         names = _yolo_names(data, yaml_path)
         images = _yolo_image_files(data[split], root, yaml_path, split)
         orphans = _orphan_labels(images)
@@ -726,6 +726,8 @@ def open_mask_dataset(path: Any, split: str = "val") -> MaskSegmentationDataset:
                                 "classes}")
         path = {"images": root / split / "images", "masks": root / split / "masks", "classes": root / "classes.txt"}
     spec = path_spec(path, ("images", "masks", "classes"), split)
+    if not Path(spec["images"]).is_dir():
+        raise SplitNotFoundError(f"images folder not found: {spec['images']}")
     return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
 
 
@@ -738,5 +740,7 @@ def open_detection_dataset(format: str, path: Any, split: str = "val", yolo: typ
         return yolo(path_value(path, "the data.yaml"), split)
     if format == "coco":
         spec = path_spec(path, ("images", "annotations"), split)
+        if not Path(spec["annotations"]).is_file():
+            raise SplitNotFoundError(f"annotation file not found: {spec['annotations']}")
         return coco(spec["images"], spec["annotations"])
     raise ValueError(f"datasets of boxes are 'yolo' or 'coco', got {format!r}")

@@ -494,18 +494,19 @@ class DetectionTask(Task):
               progress: bool = True, format: str = "yolo") -> Path:
         """``format`` other than ``yolo``: the train and val splits are opened as the benchmark opens them and
         trained on through a YOLO view of them (``out/data``: image links and label files; see
-        :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train."""
+        :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train (said on
+        stderr), a broken one is an error."""
+        if format != "yolo" and self.yolo_task != "detect":
+            raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
+                             f"got format {format!r}")
+        # both splits opened as bench opens them: what bench refuses (a truncated image, a bad label) is refused
+        # here too, before ultralytics would drop it with a warning
+        splits = {"train": self.load_dataset(format or "yolo", data, "train")}
+        val = self.open_val_split(format or "yolo", data, "validating on the train split")
         if format != "yolo":
-            if self.yolo_task != "detect":
-                raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
-                                 f"got format {format!r}")
             from downstream.datasets import write_yolo_layout
 
-            splits = {"train": self.load_dataset(format, data, "train")}
-            try:
-                splits["val"] = self.load_dataset(format, data, "val")
-            except (FileNotFoundError, ValueError):
-                splits["val"] = splits["train"]
+            splits["val"] = val if val is not None else splits["train"]
             data = str(write_yolo_layout(splits, out / "data"))
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),

@@ -472,10 +472,7 @@ class SegmentationTask(Task):
         if not (math.isfinite(recipe.lr) and recipe.lr > 0):
             raise ValueError(f"recipe.lr must be a positive number, got {recipe.lr}")
         train = self.load_dataset(format, data, split="train")
-        try:
-            val = self.load_dataset(format, data, split="val")
-        except (FileNotFoundError, ValueError):
-            val = None
+        val = self.open_val_split(format, data, "OUT/best is chosen on the training loss")
         cfg = SegmenterConfig(arch=recipe.arch, encoder=recipe.encoder, num_classes=len(train.names),
                               classes=list(train.names), weights=recipe.weights)
         try:

@@ -17,6 +17,7 @@ Labels and predictions are per image. Images are ``B×3×H×W`` float RGB in [0,
 from __future__ import annotations
 
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -157,6 +158,18 @@ class Task(ABC):
         ``objects`` instances, none below confidence ``conf``); returns the class ids drawn (for the legend)."""
 
     # -- training --------------------------------------------------------------------------------------------------
+    def open_val_split(self, format: str, data: Any, instead: str) -> Any | None:
+        """``data``'s val split (as :meth:`load_dataset` opens it), or None when the dataset has no val split at all
+        (a :class:`~downstream.datasets.SplitNotFoundError`; said on stderr with what training does ``instead``). A
+        val split that is there but broken (a missing image, a bad label) is an error, never replaced by train."""
+        from downstream.datasets import SplitNotFoundError
+
+        try:
+            return self.load_dataset(format, data, "val")
+        except SplitNotFoundError as exc:
+            print(f"train-task: no val split ({exc}); {instead}", file=sys.stderr)
+            return None
+
     @abstractmethod
     def train(self, recipe: Any, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "") -> Path:

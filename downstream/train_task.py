@@ -49,13 +49,41 @@ def check_task_config(cfg: TaskTrainConfig) -> Any:
     return recipe
 
 
-def train_task(cfg: TaskTrainConfig, progress: bool = True) -> Path:
+# What a train-task run writes in its out folder (all that --overwrite deletes): ultralytics' run (train/) and the
+# YOLO view of another format (data/) for detection and instance, best/ and last/ for segmentation, config.yaml.
+RUN_FILES = ("train", "data", "best", "last", "config.yaml")
+# A trained model in out: what a second run would replace.
+MODEL_FILES = ("train/weights/best.pt", "train/weights/last.pt", "best", "last")
+
+
+def check_out(cfg: TaskTrainConfig, recipe: Any, overwrite: bool) -> None:
+    """A fresh run into an ``out`` that holds a trained model (:data:`MODEL_FILES`) is refused unless ``overwrite``
+    (which deletes :data:`RUN_FILES` there and nothing else), as ``train`` and ``joint`` refuse; continuing the
+    interrupted run (``recipe.yolo.resume``) is not a fresh run."""
+    from derain.train import delete_run_files
+
+    out = Path(cfg.out)
+    resume = getattr(recipe, "yolo", {}).get("resume") not in (None, False, "false", "False")
+    if resume and overwrite:
+        raise ConfigError("recipe.yolo.resume continues the run in out and --overwrite discards it: give one of them")
+    kept = [f for f in MODEL_FILES if (out / f).exists()]
+    if kept and not resume and not overwrite:
+        raise FileExistsError(f"{out} already holds a trained model ({', '.join(kept)}); start afresh with "
+                              "--overwrite (deletes the run's train/, data/, best/, last/ and config.yaml, nothing "
+                              "else), or choose another out=...")
+    if overwrite and out.is_dir():
+        delete_run_files(out, RUN_FILES, RUN_FILES, "train-task", "choose another out=...")
+
+
+def train_task(cfg: TaskTrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     """Train the configured task model; writes ``<out>/config.yaml`` and returns the best model's path
-    (detection, instance: ``<out>/train/weights/best.pt``; segmentation: ``<out>/best``)."""
+    (detection, instance: ``<out>/train/weights/best.pt``; segmentation: ``<out>/best``). An ``out`` holding a
+    trained model is refused unless ``overwrite`` (see :func:`check_out`)."""
     from derain.runtime import resolve_device
 
     recipe = check_task_config(cfg)
     task = get_task(cfg.task)
+    check_out(cfg, recipe, overwrite)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -241,6 +241,66 @@ def synth_source_inside_destination(tmp: Path) -> tuple[list[str], str]:
     return ["synth", "--no-progress", str(tmp / "data" / "p2"), str(tmp / "data")], "inside the destination"
 
 
+def _voc_devkit(root: Path, val_ids: str = "b\n") -> Path:
+    """A VOC devkit with images a (train) and b (val), one car each; ``val_ids`` is ImageSets/Main/val.txt."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for image_id in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            "<annotation><size><width>32</width><height>32</height></size><object><name>car</name><bndbox><xmin>4"
+            "</xmin><ymin>4</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    (root / "ImageSets/Main/train.txt").write_text("a\n")
+    (root / "ImageSets/Main/val.txt").write_text(val_ids)
+    return root
+
+
+def _train_det(tmp: Path, data: object, *extra: str) -> list[str]:
+    return ["train-task", "--no-progress", "task=detection", f"data={data}", f"out={tmp / 't'}", "device=cpu",
+            "batch=2", "recipe.epochs=1", "recipe.imgsz=64", "recipe.yolo.warmup_epochs=0", *extra]
+
+
+def train_task_broken_val_split(tmp: Path) -> tuple[list[str], str]:
+    """val.txt names an id with no annotation: an error, not validation on the training images."""
+    return _train_det(tmp, _voc_devkit(tmp / "voc", "b\nmissing\n"), "format=voc"), "val.txt:2"
+
+
+def train_task_broken_val_masks(tmp: Path) -> tuple[list[str], str]:
+    seg = _scenes(tmp) / "seg"
+    next((seg / "val" / "masks").iterdir()).unlink()
+    return _train_seg(tmp), "mask not found"
+
+
+def train_task_truncated_jpeg(tmp: Path) -> tuple[list[str], str]:
+    """ultralytics drops a truncated image from training with a warning; bench refuses it: refused here too."""
+    root = tmp / "yolo"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k in range(2):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{k}.jpg")
+            (root / "labels" / split / f"{k}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    cut = root / "images" / "train" / "1.jpg"
+    cut.write_bytes(cut.read_bytes()[:300])
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [car]\n")
+    return _train_det(tmp, root / "data.yaml"), "1.jpg"
+
+
+def train_task_over_a_trained_detector(tmp: Path) -> tuple[list[str], str]:
+    """train and joint refuse to replace a run's model without --overwrite; so does train-task."""
+    (tmp / "t" / "train" / "weights").mkdir(parents=True)
+    torch.save({"x": torch.zeros(1)}, tmp / "t" / "train" / "weights" / "best.pt")
+    return _train_det(tmp, _voc_devkit(tmp / "voc"), "format=voc"), "--overwrite"
+
+
+def train_task_over_a_trained_segmenter(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "t" / "best").mkdir(parents=True)
+    return _train_seg(tmp), "--overwrite"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -249,7 +309,9 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      train_task_iters_zero, train_task_huge_lr, train_task_unknown_yolo_key,
                      segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,
                      synth_source_inside_destination,
-                     train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
+                     train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
+                     train_task_broken_val_split, train_task_broken_val_masks, train_task_truncated_jpeg,
+                     train_task_over_a_trained_detector, train_task_over_a_trained_segmenter]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -130,3 +130,49 @@ def test_two_images_sharing_one_label_file_are_refused(tmp_path: Path) -> None:
     (yolo / "data.yaml").write_text("val: images/val\nnames: [car]\n")
     with pytest.raises(DatasetError, match=r"x\.txt.*x\.jpg.*x\.png"):
         YoloDetectionDataset(yolo / "data.yaml")
+
+
+def _view_of(root: Path, names: list[str]) -> dict[str, object]:
+    for k, name in enumerate(names):
+        _jpg(root / "images" / name, seed=k)
+    return {"train": load_task_dataset("detection", "coco", _coco(root, names))}
+
+
+def test_the_yolo_view_is_rebuilt_not_a_union_of_runs(tmp_path: Path) -> None:
+    """A second train-task run with another dataset trained and validated on both datasets' images."""
+    out = tmp_path / "run" / "data"
+    write_yolo_layout(_view_of(tmp_path / "first", ["a.jpg", "b.jpg"]), out)
+    write_yolo_layout(_view_of(tmp_path / "second", ["c.jpg"]), out)
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["c.jpg"]
+    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["c.txt"]
+    assert len(YoloDetectionDataset(out / "data.yaml", "train")) == 1
+
+
+def test_a_data_folder_train_task_did_not_write_is_never_cleared(tmp_path: Path) -> None:
+    """out=. with the user's own data/ beside: refused untouched, as is a dataset whose images lie in OUT/data."""
+    mine = _jpg(tmp_path / "data" / "images" / "train" / "mine.jpg")
+    with pytest.raises(DatasetError, match=r"holds files train-task's YOLO view does not write"):
+        write_yolo_layout(_view_of(tmp_path / "other", ["a.jpg"]), tmp_path / "data")
+    assert mine.is_file() and not mine.is_symlink()
+    inside = _view_of(tmp_path / "data" / "coco", ["a.jpg"])
+    with pytest.raises(DatasetError, match=r"lies inside .*data, where train-task writes its YOLO view"):
+        write_yolo_layout(inside, tmp_path / "data")
+    assert (tmp_path / "data" / "coco" / "images" / "a.jpg").is_file() and mine.is_file()
+
+
+def test_train_task_overwrite_deletes_only_a_runs_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from downstream.train_task import TaskTrainConfig, check_out, check_task_config
+
+    out = tmp_path / "run"
+    for f in ("train/weights/best.pt", "data/data.yaml", "config.yaml", "notes.txt"):
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        (out / f).write_text("x")
+    cfg = TaskTrainConfig(task="detection", data=str(tmp_path), out=str(out))
+    recipe = check_task_config(cfg)
+    with pytest.raises(FileExistsError, match=r"already holds a trained model \(train/weights/best\.pt\).*--overwrite"):
+        check_out(cfg, recipe, overwrite=False)
+    check_out(cfg, check_task_config(TaskTrainConfig(task="detection", data=str(tmp_path), out=str(out),
+                                                     recipe={"yolo": {"resume": True}})), overwrite=False)
+    check_out(cfg, recipe, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert "deleted config.yaml, data, train" in capsys.readouterr().out
