@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.tasks import MetricSpec, Task, register_task
+from downstream.tasks import MetricSpec, Task, check_class_names, register_task
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
 RECT_PAD = 0.5  # ultralytics' validator pads rect batch shapes by half a stride
@@ -258,14 +258,17 @@ def load_detector(model: str | Path, nc: int | None = None, device: str | torch.
                     device=device)
 
 
-def class_count_check(detector: Detector, names: Sequence[str]) -> None:
-    """Raise ``ValueError`` when the detector's class count differs from the dataset's (its class ``names``)."""
+def class_count_check(detector: Detector, names: Sequence[str], model: str | Path = "detector") -> None:
+    """Raise ``ValueError`` when the detector's class count differs from the dataset's (its class ``names``), or its
+    class names (where the checkpoint carries them) are not the dataset's in the same order
+    (:func:`downstream.tasks.check_class_names`)."""
     if detector.nc != len(names):
         raise ValueError(
             f"class count mismatch: detector predicts {detector.nc} classes ({detector.names[:5]}...) but the "
             f"dataset has {len(names)} ({list(names)[:5]}...); train or load a detector for this "
             f"dataset, or build it from a .yaml with nc={len(names)}"
         )
+    check_class_names(detector.names, names, model)
 
 
 def _require_training_checkpoint(path: Path) -> None:
@@ -439,7 +442,7 @@ class DetectionTask(Task):
     def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Detector:
         from_yaml = str(path).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
         detector = load_detector(path, nc=len(names) if from_yaml else None, device=device)
-        class_count_check(detector, names)
+        class_count_check(detector, names, path)
         return detector
 
     def module(self, model: Detector) -> torch.nn.Module:

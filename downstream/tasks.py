@@ -180,6 +180,30 @@ class Task(ABC):
         return f"<task {self.name}>"
 
 
+def check_class_names(model_names: Sequence[str] | None, names: Sequence[str], model: str | Path) -> None:
+    """Refuse a task model whose classes are not the dataset's ``names`` in the same order (a detector trained with
+    another tool's class order would be scored with every class swapped): the message names both lists. Only names
+    the model carries are compared: ``model_names`` None, ultralytics' defaults ``"0".."K-1"`` (a model built from
+    a ``.yaml``, data without names) or a segmenter's ``"class0"..`` (built without class names) skip the check, as
+    do such defaults on the dataset's side (the count is checked by the task)."""
+    if model_names is None:
+        return
+    ours, theirs = [str(n) for n in model_names], [str(n) for n in names]
+    if ours == theirs or any(side in ([str(i) for i in range(len(side))], [f"class{i}" for i in range(len(side))])
+                             for side in (ours, theirs)):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+    order = " (the same classes in another order)" if sorted(ours) == sorted(theirs) else ""
+    raise ValueError(f"the task model {model} predicts classes {_short(ours)} but the dataset's are {_short(theirs)}"
+                     f"{order}: class {k} would be scored as {theirs[k] if k < len(theirs) else 'nothing'!r}. Train "
+                     "or convert a model with the dataset's classes in its order, or give the dataset its classes in "
+                     "the model's order")
+
+
+def _short(names: list[str], n: int = 20) -> str:
+    return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
+
+
 def register_task(task: Task, *, override: bool = False) -> Task:
     """Add ``task`` (an instance) to the registry under its name and aliases."""
     if not task.name or not task.metrics or not task.val_metric or not task.formats:
