@@ -121,6 +121,10 @@ def validate(cfg: BenchConfig) -> None:
 
     if not cfg.datasets:
         raise ValueError("bench config has no datasets")
+    names = [ds.name for ds in cfg.datasets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # their cells would share keys: one dataset's rows would replace the other's
+        raise ValueError(f"dataset names must be unique (they key the cells and rows): {twice} given twice")
     for sev in cfg.severities:
         if sev not in PRESETS:
             raise ValueError(f"unknown severity {sev!r}; rain presets are {', '.join(PRESETS)}")

@@ -301,6 +301,20 @@ def train_task_over_a_trained_segmenter(tmp: Path) -> tuple[list[str], str]:
     return _train_seg(tmp), "--overwrite"
 
 
+def bench_two_datasets_one_name(tmp: Path) -> tuple[list[str], str]:
+    argv = _coco_bench(tmp, [1, 2])
+    spec = argv[-1].removeprefix("datasets=[").removesuffix("]")
+    return [*argv[:-1], f"datasets=[{spec}, {spec}]"], "dataset names must be unique"
+
+
+def realism_two_cases_one_name(tmp: Path) -> tuple[list[str], str]:
+    for sub in ("input", "target"):
+        _images(tmp / "pairs" / sub)
+    case = f"{{name: r, pairs: {tmp / 'pairs'}, derainer: {{name: id, model: identity}}, presets: [light]}}"
+    (tmp / "realism.yaml").write_text(f"cases: [{case}, {case}]\nstats: false\n")
+    return ["realism", "--no-progress", "--config", str(tmp / "realism.yaml")], "case names must be unique"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -311,7 +325,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      synth_source_inside_destination,
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
                      train_task_broken_val_split, train_task_broken_val_masks, train_task_truncated_jpeg,
-                     train_task_over_a_trained_detector, train_task_over_a_trained_segmenter]
+                     train_task_over_a_trained_detector, train_task_over_a_trained_segmenter,
+                     bench_two_datasets_one_name, realism_two_cases_one_name]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
