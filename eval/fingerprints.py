@@ -97,7 +97,7 @@ def open_dataset(spec: DatasetSpec, hashes: dict[str, str]) -> OpenedDataset:
     n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
     if n == 0:
         raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
-    sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
+    sources = {src.name: match_rain_source(src, dataset, n, spec.split) for src in spec.rainy}
     if hasattr(dataset, "files"):
         files = list(dataset.files(n))
     else:

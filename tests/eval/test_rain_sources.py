@@ -164,3 +164,22 @@ def test_a_bench_over_a_root_copy_gives_the_numbers_of_its_image_folder(tiny_ben
         np.testing.assert_equal(by[(ds, "folder", method, metric)], by[(ds, "root", method, metric)])  # NaN == NaN
     for ds in ("det", "seg"):
         assert 5 < by[(ds, "root", "rainy", "psnr_y")] < 40  # rainy images were read, not the clean ones
+
+
+def _coco_with(root: Path, names: list[str]) -> Any:
+    for k, name in enumerate(names):
+        _image(root / "images" / name, k)
+    data = {"images": [{"id": k + 1, "file_name": n} for k, n in enumerate(names)], "annotations": [],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (root / "ann.json").write_text(json.dumps(data))
+    return load_task_dataset("detection", "coco", {"images": str(root / "images"), "annotations": str(root /
+                                                                                                     "ann.json")})
+
+
+def test_two_images_of_one_stem_are_not_paired_with_one_rainy_file(tmp_path: Path) -> None:
+    """x.jpg and x.png would both be scored on the rainy x.png (issue 27 item 5)."""
+    dataset = _coco_with(tmp_path / "data", ["x.jpg", "x.png", "y.png"])
+    for name in ("x.png", "y.png"):
+        _image(tmp_path / "rainy" / name, 7)
+    with pytest.raises(DatasetError, match=r"x\.jpg and x\.png .* one rainy file"):
+        match_rain_source(RainSource("ps", str(tmp_path / "rainy")), dataset, 3)
