@@ -85,6 +85,14 @@ def check_where(where: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def selects_rain(path: Any) -> bool:
+    """Whether a bdd100k ``path``'s ``where`` keeps rainy frames (``weather: rainy``, alone or among others): their
+    images are real rain, which a bench dataset must say with ``real_rain``."""
+    where = path.get("where") if isinstance(path, Mapping) else None
+    weather = where.get("weather") if isinstance(where, Mapping) else None
+    return "rainy" in (weather if isinstance(weather, (list, tuple)) else [weather])
+
+
 class Bdd100kDetectionDataset(DetectionDataset):
     """The frames of a BDD100K detection JSON (optionally those whose attributes match ``where``) over the images in
     ``images_dir``; the detection protocol of :mod:`downstream.datasets`, classes :data:`CLASSES` with category ids

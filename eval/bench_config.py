@@ -202,6 +202,13 @@ def validate(cfg: BenchConfig) -> None:
         if ds.format in task.real_rain_formats and not ds.real_rain:
             raise ValueError(f"dataset {ds.name!r}: {ds.format} images are real rain; set real_rain: NAME (the "
                              "severity their rows get)")
+        if ds.format == "bdd100k" and not ds.real_rain:
+            from downstream.bdd100k import selects_rain
+
+            if selects_rain(ds.path):  # else real rain is scored as "clean", with synthetic rain on top
+                raise ValueError(f"dataset {ds.name!r}: where selects rainy frames (weather: rainy), which are real "
+                                 "rain: set real_rain: NAME (their rows' severity), and keep the clear frames in "
+                                 "another dataset")
         if not Path(ds.model).exists() and not str(ds.model).endswith((".yaml", ".yml")):
             raise FileNotFoundError(
                 f"dataset {ds.name!r}: task model not found: {ds.model}. Supply {task.model_help} (e.g. trained "

@@ -315,6 +315,22 @@ def realism_two_cases_one_name(tmp: Path) -> tuple[list[str], str]:
     return ["realism", "--no-progress", "--config", str(tmp / "realism.yaml")], "case names must be unique"
 
 
+def bench_rain_source_of_clean_copies(tmp: Path) -> tuple[list[str], str]:
+    import shutil
+
+    argv = _coco_bench(tmp, [1, 2])
+    shutil.copytree(tmp / "coco" / "images", tmp / "copy")
+    spec = argv[-1].removesuffix("}]")
+    return [*argv[:-1], f"{spec}, rainy: [{{name: copy, path: {tmp / 'copy'}}}]}}]"], "byte-identical"
+
+
+def bench_bdd100k_rainy_frames_as_clean(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "bench.yaml").write_text("samples: 0\n")
+    return ["bench", "--no-progress", "--config", str(tmp / "bench.yaml"), f"out={tmp / 'bench'}", "device=cpu",
+            "datasets=[{name: b, task: detection, format: bdd100k, model: yolo11n.yaml, path: {labels: l.json, "
+            "images: i, where: {weather: rainy}}}]"], "real_rain"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -326,7 +342,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
                      train_task_broken_val_split, train_task_broken_val_masks, train_task_truncated_jpeg,
                      train_task_over_a_trained_detector, train_task_over_a_trained_segmenter,
-                     bench_two_datasets_one_name, realism_two_cases_one_name]
+                     bench_two_datasets_one_name, realism_two_cases_one_name, bench_rain_source_of_clean_copies,
+                     bench_bdd100k_rainy_frames_as_clean]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -183,3 +183,32 @@ def test_two_images_of_one_stem_are_not_paired_with_one_rainy_file(tmp_path: Pat
         _image(tmp_path / "rainy" / name, 7)
     with pytest.raises(DatasetError, match=r"x\.jpg and x\.png .* one rainy file"):
         match_rain_source(RainSource("ps", str(tmp_path / "rainy")), dataset, 3)
+
+
+def test_a_rain_source_of_clean_copies_is_refused(tmp_path: Path) -> None:
+    """A byte-identical copy of the clean images (cp -r DATA DATA-rainy) was scored as rain (issue 27 item 16)."""
+    from eval.bench_config import DatasetSpec
+    from eval.fingerprints import open_dataset
+
+    _coco_with(tmp_path / "data", ["x.png", "y.png"])
+    shutil.copytree(tmp_path / "data" / "images", tmp_path / "copy")
+    spec = DatasetSpec("c", "detection", "coco", {"images": str(tmp_path / "data" / "images"),
+                                                  "annotations": str(tmp_path / "data" / "ann.json")}, "yolo11n.yaml",
+                       rainy=[RainSource("copy", str(tmp_path / "copy"))])
+    with pytest.raises(ValueError, match=r"rain source 'copy'.*all 2 .*byte-identical to the clean images"):
+        open_dataset(spec, {})
+    _image(tmp_path / "copy" / "y.png", 9)
+    with pytest.warns(UserWarning, match=r"rain source 'copy'.*1 of its 2 files .*byte-identical.*x\.png"):
+        open_dataset(spec, {})
+
+
+def test_bdd100k_rainy_frames_without_real_rain_are_refused() -> None:
+    """where: {weather: rainy} without real_rain scored real rain as 'clean' with synthetic rain on top."""
+    from eval.bench_config import BenchConfig, DatasetSpec, validate
+
+    path = {"labels": "l.json", "images": "i", "where": {"weather": ["rainy", "clear"]}}
+    cfg = BenchConfig(datasets=[DatasetSpec("b", "detection", "bdd100k", path, "yolo11n.yaml")])
+    with pytest.raises(ValueError, match=r"dataset 'b': where selects rainy frames.*real_rain"):
+        validate(cfg)
+    cfg.datasets[0].path["where"] = {"weather": "clear"}
+    validate(cfg)
