@@ -331,6 +331,26 @@ def bench_bdd100k_rainy_frames_as_clean(tmp: Path) -> tuple[list[str], str]:
             "images: i, where: {weather: rainy}}}]"], "real_rain"
 
 
+def train_task_coco_name_leaving_the_images(tmp: Path) -> tuple[list[str], str]:
+    """A COCO file_name climbing out of the image folder: train-task's YOLO view would replace the image it names
+    by a link to itself (issue 27 item 1)."""
+    _images(tmp / "coco" / "images")
+    _images(tmp / "user")
+    data = {"images": [{"id": 1, "file_name": "img0.png"}, {"id": 2, "file_name": "../../user/img1.png"}],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    (tmp / "coco" / "ann.json").write_text(json.dumps(data))
+    return _train_det(tmp, f"{{images: {tmp / 'coco' / 'images'}, annotations: {tmp / 'coco' / 'ann.json'}}}",
+                      "format=coco"), "leaves the image folder"
+
+
+def train_task_cityscapes_path_a_number(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "format=cityscapes", "data=5"), "path must be"
+
+
+def train_task_voc_classes_a_number(tmp: Path) -> tuple[list[str], str]:
+    return _train_det(tmp, f"{{root: {_voc_devkit(tmp / 'voc')}, classes: 5}}", "format=voc"), "classes must be a list"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -343,7 +363,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      train_task_broken_val_split, train_task_broken_val_masks, train_task_truncated_jpeg,
                      train_task_over_a_trained_detector, train_task_over_a_trained_segmenter,
                      bench_two_datasets_one_name, realism_two_cases_one_name, bench_rain_source_of_clean_copies,
-                     bench_bdd100k_rainy_frames_as_clean]
+                     bench_bdd100k_rainy_frames_as_clean, train_task_coco_name_leaving_the_images,
+                     train_task_cityscapes_path_a_number, train_task_voc_classes_a_number]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
