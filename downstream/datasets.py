@@ -535,13 +535,27 @@ def write_yolo_layout(splits: Mapping[str, DetectionDataset], out: str | Path) -
 YOLO_VIEW_ENTRIES = {"data.yaml", "images", "labels"}  # what write_yolo_layout writes in its folder
 
 
+def is_yolo_view(folder: Path) -> bool:
+    """Whether ``folder`` holds only what :func:`write_yolo_layout` writes (see :func:`_foreign_to_view`)."""
+    return folder.is_dir() and not folder.is_symlink() and not _foreign_to_view(folder)
+
+
 def _clear_yolo_view(out: Path) -> None:
-    """Remove a view :func:`write_yolo_layout` wrote (``data.yaml``, ``images/`` of links only, ``labels/`` of
-    ``.txt`` and ultralytics' ``.cache`` files); anything else in ``out`` is refused, nothing deleted."""
+    """Remove a view :func:`write_yolo_layout` wrote; a folder holding anything else is refused, nothing deleted."""
     if not out.exists() and not out.is_symlink():
         return
     if out.is_symlink() or not out.is_dir():
         raise DatasetError(f"{out} is not a folder train-task wrote its YOLO view in; choose another out")
+    foreign = _foreign_to_view(out)
+    if foreign:
+        raise DatasetError(f"{out} holds files train-task's YOLO view does not write ({', '.join(foreign[:5])}); it "
+                           "rebuilds that folder for each run, so choose an out whose data/ is not yours")
+    shutil.rmtree(out)
+
+
+def _foreign_to_view(out: Path) -> list[str]:
+    """What in ``out`` a YOLO view does not hold (it holds ``data.yaml``, ``images/`` of links only, ``labels/`` of
+    ``.txt`` and ultralytics' ``.cache`` files): up to a few names, relative to ``out``."""
     foreign = sorted(p.name for p in out.iterdir() if p.name not in YOLO_VIEW_ENTRIES)
     for sub, ok in (("images", lambda p: p.is_symlink()), ("labels", lambda p: p.suffix in (".txt", ".cache"))):
         folder = out / sub
@@ -549,10 +563,7 @@ def _clear_yolo_view(out: Path) -> None:
             foreign.append(sub)
         elif folder.is_dir():
             foreign += [str(f.relative_to(out)) for f in _files_in(folder) if not ok(f)][:5]
-    if foreign:
-        raise DatasetError(f"{out} holds files train-task's YOLO view does not write ({', '.join(foreign[:5])}); it "
-                           "rebuilds that folder for each run, so choose an out whose data/ is not yours")
-    shutil.rmtree(out)
+    return foreign
 
 
 def _files_in(folder: Path) -> list[Path]:

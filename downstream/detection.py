@@ -498,17 +498,19 @@ class DetectionTask(Task):
         """``format`` other than ``yolo``: the train and val splits are opened as the benchmark opens them and
         trained on through a YOLO view of them (``out/data``: image links and label files; see
         :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train (said on
-        stderr), a broken one is an error."""
-        if format != "yolo" and self.yolo_task != "detect":
+        stderr), a broken one is an error. A YOLO data.yaml's splits are opened too (ultralytics needs its val)."""
+        if format not in ("yolo", "") and self.yolo_task != "detect":
             raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
                              f"got format {format!r}")
         # both splits opened as bench opens them: what bench refuses (a truncated image, a bad label) is refused
         # here too, before ultralytics would drop it with a warning
         splits = {"train": self.load_dataset(format or "yolo", data, "train")}
-        val = self.open_val_split(format or "yolo", data, "validating on the train split")
-        if format != "yolo":
+        if format in ("yolo", ""):  # ultralytics needs the data.yaml's val split (it may name the train images)
+            self.load_dataset("yolo", data, "val")
+        else:
             from downstream.datasets import write_yolo_layout
 
+            val = self.open_val_split(format, data, "validating on the train split")
             splits["val"] = val if val is not None else splits["train"]
             data = str(write_yolo_layout(splits, out / "data"))
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,

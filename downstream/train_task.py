@@ -72,7 +72,29 @@ def check_out(cfg: TaskTrainConfig, recipe: Any, overwrite: bool) -> None:
                               "--overwrite (deletes the run's train/, data/, best/, last/ and config.yaml, nothing "
                               "else), or choose another out=...")
     if overwrite and out.is_dir():
+        foreign = [name for name in RUN_FILES if (out / name).exists() and not _written_by_a_run(out / name)]
+        if foreign:  # out=. beside the user's own data/ or train/ folders
+            raise FileExistsError(f"{out}: {', '.join(foreign)} {'was' if len(foreign) == 1 else 'were'} not "
+                                  "written by train-task; --overwrite deletes only a run's own files, so choose "
+                                  "another out=...")
         delete_run_files(out, RUN_FILES, RUN_FILES, "train-task", "choose another out=...")
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` (one of :data:`RUN_FILES` in out) looks as a train-task run writes it: ultralytics' run
+    folder (``args.yaml`` or ``weights/``), a segmenter folder (``segmenter.json``), the YOLO view (links only, see
+    :func:`downstream.datasets.is_yolo_view`), ``config.yaml`` a file."""
+    from downstream.datasets import is_yolo_view
+
+    if path.is_symlink():
+        return False
+    if path.name == "train":
+        return (path / "args.yaml").is_file() or (path / "weights").is_dir()
+    if path.name in ("best", "last"):
+        return (path / "segmenter.json").is_file() or (path / "model.safetensors").is_file()
+    if path.name == "data":
+        return is_yolo_view(path)
+    return path.is_file()
 
 
 def train_task(cfg: TaskTrainConfig, progress: bool = True, overwrite: bool = False) -> Path:

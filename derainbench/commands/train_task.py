@@ -21,8 +21,8 @@ recipe.KEY for the task's recipe. An out that already holds a trained model is r
     OUT/train/weights/last.pt); data = a YOLO data.yaml, or with format=coco|bdd100k|voc the dataset's path
     as bench reads it (its train and val splits are trained on through a YOLO view in OUT/data: image links and
     label files, rebuilt for each run); both splits are opened and checked as bench opens them (a truncated image
-    or a bad label is an error; no val split at all: validation on train, said on stderr; a broken one: an
-    error); writes OUT/train/weights/best.pt
+    or a bad label is an error; a dataset in another format without any val split validates on train, said on
+    stderr; a val split that is there but broken is an error); writes OUT/train/weights/best.pt
   instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
   segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with

@@ -176,3 +176,9 @@ def test_train_task_overwrite_deletes_only_a_runs_files(tmp_path: Path, capsys: 
     check_out(cfg, recipe, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert "deleted config.yaml, data, train" in capsys.readouterr().out
+    (out / "best").mkdir()  # out=. beside the user's own data/: never deleted
+    (out / "best" / "segmenter.json").write_text("{}")
+    _jpg(out / "data" / "images" / "mine.jpg")
+    with pytest.raises(FileExistsError, match=r"data was not written by train-task"):
+        check_out(cfg, recipe, overwrite=True)
+    assert (out / "data" / "images" / "mine.jpg").is_file() and (out / "best").is_dir()
