@@ -255,27 +255,9 @@ class Trainer:
             self._delete_run_files()
 
     def _delete_run_files(self) -> None:
-        """--overwrite: delete what a run writes (:attr:`run_files`, and the temporary or previous copies a crash
-        leaves beside them), keep everything else; a folder that holds no run is refused untouched."""
-        entries = sorted(p.name for p in self.run_dir.iterdir() if p.name != ".lock")  # the lock stays held
-        if entries and not any(name in entries for name in ("last", "best", "config.yaml", "log.csv")):
-            raise FileExistsError(
-                f"{self.run_dir} is not a run folder (no last/, best/, config.yaml or log.csv) but holds "
-                f"{', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}: --overwrite deletes only a run's "
-                "own files; choose another name=... or out=...")
-
-        def written(name: str) -> bool:  # a run file, or `.<stem>.tmp<pid><suffix>` / `.<name>.old` beside one
-            return name in self.run_files or any(
-                name == f".{f}.old" or name.startswith(f".{Path(f).stem}.tmp") for f in self.run_files)
-
-        old = [name for name in entries if written(name)]
-        for name in old:
-            target = self.run_dir / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-        kept = [name for name in entries if name not in old]
-        if old:
-            print(f"train: --overwrite: deleted {', '.join(old)} from {self.run_dir}"
-                  + (f" (kept {', '.join(kept)}: not written by a run)" if kept else ""))
+        """--overwrite: :func:`delete_run_files` of this run's folder (the lock stays held)."""
+        delete_run_files(self.run_dir, self.run_files, ("last", "best", "config.yaml", "log.csv"), "train",
+                         "choose another name=... or out=...")
 
     def build(self) -> None:
         cfg = self.cfg
@@ -646,6 +628,32 @@ def _catch_stop_signals(trainer: Trainer) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def delete_run_files(run_dir: Path, run_files: tuple[str, ...], markers: tuple[str, ...], command: str,
+                     alternative: str) -> None:
+    """--overwrite: delete what a run writes in ``run_dir`` (``run_files``, and the temporary or previous copies a
+    crash leaves beside them), keep everything else, and say what went; a folder holding none of ``markers`` (no run)
+    but other files is refused untouched, naming ``alternative`` (what to do instead). ``.lock`` is never touched."""
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")
+    if entries and not any(name in entries for name in markers):
+        raise FileExistsError(
+            f"{run_dir} is not a run folder (no {', '.join(m + '/' if '.' not in m else m for m in markers)}) but "
+            f"holds {', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}: --overwrite deletes only a run's "
+            f"own files; {alternative}")
+
+    def written(name: str) -> bool:  # a run file, or `.<stem>.tmp<pid><suffix>` / `.<name>.old` beside one
+        return name in run_files or any(name == f".{f}.old" or name.startswith(f".{Path(f).stem}.tmp")
+                                        for f in run_files)
+
+    old = [name for name in entries if written(name)]
+    for name in old:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+    kept = [name for name in entries if name not in old]
+    if old:
+        print(f"{command}: --overwrite: deleted {', '.join(old)} from {run_dir}"
+              + (f" (kept {', '.join(kept)}: not written by a run)" if kept else ""))
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:

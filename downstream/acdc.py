@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from downstream.cityscapes import CityscapesDataset
-from downstream.datasets import DatasetError, path_spec
+from downstream.datasets import DatasetError, path_spec, path_value
 
 ZIP_FOLDERS = {"rgb_anon": "rgb_anon_trainvaltest", "gt": "gt_trainval"}
 
@@ -52,7 +52,7 @@ def open_acdc(path: Any, split: str = "val", condition: str = "rain") -> AcdcDat
     if isinstance(path, Mapping):
         spec = path_spec(path, ("images", "gt"), split)
         return AcdcDataset(spec["images"], spec["gt"])
-    root = Path(path)
+    root = path_value(path, "the ACDC root or {images, gt}")
     if not root.is_dir():
         raise DatasetError(f"ACDC root not found: {root}")
     return AcdcDataset(acdc_folder(root, "rgb_anon") / condition / split, acdc_folder(root, "gt") / condition / split)

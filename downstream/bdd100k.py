@@ -42,9 +42,13 @@ from downstream.datasets import (
     DatasetError,
     DetectionDataset,
     ImageRecord,
+    SplitNotFoundError,
     _check_box,
     _stack_boxes,
     box_annotation,
+    listed_twice,
+    name_under,
+    path_value,
     read_image_size,
     read_json_file,
 )
@@ -87,6 +91,14 @@ def check_where(where: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def selects_rain(path: Any) -> bool:
+    """Whether a bdd100k ``path``'s ``where`` keeps rainy frames (``weather: rainy``, alone or among others): their
+    images are real rain, which a bench dataset must say with ``real_rain``."""
+    where = path.get("where") if isinstance(path, Mapping) else None
+    weather = where.get("weather") if isinstance(where, Mapping) else None
+    return "rainy" in (weather if isinstance(weather, (list, tuple)) else [weather])
+
+
 class Bdd100kDetectionDataset(DetectionDataset):
     """The frames of a BDD100K detection JSON (optionally those whose attributes match ``where``) over the images in
     ``images_dir``; the detection protocol of :mod:`downstream.datasets`, classes :data:`CLASSES` with category ids
@@ -96,6 +108,9 @@ class Bdd100kDetectionDataset(DetectionDataset):
         self.labels_json, self.images_dir = Path(labels_json), Path(images_dir)
         self.where = check_where(where)
         frames = _load_frames(self.labels_json)
+        twice = listed_twice([str(f.get("name")) for f in frames])
+        if twice:  # its boxes would be scored twice
+            raise DatasetError(f"{self.labels_json}: frame(s) listed twice: {', '.join(twice[:10])}")
         if not self.images_dir.is_dir():
             raise DatasetError(f"BDD100K images folder not found: {self.images_dir}")
         records = [self._record(k, frame) for k, frame in enumerate(frames) if self._selected(frame)]
@@ -105,21 +120,31 @@ class Bdd100kDetectionDataset(DetectionDataset):
 
     def _selected(self, frame: Mapping[str, Any]) -> bool:
         attributes = frame.get("attributes") or {}
+        if not isinstance(attributes, Mapping):
+            raise DatasetError(f"{self.labels_json}: frame {frame.get('name')!r}: attributes must be an object "
+                               f"{{weather, scene, timeofday}}, got {attributes!r}")
         return all(attributes.get(key) in values for key, values in self.where.items())
 
     def _record(self, k: int, frame: Mapping[str, Any]) -> ImageRecord:
         name = frame.get("name")
         if not isinstance(name, str) or not name:
             raise DatasetError(f"{self.labels_json}: frame #{k} has no image name")
-        path = self.images_dir / name
+        path = name_under(self.images_dir, name, f"{self.labels_json}: frame #{k} name")
         if not path.is_file():
             raise DatasetError(f"{self.labels_json}: image {name!r} not found: {path}")
         h, w = read_image_size(path)
         boxes, classes, scored = [], [], []
-        for j, label in enumerate(frame.get("labels") or []):
+        labels = frame.get("labels") or []
+        if not isinstance(labels, list):
+            raise DatasetError(f"{self.labels_json}: frame {name!r}: labels must be a list, got {labels!r}")
+        for j, label in enumerate(labels):
+            where = f"{self.labels_json}: frame {name!r} label #{j}"
+            if not isinstance(label, Mapping):
+                raise DatasetError(f"{where} must be an object {{category, box2d, attributes}}, got {label!r}")
+            if not isinstance(label.get("attributes") or {}, Mapping):
+                raise DatasetError(f"{where} attributes must be an object, got {label['attributes']!r}")
             if label.get("box2d") is None:
                 continue  # lanes and drivable areas (poly2d) in the legacy files
-            where = f"{self.labels_json}: frame {name!r} label #{j}"
             category = str(label.get("category"))
             category = LEGACY_NAMES.get(category, category)
             ignored = category in IGNORED
@@ -159,5 +184,8 @@ def open_bdd100k(path: Any, split: str = "val") -> Bdd100kDetectionDataset:
     unknown = sorted(set(path) - {"labels", "images", "where"})
     if unknown:
         raise ValueError(f"format bdd100k: unknown path keys {unknown} (labels, images, where)")
-    labels, images = (str(path[k]).replace("{split}", split) for k in ("labels", "images"))
+    labels, images = (str(path_value(path[k], f"a {k} path (path.{k})")).replace("{split}", split)
+                      for k in ("labels", "images"))
+    if not Path(labels).is_file():
+        raise SplitNotFoundError(f"BDD100K label file not found: {labels}")
     return Bdd100kDetectionDataset(labels, images, path.get("where"))

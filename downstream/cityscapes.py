@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from derain.imageio import walk_files
-from downstream.datasets import IGNORE_INDEX, DatasetError, MaskSegmentationDataset, path_spec, read_mask
+from downstream.datasets import (
+    IGNORE_INDEX,
+    DatasetError,
+    MaskSegmentationDataset,
+    SplitNotFoundError,
+    path_spec,
+    path_value,
+    read_mask,
+)
 
 # (name, label id, train id) of cityscapesScripts helpers/labels.py; 255 = not evaluated (ignoreInEval)
 LABELS: tuple[tuple[str, int, int], ...] = (
@@ -75,9 +83,10 @@ class CityscapesDataset(MaskSegmentationDataset):
     def __init__(self, images_dir: str | Path, gt_dir: str | Path) -> None:
         self.images_dir, self.masks_dir = Path(images_dir), Path(gt_dir)
         self.classes = list(TRAIN_NAMES)
-        for d, what in ((self.images_dir, self.images_what), (self.masks_dir, self.gt_what)):
-            if not d.is_dir():
-                raise DatasetError(f"{what} folder not found: {d}")
+        if not self.images_dir.is_dir():  # the split is not there (train-task then trains without val)
+            raise SplitNotFoundError(f"{self.images_what} folder not found: {self.images_dir}")
+        if not self.masks_dir.is_dir():
+            raise DatasetError(f"{self.gt_what} folder not found: {self.masks_dir}")
         self.images = sorted(p for p in walk_files(self.images_dir) if p.name.endswith(self.image_suffix))
         if not self.images:
             raise DatasetError(f"{self.images_dir}: no *{self.image_suffix} images in its subfolders")
@@ -123,5 +132,5 @@ def open_cityscapes(path: Any, split: str = "val") -> CityscapesDataset:
     if isinstance(path, Mapping):
         spec = path_spec(path, ("images", "gt"), split)
         return CityscapesDataset(spec["images"], spec["gt"])
-    root = Path(path)
+    root = path_value(path, "the Cityscapes root or {images, gt}")
     return CityscapesDataset(root / "leftImg8bit" / split, root / "gtFine" / split)

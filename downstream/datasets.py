@@ -25,10 +25,11 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -47,15 +48,61 @@ class DatasetError(ValueError):
     """A dataset file that is missing or malformed; the message names the file (and line where there is one)."""
 
 
+class SplitNotFoundError(DatasetError):
+    """The split asked for is not there at all (no such split in a data.yaml, no split list, annotation file or
+    split folder), as opposed to a split that is there but broken: ``train-task`` trains without a val split in the
+    first case and stops in the second."""
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+# What a complete file of these formats ends with: JPEG's end-of-image marker, PNG's IEND chunk (with its CRC).
+FILE_ENDS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+
+
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(h, w)`` of an image from its header only; unreadable files are a :class:`DatasetError`."""
+    """``(h, w)`` of an image from its header; unreadable files are a :class:`DatasetError`.
+
+    A JPEG or PNG that does not end as a complete file does (:data:`FILE_ENDS`, the test ultralytics makes) is
+    decoded in full once: one that does not decode (truncated) is refused here, when the dataset is opened, by bench
+    and train-task alike (ultralytics would drop it from training with a warning, or re-save it over the user's
+    file); one that decodes (bytes after the end marker, as in a few COCO JPEGs) is read as it is."""
     try:
-        return image_size(path)  # EXIF orientation applied: labels describe the upright image
+        size = image_size(path)  # EXIF orientation applied: labels describe the upright image
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot read image header of {path}: {exc}") from exc
+    end = FILE_ENDS.get(path.suffix.lower())
+    if end is not None:
+        with open(path, "rb") as f:
+            f.seek(max(os.fstat(f.fileno()).st_size - len(end), 0))
+            complete = f.read() == end
+        if not complete:
+            try:
+                read_image(path)
+            except OSError as exc:  # derain.imageio.ImageReadError
+                raise DatasetError(f"{path} is truncated or damaged: {exc}") from exc
+    return size
+
+
+def name_under(root: Path, name: str, where: str) -> Path:
+    """``root / name`` for a file name a dataset's index gives (a COCO ``file_name``, a BDD100K frame ``name``, a VOC
+    id): names are paths relative to ``root``, so an absolute name or one with a ``..`` part (which could reach any
+    file, and make train-task's YOLO view replace the user's image by a link) is a :class:`DatasetError` beginning
+    with ``where`` (the file and entry)."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(name).drive:
+        raise DatasetError(f"{where} {name!r} is an absolute path; dataset file names are relative to the image "
+                           f"folder {root}")
+    if ".." in posix.parts:
+        raise DatasetError(f"{where} {name!r} leaves the image folder {root} (a '..' part); dataset file names are "
+                           "relative to it")
+    return root / name
+
+
+def listed_twice(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once in ``names``, in first-seen order."""
+    return [name for name, count in Counter(names).items() if count > 1]
 
 
 def _check_box(box: Sequence[float], h: int, w: int, where: str) -> np.ndarray:
@@ -100,6 +147,9 @@ class DetectionDataset:
                  source: str) -> None:
         if not records:
             raise DatasetError(f"{source}: the dataset has no images")
+        twice = listed_twice([r.file_name for r in records])
+        if twice:  # its labels would be scored twice (and a rain source pair one file with both)
+            raise DatasetError(f"{source}: image(s) listed twice: {', '.join(twice[:10])}")
         self.names = names
         self.category_ids = category_ids
         self.images_dir = images_dir
@@ -275,12 +325,13 @@ class YoloDetectionDataset(DetectionDataset):
         if data.get("path"):
             root = Path(str(data["path"])) if Path(str(data["path"])).is_absolute() else root / str(data["path"])
         if not data.get(split):
-            raise DatasetError(f"{yaml_path}: no {split!r} split (keys: {sorted(data)})")
+            raise SplitNotFoundError(f"{yaml_path}: no {split!r} split (keys: {sorted(data)})")
         names = _yolo_names(data, yaml_path)
         images = _yolo_image_files(data[split], root, yaml_path, split)
         orphans = _orphan_labels(images)
         if orphans:
             raise DatasetError(f"label file without its image: {orphans[0]} ({len(orphans)} in all)")
+        shared_labels(images, yolo_label_path)
         images_dir = images[0].parent if len(images) == 1 else Path(os.path.commonpath(images)) if images else root
         records = [self._record(p, i, images_dir, len(names)) for i, p in enumerate(images)]
         super().__init__(names, list(range(1, len(names) + 1)), images_dir, records, f"{yaml_path} [{split}]")
@@ -297,6 +348,18 @@ class YoloDetectionDataset(DetectionDataset):
         boxes, classes = read_yolo_labels(yolo_label_path(path), n_classes, h, w)
         rel = path.relative_to(images_dir).as_posix()
         return ImageRecord(path, rel, index + 1, h, w, boxes, classes)
+
+
+def shared_labels(images: Sequence[Path], label_of: Any) -> None:
+    """Refuse two distinct images whose label file ``label_of(image)`` is one file (``x.jpg`` and ``x.png`` beside one
+    ``x.txt`` / ``x.xml`` / ``x.png`` mask): its labels would be put on both."""
+    first: dict[Path, Path] = {}
+    for image in images:
+        label = label_of(image)
+        if label in first and first[label] != image:
+            raise DatasetError(f"{label} is the label file of two images, {first[label]} and {image}; keep one of "
+                               "them (or rename it with its own labels)")
+        first.setdefault(label, image)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -329,6 +392,9 @@ class CocoDetectionDataset(DetectionDataset):
             raise DatasetError(f"{ann_path}: duplicate category ids")
         index_of = {cid: k for k, cid in enumerate(category_ids)}
         by_image: dict[int, list[dict[str, Any]]] = {}
+        twice = listed_twice([str(im["file_name"]) for im in data["images"]])
+        if twice:
+            raise DatasetError(f"{ann_path}: file_name listed twice (under two image ids): {', '.join(twice[:10])}")
         ids = [int(im["id"]) for im in data["images"]]
         image_ids = set(ids)
         if len(image_ids) != len(ids):  # boxes of both would land on one image
@@ -347,7 +413,7 @@ class CocoDetectionDataset(DetectionDataset):
 
     def _record(self, im: dict[str, Any], anns: list[dict[str, Any]], index_of: dict[int, int],
                 ann_path: Path) -> ImageRecord:
-        path = self.images_dir / str(im["file_name"])
+        path = name_under(self.images_dir, str(im["file_name"]), f"{ann_path}: image {im['id']} file_name")
         if not path.is_file():
             raise DatasetError(f"{ann_path}: image {im['file_name']!r} (id {im['id']}) not found: {path}")
         h, w = read_image_size(path)
@@ -464,7 +530,11 @@ def write_yolo_layout(splits: Mapping[str, DetectionDataset], out: str | Path) -
     """An ultralytics view of opened detection datasets (what ``train-task`` trains on when a dataset is in another
     format): ``out/images/{split}/<file_name>`` are symbolic links to the images, ``out/labels/{split}/<stem>.txt``
     their targets as ``cls cx cy w h`` normalised to [0, 1] (crowd / ignored annotations are not targets, as in
-    scoring), ``out/data.yaml`` names the splits and the classes. Returns the data.yaml."""
+    scoring), ``out/data.yaml`` names the splits and the classes. Returns the data.yaml.
+
+    ``out`` is rebuilt: a view written before (by another dataset, say) is removed first, so the view holds these
+    splits only; a folder holding anything else, or holding a dataset image, is refused untouched. A record's
+    ``file_name`` that would leave ``out/images/{split}`` is refused (:func:`name_under`)."""
     out = Path(out)
     names: list[str] | None = None
     for split, ds in splits.items():
@@ -472,10 +542,15 @@ def write_yolo_layout(splits: Mapping[str, DetectionDataset], out: str | Path) -
             raise DatasetError(f"split {split!r} has classes {ds.names}, the others {names}")
         names = list(ds.names)
         for r in ds.records:
+            name_under(out / "images" / split, r.file_name, f"split {split!r}: image")
+            if out.resolve() in r.path.resolve().parents:
+                raise DatasetError(f"image {r.path} lies inside {out}, where train-task writes its YOLO view of the "
+                                   "dataset; choose an out outside the dataset")
+    _clear_yolo_view(out)
+    for split, ds in splits.items():
+        for r in ds.records:
             image = out / "images" / split / r.file_name
             image.parent.mkdir(parents=True, exist_ok=True)
-            if image.is_symlink() or image.exists():
-                image.unlink()
             image.symlink_to(r.path.resolve())
             label = yolo_label_path(image)
             label.parent.mkdir(parents=True, exist_ok=True)
@@ -488,6 +563,46 @@ def write_yolo_layout(splits: Mapping[str, DetectionDataset], out: str | Path) -
             "names": dict(enumerate(names or []))}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return out / "data.yaml"
+
+
+YOLO_VIEW_ENTRIES = {"data.yaml", "images", "labels"}  # what write_yolo_layout writes in its folder
+
+
+def is_yolo_view(folder: Path) -> bool:
+    """Whether ``folder`` holds only what :func:`write_yolo_layout` writes (see :func:`_foreign_to_view`)."""
+    return folder.is_dir() and not folder.is_symlink() and not _foreign_to_view(folder)
+
+
+def _clear_yolo_view(out: Path) -> None:
+    """Remove a view :func:`write_yolo_layout` wrote; a folder holding anything else is refused, nothing deleted."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise DatasetError(f"{out} is not a folder train-task wrote its YOLO view in; choose another out")
+    foreign = _foreign_to_view(out)
+    if foreign:
+        raise DatasetError(f"{out} holds files train-task's YOLO view does not write ({', '.join(foreign[:5])}); it "
+                           "rebuilds that folder for each run, so choose an out whose data/ is not yours")
+    shutil.rmtree(out)
+
+
+def _foreign_to_view(out: Path) -> list[str]:
+    """What in ``out`` a YOLO view does not hold (it holds ``data.yaml``, ``images/`` of links only, ``labels/`` of
+    ``.txt`` and ultralytics' ``.cache`` files): up to a few names, relative to ``out``."""
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in YOLO_VIEW_ENTRIES)
+    for sub, ok in (("images", lambda p: p.is_symlink()), ("labels", lambda p: p.suffix in (".txt", ".cache"))):
+        folder = out / sub
+        if folder.is_symlink() or folder.is_file():
+            foreign.append(sub)
+        elif folder.is_dir():
+            foreign += [str(f.relative_to(out)) for f in _files_in(folder) if not ok(f)][:5]
+    return foreign
+
+
+def _files_in(folder: Path) -> list[Path]:
+    """Every file and link below ``folder``, links not followed."""
+    return [Path(d) / name for d, dirs, files in os.walk(folder) for name in files
+            + [x for x in dirs if (Path(d) / x).is_symlink()]]
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -507,10 +622,15 @@ def read_classes(classes: Sequence[str] | str | Path) -> list[str]:
                 raise DatasetError(f"{path}:{lineno}: empty class name")
         names = [ln.strip() for ln in lines]
         source = str(path)
-    else:
+    elif isinstance(classes, Sequence) and not isinstance(classes, (bytes, Mapping)):
         names, source = [str(c) for c in classes], "classes"
+    else:
+        raise DatasetError(f"classes must be a list of class names or a classes.txt file, got {classes!r}")
     if not names:
         raise DatasetError(f"{source}: no classes")
+    twice = listed_twice(names)
+    if twice:
+        raise DatasetError(f"{source}: class name(s) listed twice: {', '.join(twice)} (class ids would be ambiguous)")
     if len(names) > IGNORE_INDEX:
         raise DatasetError(f"{source}: at most {IGNORE_INDEX} classes (255 is the ignore label)")
     return names
@@ -546,6 +666,7 @@ class MaskSegmentationDataset:
         if not self.images:
             raise DatasetError(f"{self.images_dir}: no images")
         self.masks = [self.masks_dir / f"{p.stem}.png" for p in self.images]
+        shared_labels(self.images, lambda p: self.masks_dir / f"{p.stem}.png")
         stems = {p.stem for p in self.images}
         orphans = sorted(p for p in self.masks_dir.glob("*.png") if p.stem not in stems)
         if orphans:
@@ -618,20 +739,39 @@ class MaskSegmentationDataset:
 
 
 def path_spec(path: Any, keys: tuple[str, ...], split: str) -> dict[str, Any]:
-    """A dataset's ``{key: path}`` mapping with ``{split}`` inside each string replaced by ``split``."""
+    """A dataset's ``{key: path}`` mapping with ``{split}`` inside each string replaced by ``split``: exactly
+    ``keys``, each a path string (``classes`` may also be a list of names); anything else is a ValueError naming
+    the key."""
     if not isinstance(path, Mapping) or any(k not in path for k in keys):
-        raise ValueError(f"path must be a mapping with keys {list(keys)}, got {path!r}")
+        raise DatasetError(f"path must be a mapping with keys {list(keys)}, got {path!r}")
+    unknown = sorted(str(k) for k in set(path) - set(keys))
+    if unknown:
+        raise DatasetError(f"unknown path key(s) {', '.join(map(repr, unknown))}; this format reads {list(keys)}")
+    for k, v in path.items():
+        if not isinstance(v, (str, os.PathLike)) and not (k == "classes" and isinstance(v, list)):
+            raise DatasetError(f"path.{k} must be a path string, got {v!r}")
     return {k: (v.replace("{split}", split) if isinstance(v, str) else v) for k, v in path.items()}
+
+
+def path_value(path: Any, what: str) -> Path:
+    """``path`` given as one file or folder (``what`` says which, for the message): a string (or PathLike), else a
+    DatasetError naming ``path``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise DatasetError(f"path must be {what} (a path string), got {path!r}")
+    return Path(path)
 
 
 def open_mask_dataset(path: Any, split: str = "val") -> MaskSegmentationDataset:
     """``path`` = ``{"images": DIR, "masks": DIR, "classes": [names] or FILE}`` (``{split}`` replaced), or a root
     folder with ``{split}/images``, ``{split}/masks`` and ``classes.txt`` (the CamVid / ``derainbench scenes``
     layout)."""
-    if isinstance(path, (str, Path)):
-        root = Path(path)
+    if not isinstance(path, Mapping):
+        root = path_value(path, "the masks root ({split}/images, {split}/masks, classes.txt) or {images, masks, "
+                                "classes}")
         path = {"images": root / split / "images", "masks": root / split / "masks", "classes": root / "classes.txt"}
     spec = path_spec(path, ("images", "masks", "classes"), split)
+    if not Path(spec["images"]).is_dir():
+        raise SplitNotFoundError(f"images folder not found: {spec['images']}")
     return MaskSegmentationDataset(spec["images"], spec["masks"], spec["classes"])
 
 
@@ -641,8 +781,10 @@ def open_detection_dataset(format: str, path: Any, split: str = "val", yolo: typ
     "annotations": FILE}`` (``{split}`` replaced). ``yolo``/``coco``: the classes to open them with (subclasses add
     what other tasks read, e.g. instance masks)."""
     if format == "yolo":
-        return yolo(path, split)
+        return yolo(path_value(path, "the data.yaml"), split)
     if format == "coco":
         spec = path_spec(path, ("images", "annotations"), split)
+        if not Path(spec["annotations"]).is_file():
+            raise SplitNotFoundError(f"annotation file not found: {spec['annotations']}")
         return coco(spec["images"], spec["annotations"])
     raise ValueError(f"datasets of boxes are 'yolo' or 'coco', got {format!r}")

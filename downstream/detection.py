@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.tasks import MetricSpec, Task, register_task
+from downstream.tasks import MetricSpec, Task, check_class_names, register_task
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
 RECT_PAD = 0.5  # ultralytics' validator pads rect batch shapes by half a stride
@@ -277,14 +277,17 @@ def checkpoint_imgsz(ckpt: Any) -> int | None:
         return None
 
 
-def class_count_check(detector: Detector, names: Sequence[str]) -> None:
-    """Raise ``ValueError`` when the detector's class count differs from the dataset's (its class ``names``)."""
+def class_count_check(detector: Detector, names: Sequence[str], model: str | Path = "detector") -> None:
+    """Raise ``ValueError`` when the detector's class count differs from the dataset's (its class ``names``), or its
+    class names (where the checkpoint carries them) are not the dataset's in the same order
+    (:func:`downstream.tasks.check_class_names`)."""
     if detector.nc != len(names):
         raise ValueError(
             f"class count mismatch: detector predicts {detector.nc} classes ({detector.names[:5]}...) but the "
             f"dataset has {len(names)} ({list(names)[:5]}...); train or load a detector for this "
             f"dataset, or build it from a .yaml with nc={len(names)}"
         )
+    check_class_names(detector.names, names, model)
 
 
 def _require_training_checkpoint(path: Path) -> None:
@@ -474,7 +477,7 @@ class DetectionTask(Task):
     def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Detector:
         from_yaml = str(path).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
         detector = load_detector(path, nc=len(names) if from_yaml else None, device=device)
-        class_count_check(detector, names)
+        class_count_check(detector, names, path)
         return detector
 
     def module(self, model: Detector) -> torch.nn.Module:
@@ -547,18 +550,21 @@ class DetectionTask(Task):
               progress: bool = True, format: str = "yolo", rain: Any = None) -> Path:
         """``format`` other than ``yolo``: the train and val splits are opened as the benchmark opens them and
         trained on through a YOLO view of them (``out/data``: image links and label files; see
-        :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train."""
-        if format != "yolo":
-            if self.yolo_task != "detect":
-                raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
-                                 f"got format {format!r}")
+        :func:`downstream.datasets.write_yolo_layout`); without a val split ultralytics validates on train (said on
+        stderr), a broken one is an error. A YOLO data.yaml's splits are opened too (ultralytics needs its val)."""
+        if format not in ("yolo", "") and self.yolo_task != "detect":
+            raise ValueError(f"train-task trains {self.name} models from a YOLO data.yaml only (format yolo), "
+                             f"got format {format!r}")
+        # both splits opened as bench opens them: what bench refuses (a truncated image, a bad label) is refused
+        # here too, before ultralytics would drop it with a warning
+        splits = {"train": self.load_dataset(format or "yolo", data, "train")}
+        if format in ("yolo", ""):  # ultralytics needs the data.yaml's val split (it may name the train images)
+            self.load_dataset("yolo", data, "val")
+        else:
             from downstream.datasets import write_yolo_layout
 
-            splits = {"train": self.load_dataset(format, data, "train")}
-            try:
-                splits["val"] = self.load_dataset(format, data, "val")
-            except (FileNotFoundError, ValueError):
-                splits["val"] = splits["train"]
+            val = self.open_val_split(format, data, "validating on the train split")
+            splits["val"] = val if val is not None else splits["train"]
             data = str(write_yolo_layout(splits, out / "data"))
         return train_detector(data, model=recipe.model, epochs=recipe.epochs, imgsz=recipe.imgsz, batch=batch,
                               out_dir=out, device="cpu" if device.type == "cpu" else str(device.index or 0),

@@ -581,7 +581,7 @@ class InstanceTask(DetectionTask):
     def load_model(self, path: str | Path, names: Sequence[str], device: str | torch.device = "cpu") -> Any:
         from_yaml = str(path).endswith((".yaml", ".yml"))  # a fresh model: give it the dataset's classes
         model = load_instance_segmenter(path, nc=len(names) if from_yaml else None, device=device)
-        class_count_check(model, names)
+        class_count_check(model, names, path)
         return model
 
     def evaluator(self, names: Sequence[str]) -> Any:

@@ -18,8 +18,9 @@ class RainSourceLike(Protocol):
     raincityscapes: dict[str, Any] | None
 
 
-def match_rain_source(source: RainSourceLike, dataset: Any, n: int) -> list[Path]:
-    """The rainy file of each of the first ``n`` labelled images (same stem, any image extension).
+def match_rain_source(source: RainSourceLike, dataset: Any, n: int, split: str = "val") -> list[Path]:
+    """The rainy file of each of the first ``n`` labelled images (same stem, any image extension); ``{split}`` in
+    ``source.path`` is replaced by the dataset's ``split``, as in the dataset's own path.
 
     ``source.path`` is the rained copy of the dataset's image folder or of a folder above it (the dataset root that
     ``derainbench synth --with-labels DATA DATA-rainy`` copies, say): image ``<images_dir>/REL`` is looked up at
@@ -30,7 +31,7 @@ def match_rain_source(source: RainSourceLike, dataset: Any, n: int) -> list[Path
     TAIL used, a DatasetError lists every labelled image without a rainy file."""
     from downstream.datasets import DatasetError
 
-    root = Path(source.path)
+    root = Path(source.path.replace("{split}", split))
     if source.raincityscapes is not None:
         from downstream.raincityscapes import match_raincityscapes
 
@@ -43,9 +44,16 @@ def match_rain_source(source: RainSourceLike, dataset: Any, n: int) -> list[Path
             files.setdefault(f.relative_to(root).with_suffix("").as_posix(), []).append(f)
     images_dir = Path(dataset.images_dir)
     rels = [Path(dataset.image_path(i)).relative_to(images_dir).with_suffix("").as_posix() for i in range(n)]
+    what = f"rain source {source.name!r} ({root})"
+    first: dict[str, int] = {}
+    for i, rel in enumerate(rels):
+        if rel in first:  # x.jpg and x.png: one rainy x.* would stand for both
+            a, b = (Path(dataset.image_path(k)).relative_to(images_dir).as_posix() for k in (first[rel], i))
+            raise DatasetError(f"{what}: the labelled images {a} and {b} of {images_dir} share one name without "
+                               "extension, so one rainy file would stand for both; rename one of them")
+        first[rel] = i
     tails = _image_folder_tails(images_dir)
     found = [t for t in tails if any(_under(t, rel) in files for rel in rels)]
-    what = f"rain source {source.name!r} ({root})"
     if len(found) > 1:
         a, b = (root / t if t else root for t in found[:2])
         raise DatasetError(f"{what} is ambiguous: it holds rainy copies of the labelled images of {images_dir} both "

@@ -51,8 +51,14 @@ def check_select(select: Any, source: str) -> tuple[tuple[float, float, float], 
     pattern = select.get("pattern", "spread")
     if pattern != "spread" and (isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1):
         raise ValueError(f"rain source {source!r}: pattern must be a pattern number >= 1 or 'spread', got {pattern!r}")
-    return (float(select["alpha"]), float(select["beta"]), float(select["dropsize"])), (
-        None if pattern == "spread" else int(pattern))
+    group = []
+    for key in KEYS:
+        value = select[key]
+        try:
+            group.append(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"rain source {source!r}: raincityscapes.{key} must be a number, got {value!r}") from None
+    return (group[0], group[1], group[2]), None if pattern == "spread" else int(pattern)
 
 
 def _frame_key(rel: str) -> str:
@@ -66,20 +72,34 @@ def spread_pattern(frame: str, patterns: list[int]) -> int:
     return sorted(patterns)[int(hashlib.sha256(frame.encode()).hexdigest(), 16) % len(patterns)]
 
 
+def _setting(group: tuple[float, float, float]) -> str:
+    return ", ".join(f"{key} {value:g}" for key, value in zip(KEYS, group, strict=True))
+
+
 def match_raincityscapes(name: str, root: Path, select: Any, dataset: Any, n: int) -> list[Path]:
     """The rainy file of each of the first ``n`` labelled images of ``dataset`` (paths relative to its
     ``images_dir``, as ``{city}/{stem}_leftImg8bit.png``) from the RainCityscapes folder ``root`` (the split folder
     ``leftImg8bit_rain/{split}``) for the group and pattern ``select`` (see :func:`check_select`). Frames without a
-    file are listed in one DatasetError."""
+    file are listed in one DatasetError (with the settings the folder holds, or a hint when ``root`` is the folder
+    above the split's); two files of one frame, setting and pattern (both name forms, or ``0.01`` and ``0.010``)
+    are refused naming both."""
     group, pattern = check_select(select, name)
     if not root.is_dir():
         raise FileNotFoundError(f"rain source {name!r}: folder not found: {root}")
+    what = f"rain source {name!r} ({root})"
     files: dict[str, dict[int, Path]] = {}
+    settings: set[tuple[float, float, float]] = set()
     for f in walk_files(root):
         parsed = parse_name(f) if is_image_file(f) else None
+        if parsed:
+            settings.add(parsed[1])
         if parsed and parsed[1] == group:
             frame = (f.parent.relative_to(root) / parsed[0]).as_posix()
-            files.setdefault(frame, {})[parsed[2]] = f
+            known = files.setdefault(frame, {})
+            if parsed[2] in known:
+                raise DatasetError(f"{what}: frame {frame} has two files of {_setting(group)}, pattern {parsed[2]}: "
+                                   f"{known[parsed[2]].name} and {f.name}; keep one")
+            known[parsed[2]] = f
     out, missing = [], []
     first: tuple[str, list[int]] | None = None
     for i in range(n):
@@ -88,7 +108,7 @@ def match_raincityscapes(name: str, root: Path, select: Any, dataset: Any, n: in
         if first is None and found:
             first = (frame, sorted(found))
         elif found and first is not None and sorted(found) != first[1]:
-            raise DatasetError(f"rain source {name!r} ({root}): frame {frame} has patterns {sorted(found)} of "
+            raise DatasetError(f"{what}: frame {frame} has patterns {sorted(found)} of "
                                f"alpha/beta/dropsize {group}, frame {first[0]} has {first[1]}")
         k = pattern if pattern is not None else (spread_pattern(frame, list(found)) if found else None)
         if k in found:
@@ -97,8 +117,15 @@ def match_raincityscapes(name: str, root: Path, select: Any, dataset: Any, n: in
             missing.append(frame)
     if missing:
         want = f"pattern {pattern}" if pattern is not None else "any pattern"
-        raise DatasetError(f"rain source {name!r} ({root}) does not match the labelled images of "
+        split_folder = root / Path(dataset.images_dir).name
+        if not out and split_folder.is_dir():
+            hint = f"; point it at the split folder {split_folder} (leftImg8bit_rain/{{split}})"
+        elif not files and settings:
+            hint = "; settings in it are: " + "; ".join(_setting(g) for g in sorted(settings))
+        else:
+            hint = ""
+        raise DatasetError(f"{what} does not match the labelled images of "
                            f"{dataset.images_dir}: {len(missing)} without a RainCityscapes file of alpha, beta, "
                            f"dropsize {group} and {want}: " + ", ".join(missing[:10])
-                           + (" ..." if len(missing) > 10 else ""))
+                           + (" ..." if len(missing) > 10 else "") + hint)
     return out

@@ -37,7 +37,7 @@ from derain.imageio import to_tensor
 from derain.models.common import pad_to_multiple
 from derain.runtime import autocast, autocast_dtype, eval_mode, resolve_device
 from downstream.datasets import IGNORE_INDEX
-from downstream.tasks import MetricSpec, Task, register_task
+from downstream.tasks import MetricSpec, Task, check_class_names, register_task
 
 META_FILE = "segmenter.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -432,6 +432,7 @@ class SegmentationTask(Task):
         if seg.num_classes != len(names):
             raise ValueError(f"the dataset has {len(names)} classes but the segmenter {path} predicts "
                              f"{seg.num_classes}; train one for this dataset with `derainbench train-task`")
+        check_class_names(seg.cfg.classes, names, path)  # segmenter.json's classes, when it gives them
         return seg
 
     def module(self, model: Segmenter) -> nn.Module:
@@ -490,10 +491,7 @@ class SegmentationTask(Task):
         if not (math.isfinite(recipe.lr) and recipe.lr > 0):
             raise ValueError(f"recipe.lr must be a positive number, got {recipe.lr}")
         train = self.load_dataset(format, data, split="train")
-        try:
-            val = self.load_dataset(format, data, split="val")
-        except (FileNotFoundError, ValueError):
-            val = None
+        val = self.open_val_split(format, data, "OUT/best is chosen on the training loss")
         cfg = SegmenterConfig(arch=recipe.arch, encoder=recipe.encoder, num_classes=len(train.names),
                               classes=list(train.names), weights=recipe.weights)
         try:

@@ -17,6 +17,7 @@ Labels and predictions are per image. Images are ``B×3×H×W`` float RGB in [0,
 from __future__ import annotations
 
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -168,6 +169,18 @@ class Task(ABC):
         ``objects`` instances, none below confidence ``conf``); returns the class ids drawn (for the legend)."""
 
     # -- training --------------------------------------------------------------------------------------------------
+    def open_val_split(self, format: str, data: Any, instead: str) -> Any | None:
+        """``data``'s val split (as :meth:`load_dataset` opens it), or None when the dataset has no val split at all
+        (a :class:`~downstream.datasets.SplitNotFoundError`; said on stderr with what training does ``instead``). A
+        val split that is there but broken (a missing image, a bad label) is an error, never replaced by train."""
+        from downstream.datasets import SplitNotFoundError
+
+        try:
+            return self.load_dataset(format, data, "val")
+        except SplitNotFoundError as exc:
+            print(f"train-task: no val split ({exc}); {instead}", file=sys.stderr)
+            return None
+
     @abstractmethod
     def train(self, recipe: Any, data: Any, out: Path, device: torch.device, seed: int, batch: int,
               progress: bool = True, format: str = "", rain: Any = None) -> Path:
@@ -177,6 +190,30 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
+
+
+def check_class_names(model_names: Sequence[str] | None, names: Sequence[str], model: str | Path) -> None:
+    """Refuse a task model whose classes are not the dataset's ``names`` in the same order (a detector trained with
+    another tool's class order would be scored with every class swapped): the message names both lists. Only names
+    the model carries are compared: ``model_names`` None, ultralytics' defaults ``"0".."K-1"`` (a model built from
+    a ``.yaml``, data without names) or a segmenter's ``"class0"..`` (built without class names) skip the check, as
+    do such defaults on the dataset's side (the count is checked by the task)."""
+    if model_names is None:
+        return
+    ours, theirs = [str(n) for n in model_names], [str(n) for n in names]
+    if ours == theirs or any(side in ([str(i) for i in range(len(side))], [f"class{i}" for i in range(len(side))])
+                             for side in (ours, theirs)):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+    order = " (the same classes in another order)" if sorted(ours) == sorted(theirs) else ""
+    raise ValueError(f"the task model {model} predicts classes {_short(ours)} but the dataset's are {_short(theirs)}"
+                     f"{order}: class {k} would be scored as {theirs[k] if k < len(theirs) else 'nothing'!r}. Train "
+                     "or convert a model with the dataset's classes in its order, or give the dataset its classes in "
+                     "the model's order")
+
+
+def _short(names: list[str], n: int = 20) -> str:
+    return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
 
 
 def register_task(task: Task, *, override: bool = False) -> Task:

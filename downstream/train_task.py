@@ -54,15 +54,65 @@ def check_task_config(cfg: TaskTrainConfig) -> Any:
     return recipe
 
 
-def train_task(cfg: TaskTrainConfig, progress: bool = True) -> Path:
+# What a train-task run writes in its out folder (all that --overwrite deletes): ultralytics' run (train/) and the
+# YOLO view of another format (data/) for detection and instance, best/ and last/ for segmentation, config.yaml.
+RUN_FILES = ("train", "data", "best", "last", "config.yaml")
+# A trained model in out: what a second run would replace.
+MODEL_FILES = ("train/weights/best.pt", "train/weights/last.pt", "best", "last")
+
+
+def check_out(cfg: TaskTrainConfig, recipe: Any, overwrite: bool) -> None:
+    """A fresh run into an ``out`` that holds a trained model (:data:`MODEL_FILES`) is refused unless ``overwrite``
+    (which deletes :data:`RUN_FILES` there and nothing else), as ``train`` and ``joint`` refuse; continuing the
+    interrupted run (``recipe.yolo.resume``) is not a fresh run."""
+    from derain.train import delete_run_files
+
+    out = Path(cfg.out)
+    resume = getattr(recipe, "yolo", {}).get("resume") not in (None, False, "false", "False")
+    if resume and overwrite:
+        raise ConfigError("recipe.yolo.resume continues the run in out and --overwrite discards it: give one of them")
+    kept = [f for f in MODEL_FILES if (out / f).exists()]
+    if kept and not resume and not overwrite:
+        raise FileExistsError(f"{out} already holds a trained model ({', '.join(kept)}); start afresh with "
+                              "--overwrite (deletes the run's train/, data/, best/, last/ and config.yaml, nothing "
+                              "else), or choose another out=...")
+    if overwrite and out.is_dir():
+        foreign = [name for name in RUN_FILES if (out / name).exists() and not _written_by_a_run(out / name)]
+        if foreign:  # out=. beside the user's own data/ or train/ folders
+            raise FileExistsError(f"{out}: {', '.join(foreign)} {'was' if len(foreign) == 1 else 'were'} not "
+                                  "written by train-task; --overwrite deletes only a run's own files, so choose "
+                                  "another out=...")
+        delete_run_files(out, RUN_FILES, RUN_FILES, "train-task", "choose another out=...")
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` (one of :data:`RUN_FILES` in out) looks as a train-task run writes it: ultralytics' run
+    folder (``args.yaml`` or ``weights/``), a segmenter folder (``segmenter.json``), the YOLO view (links only, see
+    :func:`downstream.datasets.is_yolo_view`), ``config.yaml`` a file."""
+    from downstream.datasets import is_yolo_view
+
+    if path.is_symlink():
+        return False
+    if path.name == "train":
+        return (path / "args.yaml").is_file() or (path / "weights").is_dir()
+    if path.name in ("best", "last"):
+        return (path / "segmenter.json").is_file() or (path / "model.safetensors").is_file()
+    if path.name == "data":
+        return is_yolo_view(path)
+    return path.is_file()
+
+
+def train_task(cfg: TaskTrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     """Train the configured task model; writes ``<out>/config.yaml`` and returns the best model's path
-    (detection, instance: ``<out>/train/weights/best.pt``; segmentation: ``<out>/best``)."""
+    (detection, instance: ``<out>/train/weights/best.pt``; segmentation: ``<out>/best``). An ``out`` holding a
+    trained model is refused unless ``overwrite`` (see :func:`check_out`)."""
     from derain.runtime import resolve_device
 
     recipe = check_task_config(cfg)
     if cfg.rain is not None:
         cfg = dataclasses.replace(cfg, rain=cfg.rain.resolve(cfg.seed))  # what config.yaml records is what is used
     task = get_task(cfg.task)
+    check_out(cfg, recipe, overwrite)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -35,12 +35,18 @@ from downstream.datasets import (
     DatasetError,
     DetectionDataset,
     ImageRecord,
+    SplitNotFoundError,
     _check_box,
     _stack_boxes,
     box_annotation,
+    name_under,
+    path_value,
     read_classes,
     read_image_size,
+    shared_labels,
 )
+
+DIFFICULT = {"0": False, "1": True, "false": False, "true": True}  # <difficult> as VOC tools write it, lower case
 
 
 def read_voc_xml(path: Path) -> tuple[str, tuple[int, int], list[tuple[str, list[float], bool]]]:
@@ -65,7 +71,11 @@ def read_voc_xml(path: Path) -> tuple[str, tuple[int, int], list[tuple[str, list
                                "ymax") from exc
         if not name:
             raise DatasetError(f"{path}: object #{k} has no <name>")
-        objects.append((name, [x1 - 1, y1 - 1, x2, y2], (obj.findtext("difficult") or "0").strip() == "1"))
+        difficult = (obj.findtext("difficult") or "0").strip().lower()
+        if difficult not in DIFFICULT:
+            raise DatasetError(f"{path}: object #{k} ({name!r}): <difficult> must be 0 or 1 (or false/true), got "
+                               f"{difficult!r}")
+        objects.append((name, [x1 - 1, y1 - 1, x2, y2], DIFFICULT[difficult]))
     return (root.findtext("filename") or "").strip(), (h, w), objects
 
 
@@ -106,28 +116,34 @@ class VocDetectionDataset(DetectionDataset):
 
 
 def _devkit_pairs(root: Path, split: str) -> tuple[list[tuple[Path, Path]], Path, list[Path]]:
+    """``(JPEGImages/{id}.jpg, Annotations/{id}.xml)`` of each id in ``ImageSets/Main/{split}.txt``: the image is the
+    id's, as the devkit, detectron2 and torchvision read it (an XML's ``<filename>`` is not used: a stale one would
+    put one image's boxes on another). Ids that leave their folder, or come twice, are refused naming the line."""
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
-        raise DatasetError(f"VOC split list not found: {ids_file}")
+        raise SplitNotFoundError(f"VOC split list not found: {ids_file}")
     images_dir = root / "JPEGImages"
-    pairs = []
+    pairs, seen = [], {}
     for lineno, line in enumerate(ids_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
         image_id = line.split()[0]
+        where = f"{ids_file}:{lineno}: id"
+        if image_id in seen:
+            raise DatasetError(f"{where} {image_id!r} listed twice (first at line {seen[image_id]}); its boxes would "
+                               "be scored twice")
+        seen[image_id] = lineno
+        name_under(images_dir, image_id, where)  # an id is a file name in Annotations/ and JPEGImages/
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
             raise DatasetError(f"{ids_file}:{lineno}: annotation not found: {xml}")
-        filename = read_voc_xml(xml)[0]
-        named = images_dir / filename if filename else None
-        image = named if named is not None and named.is_file() else images_dir / f"{image_id}.jpg"
-        pairs.append((image, xml))
+        pairs.append((images_dir / f"{image_id}.jpg", xml))
     return pairs, images_dir, sorted((root / "Annotations").glob("*.xml"))
 
 
 def _flat_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], Path, list[Path]]:
     if not folder.is_dir():
-        raise DatasetError(f"VOC folder not found: {folder}")
+        raise SplitNotFoundError(f"VOC folder not found: {folder}")
     images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
     xmls = sorted(folder.glob("*.xml"))
     stems = {p.stem for p in images}
@@ -137,6 +153,7 @@ def _flat_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], Path, list[Path]
     unlabelled = [p for p in images if not p.with_suffix(".xml").is_file()]
     if unlabelled:
         raise DatasetError(f"image without its annotation XML: {unlabelled[0]} ({len(unlabelled)} in all)")
+    shared_labels(images, lambda p: p.with_suffix(".xml"))
     return [(p, p.with_suffix(".xml")) for p in images], folder, xmls
 
 
@@ -147,7 +164,8 @@ def open_voc(path: Any, split: str = "val") -> VocDetectionDataset:
     unknown = sorted(set(spec) - {"root", "classes"})
     if unknown or "root" not in spec:
         raise ValueError(f"format voc: path must be a folder or {{root: FOLDER, classes: [...]}}, got {path!r}")
-    root = Path(str(spec["root"]).replace("{split}", split))
+    root = path_value(spec["root"], "a VOC folder (path, or path.root)")
+    root = Path(str(root).replace("{split}", split))
     if (root / "Annotations").is_dir():
         pairs, images_dir, all_xml = _devkit_pairs(root, split)
     else:

@@ -201,6 +201,10 @@ def validate(cfg: BenchConfig) -> None:
 
     if not cfg.datasets:
         raise ValueError("bench config has no datasets")
+    names = [ds.name for ds in cfg.datasets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # their cells would share keys: one dataset's rows would replace the other's
+        raise ValueError(f"dataset names must be unique (they key the cells and rows): {twice} given twice")
     for sev in cfg.severities:
         if sev not in PRESETS:
             raise ValueError(f"unknown severity {sev!r}; rain presets are {', '.join(PRESETS)}")
@@ -293,6 +297,13 @@ def validate(cfg: BenchConfig) -> None:
         if ds.format in task.real_rain_formats and not ds.real_rain:
             raise ValueError(f"dataset {ds.name!r}: {ds.format} images are real rain; set real_rain: NAME (the "
                              "severity their rows get)")
+        if ds.format == "bdd100k" and not ds.real_rain:
+            from downstream.bdd100k import selects_rain
+
+            if selects_rain(ds.path):  # else real rain is scored as "clean", with synthetic rain on top
+                raise ValueError(f"dataset {ds.name!r}: where selects rainy frames (weather: rainy), which are real "
+                                 "rain: set real_rain: NAME (their rows' severity), and keep the clear frames in "
+                                 "another dataset")
         for tm in ds.task_models:
             if not Path(tm.model).exists() and not str(tm.model).endswith((".yaml", ".yml")):
                 raise FileNotFoundError(

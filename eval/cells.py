@@ -106,16 +106,25 @@ def record_derainer(out: Path, spec: DerainerSpec, model: torch.nn.Module, hashe
 
 
 def rainy_image(clean: np.ndarray, severity: str, seed: int, name: str) -> np.ndarray:
-    """The rainy version of ``clean`` that ``derainbench synth --seed seed`` writes for file ``name`` (8-bit)."""
+    """The rainy version of ``clean`` that ``derainbench synth --seed seed`` writes for the image at relative path
+    ``name`` (8-bit): bench passes the path relative to the dataset's image folder (:func:`seed_name`)."""
     rainy, _ = synthesize(clean, severity, seed=image_seed(seed, name))
     return quantize_uint8(rainy).astype(np.float32) / 255.0
+
+
+def seed_name(dataset: Any, i: int) -> str:
+    """What image ``i``'s synthetic rain is seeded by: its path relative to the dataset's image folder (posix), as
+    ``derainbench synth IMAGE_FOLDER`` seeds it (the file name in flat layouts; ``{city}/x.png`` in nested ones)."""
+    path = Path(dataset.image_path(i))
+    root = getattr(dataset, "images_dir", None)
+    return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
 
 
 class CellItem(NamedTuple):
     """One image of a cell, as the DataLoader hands it over."""
 
     index: int
-    name: str  # file name (rain seeds and sample files use it)
+    name: str  # file name (sample files and per-image rows use it; rain is seeded by seed_name)
     image: np.ndarray  # the clean (or real-rain) image, H×W×3 float32 in [0, 1]
     label: Any
     x: torch.Tensor | None  # the task model's (or derainer's) input, 3×H×W; None when ``derained`` was cached
@@ -151,8 +160,9 @@ class CellInputs(torch.utils.data.Dataset):
             x = to_tensor(image)
         elif self.rainy_files is not None:
             x = _read_source_image(self.rainy_files[i], self.dataset.image_path(i), image.shape)[0]
+        seeded_by = seed_name(self.dataset, i)
         key = None if not caching else input_digest(x) if x is not None else rain_key(
-            image, self.severity, self.seed, name)
+            image, self.severity, self.seed, seeded_by)
         derained = None
         if key is not None and self.derainer is not None:
             derained = ImageCache(self.cache_root, f"derained/{self.derainer}").get(key)
@@ -160,7 +170,7 @@ class CellInputs(torch.utils.data.Dataset):
             rain = ImageCache(self.cache_root, "rainy")
             x = rain.get(key) if key is not None else None
             if x is None:
-                x = to_tensor(rainy_image(image, self.severity, self.seed, name))
+                x = to_tensor(rainy_image(image, self.severity, self.seed, seeded_by))
                 if key is not None:
                     rain.put(key, x)
         return CellItem(i, name, image, label, x, key, derained)

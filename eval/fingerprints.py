@@ -100,15 +100,35 @@ def open_dataset(spec: DatasetSpec, hashes: dict[str, str]) -> OpenedDataset:
     n = len(dataset) if spec.limit is None else min(spec.limit, len(dataset))
     if n == 0:
         raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no images")
-    sources = {src.name: match_rain_source(src, dataset, n) for src in spec.rainy}
+    sources = {src.name: match_rain_source(src, dataset, n, spec.split) for src in spec.rainy}
     if hasattr(dataset, "files"):
         files = list(dataset.files(n))
     else:
         warnings.warn(f"dataset {spec.name!r}: {type(dataset).__name__} does not list its files (files(n)); only its "
                       "images are fingerprinted, so edited labels are not noticed by a rerun", stacklevel=2)
         files = [Path(dataset.image_path(i)) for i in range(n)]
-    return OpenedDataset(dataset, n, sources, _file_digests(files, hashes),
-                         {name: _file_digests(paths, hashes) for name, paths in sources.items()})
+    digests = _file_digests(files, hashes)
+    source_digests = {name: _file_digests(paths, hashes) for name, paths in sources.items()}
+    for name, paths in sources.items():
+        _check_not_clean(spec.name, name, [dataset.image_path(i) for i in range(n)], paths,
+                         _file_digests([dataset.image_path(i) for i in range(n)], hashes), source_digests[name])
+    return OpenedDataset(dataset, n, sources, digests, source_digests)
+
+
+def _check_not_clean(dataset: str, source: str, images: Sequence[Path], rainy: Sequence[Path],
+                     clean_digests: dict[str, str | None], rainy_digests: dict[str, str | None]) -> None:
+    """A rain source whose files are byte-identical to the clean images (a plain copy of the dataset) is refused;
+    some identical files are warned about, naming them."""
+    same = [str(image) for image, path in zip(images, rainy, strict=True)
+            if clean_digests.get(str(image)) is not None and clean_digests.get(str(image)) == rainy_digests.get(
+                str(path))]
+    if same and len(same) == len(images):
+        raise ValueError(f"dataset {dataset!r}: rain source {source!r}: all {len(images)} of its files are "
+                         "byte-identical to the clean images (a copy of the dataset, not rainy images)")
+    if same:
+        warnings.warn(f"dataset {dataset!r}: rain source {source!r}: {len(same)} of its {len(images)} files are "
+                      f"byte-identical to the clean images (no rain): {', '.join(Path(p).name for p in same[:5])}",
+                      stacklevel=2)
 
 
 def _file_digests(files: Sequence[Path], hashes: dict[str, str]) -> dict[str, str | None]:

@@ -262,6 +262,10 @@ def run(cfg: RealismConfig, progress: bool = True) -> tuple[str, list[dict[str, 
     """Every case of ``cfg``: the printed report, the summary rows and the per-image rows."""
     if not cfg.cases:
         raise ValueError("realism config has no cases")
+    names = [case.name for case in cfg.cases]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # their rows would be pooled into one summary row
+        raise ValueError(f"realism case names must be unique (each names its rows): {twice} given twice")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     rows: list[dict[str, Any]] = []

@@ -10,7 +10,8 @@ from derainbench.commands.common import DATASET_FORMATS_HELP, add_config_argumen
 HELP = """\
 Run the downstream benchmark described by a YAML config (see configs/bench_demo.yaml):
 for each dataset, the clean images (method "clean"), then for each rain severity the rainy images
-(method "rainy", rain synthesized with the run seed exactly as `derainbench synth` writes it) and each
+(method "rainy", rain synthesized with the run seed exactly as `derainbench synth` writes it when run on the
+dataset's image folder: each image's seed derives from the run seed and its path relative to that folder) and each
 derainer's output go through the task model. Detection is scored with the COCO protocol (pycocotools:
 mAP@[.5:.95], mAP@.5), instance segmentation with COCO mask and box mAP, segmentation with mIoU over the
 dataset's summed confusion matrix (255 ignored);

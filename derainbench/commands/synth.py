@@ -38,7 +38,9 @@ Rain100H-like as measured: PReNet-H gain ratio 0.13 at a matched input PSNR-Y.
 
 Each output image gets a sidecar NAME.rain.json next to it (img001.png -> img001.rain.json) holding the
 preset, the seed, the full parameters and the values sampled for that image (angles, lengths, veil), so any
-image can be regenerated exactly. The per-image seed is derived from --seed and the image's relative path.
+image can be regenerated exactly. The per-image seed is derived from --seed and the image's path relative to
+SRC_DIR, as bench seeds its in-memory rain from the path relative to the dataset's image folder: synth on that folder
+writes bench's rain of the same seed.
 Streak lengths and densities are in pixels of a canvas whose shorter side is reference_size (320) px,
 so rain looks the same relative to the picture at any resolution.
 

@@ -15,12 +15,15 @@ keys; the run writes OUT/config.yaml.
 
 Keys: task (detection | segmentation | instance), data, format (the task's dataset format; default yolo for
 detection and instance, masks for segmentation), out (default runs/task), device, seed, batch (16), rain.KEY
-(rain augmentation, below), and recipe.KEY for the task's recipe:
+(rain augmentation, below), and recipe.KEY for the task's recipe. An out that already holds a trained model is
+refused unless --overwrite.
   detection: recipe.model (yolo11n.yaml), .epochs (30), .imgsz (320), recipe.yolo.KEY (any ultralytics train
     argument, checked before training; recipe.yolo.resume=true continues OUT's interrupted run from
     OUT/train/weights/last.pt); data = a YOLO data.yaml, or with format=coco|bdd100k|voc the dataset's path
     as bench reads it (its train and val splits are trained on through a YOLO view in OUT/data: image links and
-    label files); writes OUT/train/weights/best.pt
+    label files, rebuilt for each run); both splits are opened and checked as bench opens them (a truncated image
+    or a bad label is an error; a dataset in another format without any val split validates on train, said on
+    stderr; a val split that is there but broken is an error); writes OUT/train/weights/best.pt
   instance: the same keys, recipe.model (yolo11n-seg.yaml); data = a YOLO-seg data.yaml (polygon labels)
   segmentation: recipe.arch (Unet), .encoder (resnet18), .weights, .iters (1500), .crop (256), .lr (1e-3);
     data = ROOT with {train,val}/images, {train,val}/masks and classes.txt (255 = ignore); or, with
@@ -60,6 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-task", help="train a task model (offline)", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, "YAML config (see configs/task_*.yaml); omitted = defaults plus the overrides")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an out that already holds a trained model: deletes what a run writes there "
+                        "(train/, data/, best/, last/, config.yaml) and nothing else; without it such an out is "
+                        "refused (recipe.yolo.resume=true continues it instead)")
     p.set_defaults(func=run)
 
 
@@ -68,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
     from downstream.train_task import TaskTrainConfig, train_task
 
     cfg = load_config(TaskTrainConfig, args.config, args.overrides)
-    best = train_task(cfg, progress=not args.no_progress)
+    best = train_task(cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"best {cfg.task} model: {best}")
     return 0

@@ -276,6 +276,116 @@ def synth_source_inside_destination(tmp: Path) -> tuple[list[str], str]:
     return ["synth", "--no-progress", str(tmp / "data" / "p2"), str(tmp / "data")], "inside the destination"
 
 
+def _voc_devkit(root: Path, val_ids: str = "b\n") -> Path:
+    """A VOC devkit with images a (train) and b (val), one car each; ``val_ids`` is ImageSets/Main/val.txt."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for image_id in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            "<annotation><size><width>32</width><height>32</height></size><object><name>car</name><bndbox><xmin>4"
+            "</xmin><ymin>4</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    (root / "ImageSets/Main/train.txt").write_text("a\n")
+    (root / "ImageSets/Main/val.txt").write_text(val_ids)
+    return root
+
+
+def _train_det(tmp: Path, data: object, *extra: str) -> list[str]:
+    return ["train-task", "--no-progress", "task=detection", f"data={data}", f"out={tmp / 't'}", "device=cpu",
+            "batch=2", "recipe.epochs=1", "recipe.imgsz=64", "recipe.yolo.warmup_epochs=0", *extra]
+
+
+def train_task_broken_val_split(tmp: Path) -> tuple[list[str], str]:
+    """val.txt names an id with no annotation: an error, not validation on the training images."""
+    return _train_det(tmp, _voc_devkit(tmp / "voc", "b\nmissing\n"), "format=voc"), "val.txt:2"
+
+
+def train_task_broken_val_masks(tmp: Path) -> tuple[list[str], str]:
+    seg = _scenes(tmp) / "seg"
+    next((seg / "val" / "masks").iterdir()).unlink()
+    return _train_seg(tmp), "mask not found"
+
+
+def train_task_truncated_jpeg(tmp: Path) -> tuple[list[str], str]:
+    """ultralytics drops a truncated image from training with a warning; bench refuses it: refused here too."""
+    root = tmp / "yolo"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k in range(2):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{k}.jpg")
+            (root / "labels" / split / f"{k}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    cut = root / "images" / "train" / "1.jpg"
+    cut.write_bytes(cut.read_bytes()[:300])
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [car]\n")
+    return _train_det(tmp, root / "data.yaml"), "1.jpg"
+
+
+def train_task_over_a_trained_detector(tmp: Path) -> tuple[list[str], str]:
+    """train and joint refuse to replace a run's model without --overwrite; so does train-task."""
+    (tmp / "t" / "train" / "weights").mkdir(parents=True)
+    torch.save({"x": torch.zeros(1)}, tmp / "t" / "train" / "weights" / "best.pt")
+    return _train_det(tmp, _voc_devkit(tmp / "voc"), "format=voc"), "--overwrite"
+
+
+def train_task_over_a_trained_segmenter(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "t" / "best").mkdir(parents=True)
+    return _train_seg(tmp), "--overwrite"
+
+
+def bench_two_datasets_one_name(tmp: Path) -> tuple[list[str], str]:
+    argv = _coco_bench(tmp, [1, 2])
+    spec = argv[-1].removeprefix("datasets=[").removesuffix("]")
+    return [*argv[:-1], f"datasets=[{spec}, {spec}]"], "dataset names must be unique"
+
+
+def realism_two_cases_one_name(tmp: Path) -> tuple[list[str], str]:
+    for sub in ("input", "target"):
+        _images(tmp / "pairs" / sub)
+    case = f"{{name: r, pairs: {tmp / 'pairs'}, derainer: {{name: id, model: identity}}, presets: [light]}}"
+    (tmp / "realism.yaml").write_text(f"cases: [{case}, {case}]\nstats: false\n")
+    return ["realism", "--no-progress", "--config", str(tmp / "realism.yaml")], "case names must be unique"
+
+
+def bench_rain_source_of_clean_copies(tmp: Path) -> tuple[list[str], str]:
+    import shutil
+
+    argv = _coco_bench(tmp, [1, 2])
+    shutil.copytree(tmp / "coco" / "images", tmp / "copy")
+    spec = argv[-1].removesuffix("}]")
+    return [*argv[:-1], f"{spec}, rainy: [{{name: copy, path: {tmp / 'copy'}}}]}}]"], "byte-identical"
+
+
+def bench_bdd100k_rainy_frames_as_clean(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "bench.yaml").write_text("samples: 0\n")
+    return ["bench", "--no-progress", "--config", str(tmp / "bench.yaml"), f"out={tmp / 'bench'}", "device=cpu",
+            "datasets=[{name: b, task: detection, format: bdd100k, model: yolo11n.yaml, path: {labels: l.json, "
+            "images: i, where: {weather: rainy}}}]"], "real_rain"
+
+
+def train_task_coco_name_leaving_the_images(tmp: Path) -> tuple[list[str], str]:
+    """A COCO file_name climbing out of the image folder: train-task's YOLO view would replace the image it names
+    by a link to itself (issue 27 item 1)."""
+    _images(tmp / "coco" / "images")
+    _images(tmp / "user")
+    data = {"images": [{"id": 1, "file_name": "img0.png"}, {"id": 2, "file_name": "../../user/img1.png"}],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    (tmp / "coco" / "ann.json").write_text(json.dumps(data))
+    return _train_det(tmp, f"{{images: {tmp / 'coco' / 'images'}, annotations: {tmp / 'coco' / 'ann.json'}}}",
+                      "format=coco"), "leaves the image folder"
+
+
+def train_task_cityscapes_path_a_number(tmp: Path) -> tuple[list[str], str]:
+    return _train_seg(tmp, "format=cityscapes", "data=5"), "path must be"
+
+
+def train_task_voc_classes_a_number(tmp: Path) -> tuple[list[str], str]:
+    return _train_det(tmp, f"{{root: {_voc_devkit(tmp / 'voc')}, classes: 5}}", "format=voc"), "classes must be a list"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -288,7 +398,12 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume,
                      train_task_rain_probability_above_one, train_task_rain_probability_negative,
                      train_task_rain_unknown_preset, train_task_rain_presets_and_path, train_task_rain_path_missing,
-                     train_task_rain_seed_negative]
+                     train_task_rain_seed_negative,
+                     train_task_broken_val_split, train_task_broken_val_masks, train_task_truncated_jpeg,
+                     train_task_over_a_trained_detector, train_task_over_a_trained_segmenter,
+                     bench_two_datasets_one_name, realism_two_cases_one_name, bench_rain_source_of_clean_copies,
+                     bench_bdd100k_rainy_frames_as_clean, train_task_coco_name_leaving_the_images,
+                     train_task_cityscapes_path_a_number, train_task_voc_classes_a_number]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -213,7 +213,7 @@ def voc_fixture(tmp_path: Path) -> Any:
     for xml in sorted((root / "Annotations").glob("*.xml")):
         size = ET.parse(xml).getroot().find("size")
         w, h = int(size.findtext("width")), int(size.findtext("height"))
-        Image.new("RGB", (w, h), (30, 60, 90)).save(root / "JPEGImages" / f"{xml.stem}.png")
+        Image.new("RGB", (w, h), (30, 60, 90)).save(root / "JPEGImages" / f"{xml.stem}.jpg")
     return open_voc(str(root), "val")
 
 

@@ -90,8 +90,8 @@ def test_bench_rows_per_rain_setting(tmp_path: Path, cityscapes_segmenter: Path)
     assert psnr["rc-a0.01"] != psnr["rc-a0.03"] and {"miou", "ssim_y"} <= set(res.metric)
     # per_image.csv names the RainCityscapes file (so its pattern) each frame was scored on; clean rows have none
     per_image = pd.read_csv(run / "per_image.csv", dtype=str, keep_default_na=False)
-    assert list(per_image.columns) == ["dataset", "task", "severity", "method", "seed", "image", "rain_file",
-                                       "psnr_y", "ssim_y"]
+    assert list(per_image.columns) == ["dataset", "task", "task_model", "severity", "method", "seed", "image",
+                                       "rain_file", "psnr_y", "ssim_y"]
     assert (per_image[per_image.severity == "none"].rain_file == "").all()
     for (a, b, d), sev in zip(GROUPS, ["rc-a0.01", "rc-a0.02", "rc-a0.03"], strict=True):
         rows = per_image[per_image.severity == sev]
@@ -100,3 +100,40 @@ def test_bench_rows_per_rain_setting(tmp_path: Path, cityscapes_segmenter: Path)
             frame = next(f for f in FRAMES if f.endswith(image.removesuffix("_leftImg8bit.png")))
             k = spread_pattern(frame, list(range(1, 13)))
             assert rain_file == f"{Path(frame).name}_leftImg8bit_rain_alpha_{a}_beta_{b}_dropsize_{d}_pattern_{k}.png"
+
+
+@pytest.mark.parametrize("twin", ["list_form", "zero_padded"])
+def test_two_files_for_one_frame_setting_and_pattern_are_refused(tmp_path: Path, twin: str) -> None:
+    """Both file-name forms, or 0.01 and 0.010, of one rendering: whichever sorted last was read (issue 27 item 9)."""
+    rain = raincityscapes_layout(tmp_path, patterns=1)
+    ds = load_task_dataset("segmentation", "cityscapes", tmp_path, "val")
+    original = rain / "aachen" / ("aachen_000000_000019_leftImg8bit_rain_alpha_0.01_beta_0.005_dropsize_0.01_"
+                                  "pattern_1.png")
+    other = original.name.replace("_leftImg8bit_rain", "_rain") if twin == "list_form" else \
+        original.name.replace("alpha_0.01_", "alpha_0.010_")
+    Image.open(original).save(original.with_name(other))
+    with pytest.raises(DatasetError, match=rf"aachen/aachen_000000_000019 has two files of .* pattern 1: .*{other}"):
+        match_raincityscapes("rc", rain, {"alpha": 0.01, "beta": 0.005, "dropsize": 0.01}, ds, 3)
+
+
+def test_raincityscapes_settings_that_cannot_be_read_name_the_key(tmp_path: Path) -> None:
+    rain = raincityscapes_layout(tmp_path, patterns=1)
+    ds = load_task_dataset("segmentation", "cityscapes", tmp_path, "val")
+    with pytest.raises(ValueError, match=r"rain source 'rc': raincityscapes\.alpha must be a number, got 'abc'"):
+        match_raincityscapes("rc", rain, {"alpha": "abc", "beta": 0.005, "dropsize": 0.01}, ds, 3)
+    with pytest.raises(DatasetError, match=r"settings in it are: alpha 0\.01, beta 0\.005, dropsize 0\.01; alpha "
+                                           r"0\.02, beta 0\.01, dropsize 0\.005; alpha 0\.03"):
+        match_raincityscapes("rc", rain, {"alpha": 0.05, "beta": 0.005, "dropsize": 0.01}, ds, 3)
+    with pytest.raises(DatasetError, match=rf"point it at the split folder {rain}"):
+        match_raincityscapes("rc", rain.parent, {"alpha": 0.01, "beta": 0.005, "dropsize": 0.01}, ds, 3)
+
+
+def test_split_in_a_rain_source_path_is_replaced(tmp_path: Path) -> None:
+    """bench --help writes path: .../leftImg8bit_rain/{split}; the dataset's split replaces it."""
+    from eval.bench_config import RainSource
+    from eval.rain_sources import match_rain_source
+
+    rain = raincityscapes_layout(tmp_path, patterns=1)
+    ds = load_task_dataset("segmentation", "cityscapes", tmp_path, "val")
+    source = RainSource("rc", str(rain.parent / "{split}"), {"alpha": 0.01, "beta": 0.005, "dropsize": 0.01})
+    assert [p.parent.parent for p in match_rain_source(source, ds, 3, split="val")] == [rain] * 3

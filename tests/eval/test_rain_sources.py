@@ -174,4 +174,50 @@ def test_a_bench_over_a_root_copy_gives_the_numbers_of_its_image_folder(tiny_ben
 def test_per_image_csv_without_rain_sources_keeps_its_columns(tiny_bench_run: Path) -> None:
     """``rain_file`` (the rainy file a rain source's row was scored on) only where a dataset has rain sources."""
     header = (tiny_bench_run / "per_image.csv").read_text().splitlines()[0]
-    assert header == "dataset,task,severity,method,seed,image,psnr_y,ssim_y"
+    assert header == "dataset,task,task_model,severity,method,seed,image,psnr_y,ssim_y"
+def _coco_with(root: Path, names: list[str]) -> Any:
+    for k, name in enumerate(names):
+        _image(root / "images" / name, k)
+    data = {"images": [{"id": k + 1, "file_name": n} for k, n in enumerate(names)], "annotations": [],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (root / "ann.json").write_text(json.dumps(data))
+    return load_task_dataset("detection", "coco", {"images": str(root / "images"), "annotations": str(root /
+                                                                                                     "ann.json")})
+
+
+def test_two_images_of_one_stem_are_not_paired_with_one_rainy_file(tmp_path: Path) -> None:
+    """x.jpg and x.png would both be scored on the rainy x.png (issue 27 item 5)."""
+    dataset = _coco_with(tmp_path / "data", ["x.jpg", "x.png", "y.png"])
+    for name in ("x.png", "y.png"):
+        _image(tmp_path / "rainy" / name, 7)
+    with pytest.raises(DatasetError, match=r"x\.jpg and x\.png .* one rainy file"):
+        match_rain_source(RainSource("ps", str(tmp_path / "rainy")), dataset, 3)
+
+
+def test_a_rain_source_of_clean_copies_is_refused(tmp_path: Path) -> None:
+    """A byte-identical copy of the clean images (cp -r DATA DATA-rainy) was scored as rain (issue 27 item 16)."""
+    from eval.bench_config import DatasetSpec
+    from eval.fingerprints import open_dataset
+
+    _coco_with(tmp_path / "data", ["x.png", "y.png"])
+    shutil.copytree(tmp_path / "data" / "images", tmp_path / "copy")
+    spec = DatasetSpec("c", "detection", "coco", {"images": str(tmp_path / "data" / "images"),
+                                                  "annotations": str(tmp_path / "data" / "ann.json")}, "yolo11n.yaml",
+                       rainy=[RainSource("copy", str(tmp_path / "copy"))])
+    with pytest.raises(ValueError, match=r"rain source 'copy'.*all 2 .*byte-identical to the clean images"):
+        open_dataset(spec, {})
+    _image(tmp_path / "copy" / "y.png", 9)
+    with pytest.warns(UserWarning, match=r"rain source 'copy'.*1 of its 2 files .*byte-identical.*x\.png"):
+        open_dataset(spec, {})
+
+
+def test_bdd100k_rainy_frames_without_real_rain_are_refused() -> None:
+    """where: {weather: rainy} without real_rain scored real rain as 'clean' with synthetic rain on top."""
+    from eval.bench_config import BenchConfig, DatasetSpec, validate
+
+    path = {"labels": "l.json", "images": "i", "where": {"weather": ["rainy", "clear"]}}
+    cfg = BenchConfig(datasets=[DatasetSpec("b", "detection", "bdd100k", path, "yolo11n.yaml")])
+    with pytest.raises(ValueError, match=r"dataset 'b': where selects rainy frames.*real_rain"):
+        validate(cfg)
+    cfg.datasets[0].path["where"] = {"weather": "clear"}
+    validate(cfg)
