@@ -241,6 +241,53 @@ def synth_source_inside_destination(tmp: Path) -> tuple[list[str], str]:
     return ["synth", "--no-progress", str(tmp / "data" / "p2"), str(tmp / "data")], "inside the destination"
 
 
+# -- issue 27 (zoo loader, weights files, overrides, synth bounds) ---------------------------------------------------
+def zoo_without_arch(tmp: Path) -> tuple[list[str], str]:
+    return _derain(tmp, "zoo"), "'arch'"  # was a TypeError traceback
+
+
+def zoo_width_unbounded(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "model.name=zoo", "model.options={arch: DnCNN, hyperparameters: {nc: 1000000}}"), "'nc'"
+
+
+def zoo_zero_heads(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "model.name=zoo", "model.options={arch: SwinIR, hyperparameters: {num_heads: [0, 6]}}"), \
+        "'num_heads'"
+
+
+def empty_state_dict(tmp: Path) -> tuple[list[str], str]:
+    torch.save({"params": {}}, tmp / "empty.pth")  # was benched as the identity
+    return _derain(tmp, tmp / "empty.pth"), "empty.pth holds no weights"
+
+
+def torchscript_file(tmp: Path) -> tuple[list[str], str]:
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 3, 3)), tmp / "scripted.pt")
+    return _derain(tmp, tmp / "scripted.pt"), "scripted.pt: a TorchScript archive"
+
+
+def deep_model_json(tmp: Path) -> tuple[list[str], str]:
+    folder = _checkpoint_saying(tmp)
+    (folder / "model.json").write_text("{\"a\": " * 50_000 + "1" + "}" * 50_000)
+    return _derain(tmp, folder), "model.json: not valid JSON (nested too deeply"
+
+
+def override_not_yaml(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "train={clean: a/{split}, rainy: b}"), "not valid YAML"
+
+
+def synth_set_name(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "name=x", str(_images(tmp / "in")), str(tmp / "out")], "'name'"
+
+
+def synth_many_layers(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "layers=100000", str(_images(tmp / "in")), str(tmp / "out")], "layers"
+
+
+def synth_huge_drops(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "drop_size=1e6", str(_images(tmp / "in")), str(tmp / "out")], \
+        "drop_size"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -250,6 +297,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,
                      synth_source_inside_destination,
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
+CASES += [zoo_without_arch, zoo_width_unbounded, zoo_zero_heads, empty_state_dict, torchscript_file, deep_model_json,
+          override_not_yaml, synth_set_name, synth_many_layers, synth_huge_drops]  # issue 27
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
