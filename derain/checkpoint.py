@@ -191,7 +191,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     ``.pth`` files are read with ``weights_only=True``; a dict wrapping the weights is unwrapped as spandrel does
     (:func:`unwrap_state_dict`: ``model_state_dict``, ``state_dict``, ``params_ema``, ``params``, ``model``, ``net``
-    or a single key; ``module.``/``netG.`` prefixes stripped). A file with no tensors at all is refused.
+    or a single key; ``module.``/``netG.`` prefixes stripped).
     """
     path = Path(path)
     folder = _checkpoint_folder(path)
@@ -243,9 +243,6 @@ def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
                 f"{' ...' if len(obj) > 12 else ''} (the weights go under one of {', '.join(WRAPPER_KEYS)}, or at the "
                 "top level)") if isinstance(obj, dict) and obj else f" (it holds a {type(obj).__name__})"
         raise CheckpointError(f"{path} does not hold a state dict of tensors{keys}")
-    if not state:
-        raise CheckpointError(f"{path} holds no weights (an empty state dict): it is not a model; re-save the weights "
-                              "or pick another file")
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
@@ -359,6 +356,9 @@ def derainer_from_file(path: str | Path, **overrides: Any) -> nn.Module:
     """The derainer a foreign weights file holds: a built-in whose default configuration fits the file's keys and
     shapes exactly, else the zoo architecture spandrel detects (rule 3 of :func:`load_derainer`)."""
     state = read_state_dict(path)
+    if not state:  # it would 'fit exactly' a parameterless built-in (identity) and be benched as a derainer
+        raise CheckpointError(f"{path} holds no weights (an empty state dict): it is not a model; re-save the weights "
+                              "or pick another file")
     for name in list_models():
         if name == "zoo" or not _fits_exactly(name, state):
             continue

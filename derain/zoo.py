@@ -240,7 +240,7 @@ def check_derainer(descriptor: Any, where: str) -> None:
     spandrel = _import_spandrel()
     problems = []
     purpose = getattr(descriptor, "purpose", "Restoration")
-    if purpose != "Restoration":
+    if purpose != "Restoration" and not (purpose == "SR" and getattr(descriptor, "scale", 1) != 1):
         problems.append(f"its purpose is {_PURPOSES.get(purpose, purpose)} (spandrel: {purpose})")
     if getattr(descriptor, "scale", 1) != 1:
         problems.append(f"it upscales ×{descriptor.scale}")

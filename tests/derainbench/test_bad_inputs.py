@@ -246,6 +246,10 @@ def zoo_without_arch(tmp: Path) -> tuple[list[str], str]:
     return _derain(tmp, "zoo"), "'arch'"  # was a TypeError traceback
 
 
+def bench_zoo_without_arch(tmp: Path) -> tuple[list[str], str]:  # refused by bench's config check, before any cell
+    return [*_coco_bench(tmp, [1, 2]), "derainers=[{name: z, model: zoo}]"], "derainer 'z': the zoo derainer needs"
+
+
 def zoo_width_unbounded(tmp: Path) -> tuple[list[str], str]:
     return _train(tmp, "model.name=zoo", "model.options={arch: DnCNN, hyperparameters: {nc: 1000000}}"), "'nc'"
 
@@ -297,8 +301,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      segmenter_json_unknown_key, segmenter_json_encoder_weights, segmenter_json_without_config,
                      synth_source_inside_destination,
                      train_task_resume_not_a_run, train_task_resume_nothing_to_resume]
-CASES += [zoo_without_arch, zoo_width_unbounded, zoo_zero_heads, empty_state_dict, torchscript_file, deep_model_json,
-          override_not_yaml, synth_set_name, synth_many_layers, synth_huge_drops]  # issue 27
+CASES += [zoo_without_arch, bench_zoo_without_arch, zoo_width_unbounded, zoo_zero_heads, empty_state_dict,  # issue 27
+          torchscript_file, deep_model_json, override_not_yaml, synth_set_name, synth_many_layers, synth_huge_drops]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
