@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from derain.fileio import atomic_path, atomic_write_text
+from derain.fileio import atomic_path, atomic_write_text, read_json
 from derain.registry import build_model, list_models
 
 WEIGHTS_FILE = "model.safetensors"
@@ -175,9 +175,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if folder is None:
         raise CheckpointError(f"not a derainbench checkpoint (no {META_FILE} + {WEIGHTS_FILE}): {path}")
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{folder / META_FILE}: not valid JSON ({exc})") from exc
+        meta = read_json(folder / META_FILE)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise CheckpointError(f"{folder / META_FILE}: must be a JSON object with the architecture's \"name\" "
                               "(and its \"config\"), as derainbench writes it")
@@ -189,8 +189,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load weights from a checkpoint folder, a ``.safetensors`` file or a ``.pth``/``.pt`` state dict.
 
-    ``.pth`` files are read with ``weights_only=True``; dicts wrapping the weights under ``state_dict`` /
-    ``model`` / ``params`` are unwrapped and a ``module.`` prefix is stripped.
+    ``.pth`` files are read with ``weights_only=True``; a dict wrapping the weights is unwrapped as spandrel does
+    (:func:`unwrap_state_dict`: ``model_state_dict``, ``state_dict``, ``params_ema``, ``params``, ``model``, ``net``
+    or a single key; ``module.``/``netG.`` prefixes stripped).
     """
     path = Path(path)
     folder = _checkpoint_folder(path)
@@ -212,12 +213,39 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   "restore it or re-save the weights") from exc
     else:
         state = safe_torch_load(path)
-    for key in ("state_dict", "model", "params", "params_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+    return unwrap_state_dict(state, path)
+
+
+# Keys a published file wraps its weights under, in spandrel's order (spandrel.canonicalize_state_dict): the zoo
+# follows spandrel, so a file holding both params and params_ema gives the EMA weights, as spandrel reads it.
+WRAPPER_KEYS = ("model_state_dict", "state_dict", "params_ema", "params-ema", "params", "model", "net")
+PREFIXES = ("module.", "netG.")  # DataParallel's, and BasicSR's generator prefix (removed when every key has it)
+
+
+def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside what a weights file holds (see :data:`WRAPPER_KEYS`); when the file holds weights under
+    more than one of those keys, a warning names the one read. Errors name the file and, for a dict that holds no
+    tensors, its top-level keys."""
+    state = obj
+    if isinstance(state, dict):
+        wrapped = [k for k in WRAPPER_KEYS if isinstance(state.get(k), dict) and state[k]]
+        key = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        if key is None and len(state) == 1 and isinstance(next(iter(state.values())), dict):
+            key = next(iter(state))
+        if len(wrapped) > 1:
+            others = ", ".join(repr(k) for k in wrapped if k != key)
+            warnings.warn(f"{path}: read the weights under {key!r} (the file also holds {others}; spandrel's order, "
+                          f"which the zoo follows: {', '.join(WRAPPER_KEYS)})", stacklevel=3)
+        if key is not None:
             state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        keys = (f": its top-level keys are {', '.join(repr(k) for k in list(obj)[:12])}"
+                f"{' ...' if len(obj) > 12 else ''} (the weights go under one of {', '.join(WRAPPER_KEYS)}, or at the "
+                "top level)") if isinstance(obj, dict) and obj else f" (it holds a {type(obj).__name__})"
+        raise CheckpointError(f"{path} does not hold a state dict of tensors{keys}")
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -233,8 +261,14 @@ def safe_torch_load(path: str | Path) -> Any:
 
 
 def _unpickling_reason(exc: Exception) -> str:
-    """One line of torch's (long, multi-line) weights-only refusal: the object the file asked to build, if named."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """One line of torch's (long, multi-line) weights-only refusal: the object the file asked to build, if named.
+    torch's advice to load with ``weights_only=False`` (which runs the file's code) is never repeated."""
+    text = str(exc)
+    if "TorchScript" in text:
+        return ("a TorchScript archive (a program, not a state dict): export its weights with "
+                "torch.save(model.state_dict(), ...) where you trust the file, then pass that file")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only` set to `False" not in line
+             and "weights_only=False" not in line]
     named = [line for line in lines if "GLOBAL" in line or "global" in line.split(" ", 3)[:3]]
     reason = (named or lines or [type(exc).__name__])[0]
     if "Weights only load failed" in reason and len(lines) > 1:
@@ -282,7 +316,8 @@ def load_derainer(model: str | Path, weights: str | Path | None = None, **overri
        configuration has exactly the file's keys and shapes (the authors' PReNet release), else the architecture
        spandrel detects in it (:mod:`derain.zoo`: Restormer, MPRNet, NAFNet, ...; a non-commercial one warns).
 
-    Returned in eval mode on the CPU.
+    Returned in eval mode on the CPU; its ``derain_weights`` names the file its weights came from (absent: the
+    random initial weights of a registered name).
     """
     model_str = str(model)
     if model_str not in list_models() and is_checkpoint(model_str):
@@ -295,15 +330,18 @@ def load_derainer(model: str | Path, weights: str | Path | None = None, **overri
         if weights is None:
             check_revision(net, meta, model_str)
         net.derain_checkpoint = meta  # type: ignore[attr-defined]
+        net.derain_weights = str(weights or model_str)  # type: ignore[attr-defined]
     elif model_str in list_models():
         net = build_model(model_str, **overrides)
         if weights is not None:
             load_weights(net, weights)
+            net.derain_weights = str(weights)  # type: ignore[attr-defined]
     elif Path(model_str).is_file():
         if weights is not None:
             raise CheckpointError(f"--weights goes with a registered name; {model_str} is itself a weights file "
                                   "(pass it alone)")
         net = derainer_from_file(model_str, **overrides)
+        net.derain_weights = model_str  # type: ignore[attr-defined]
     else:
         p = Path(model_str)
         hint = " (the folder has no model.json + model.safetensors)" if p.is_dir() else ""
@@ -318,6 +356,9 @@ def derainer_from_file(path: str | Path, **overrides: Any) -> nn.Module:
     """The derainer a foreign weights file holds: a built-in whose default configuration fits the file's keys and
     shapes exactly, else the zoo architecture spandrel detects (rule 3 of :func:`load_derainer`)."""
     state = read_state_dict(path)
+    if not state:  # it would 'fit exactly' a parameterless built-in (identity) and be benched as a derainer
+        raise CheckpointError(f"{path} holds no weights (an empty state dict): it is not a model; re-save the weights "
+                              "or pick another file")
     for name in list_models():
         if name == "zoo" or not _fits_exactly(name, state):
             continue

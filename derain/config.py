@@ -32,13 +32,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply to read: more levels of [ or {{ than Python's "
+                          "recursion limit)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML: numbers, lists, null) to a nested dict copy."""
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML: numbers, lists, null, {key: value}) to a nested dict
+    copy. A value that is not YAML is taken as a string, unless it starts with ``{`` or ``[`` (a ConfigError)."""
     out = _deep_copy(data)
     for item in overrides:
         if "=" not in item:
@@ -47,10 +51,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key part")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _override_value(item, raw)
         node = out
         for part in parts[:-1]:
             child = node.get(part)
@@ -61,6 +62,25 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """An override's value parsed as YAML. Text that is not YAML stays a string, except text that starts like a YAML
+    flow collection (``{`` or ``[``): meant as a mapping or list, it is a ConfigError saying how to quote."""
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except RecursionError:
+        raise ConfigError(f"override {item[:80]!r}...: its value is nested too deeply to read") from None
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] not in "{[":
+            return raw
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({problem}): inside {{...}} or [...], quote every value "
+            "that holds {, }, [, ], a comma or ': ' (a path with {split} too), e.g. "
+            "\"data={labels: 'a/det_{split}.json', images: 'a/{split}'}\"") from None
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:

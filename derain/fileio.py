@@ -1,8 +1,9 @@
 """Small file helpers every package shares: atomic writes (readers never see half a file, a crash or a full disk
-leaves no stray temporary) and JSON-safe conversion of results."""
+leaves no stray temporary), JSON-safe conversion of results, and reading a JSON file with errors that name it."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -57,3 +58,16 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a file that is not JSON (bad syntax, not UTF-8, nested too deeply for the parser) is a
+    ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply to read: more levels of [ or {{ than Python's "
+                         "recursion limit; a damaged or hostile file)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None

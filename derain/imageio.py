@@ -33,29 +33,49 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+MAX_WALK_ENTRIES = int(os.environ.get("DERAINBENCH_MAX_WALK", "") or 10_000_000)  # files + folders one walk visits
+
+
 def walk_files(root: str | Path) -> list[Path]:
-    """Every file below ``root``, sorted, following symlinked folders; a symlink that leads back into a folder
-    already being walked (a loop) is skipped with a warning naming it, never silently."""
+    """Every file below ``root``, sorted, following symlinked folders, each real folder walked once: a symlink that
+    leads to a folder already walked (a loop, or a second way to the same folder) is skipped with a warning naming
+    both paths, never silently, so its files are listed once, under the first path (sorted order). A walk that meets
+    more than :data:`MAX_WALK_ENTRIES` files and folders (10 million; the environment variable DERAINBENCH_MAX_WALK
+    changes it) stops with a ValueError naming ``root``: a folder of symlinks can otherwise name 2^n paths."""
     root = Path(root)
     out: list[Path] = []
-
-    def visit(folder: Path, ancestors: frozenset[str]) -> None:
+    walked: dict[str, Path] = {os.path.realpath(root): root}  # real folder -> the path it was walked as
+    stack = [root]
+    seen = 0
+    while stack:
+        folder = stack.pop()
         try:
             entries = sorted(folder.iterdir())
         except OSError as exc:
-            warnings.warn(f"cannot list {folder}: {exc}; its files are not used", stacklevel=3)
-            return
+            warnings.warn(f"cannot list {folder}: {exc}; its files are not used", stacklevel=2)
+            continue
+        seen += len(entries)
+        if seen > MAX_WALK_ENTRIES:
+            raise ValueError(f"{root} holds more than {MAX_WALK_ENTRIES} files and folders (symlinks included): "
+                             "point at a smaller folder, or raise the limit with the environment variable "
+                             "DERAINBENCH_MAX_WALK")
+        subfolders = []
         for entry in entries:
             if entry.is_dir():
                 real = os.path.realpath(entry)
-                if real in ancestors:
-                    warnings.warn(f"skipped {entry}: a symlink loop (it leads back to {real})", stacklevel=3)
+                if real in walked:
+                    first = walked[real]
+                    if entry.is_relative_to(first):  # it leads back into the folder it lies in
+                        warnings.warn(f"skipped {entry}: a symlink loop (it leads back to {real})", stacklevel=2)
+                    else:
+                        warnings.warn(f"skipped {entry}: the folder {real} was already walked as {first}",
+                                      stacklevel=2)
                     continue
-                visit(entry, ancestors | {real})
+                walked[real] = entry
+                subfolders.append(entry)
             elif entry.is_file():
                 out.append(entry)
-
-    visit(root, frozenset({os.path.realpath(root)}))
+        stack.extend(reversed(subfolders))
     return sorted(out)
 
 

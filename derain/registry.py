@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -56,7 +57,7 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     if name not in _MODELS:
         raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
     factory = _MODELS[name]
-    _check_values(name, factory, overrides)
+    check_options(name, overrides)
     try:
         model = factory(**overrides)
     except TypeError as exc:
@@ -69,6 +70,26 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     model.derain_name = name  # type: ignore[attr-defined]
     model.derain_config = dict(overrides)  # type: ignore[attr-defined]
     return model
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Check ``options`` for the registered derainer ``name`` without building it (a config is checked before any
+    work): the options it requires are given, typed options have their type and bound (:func:`_check_values`), and
+    the factory's own ``check_options(**options)`` (if it has one, e.g. the zoo's hyperparameter bounds) passes.
+    Raises ValueError naming the option."""
+    _ensure_builtin()
+    if name not in _MODELS:
+        raise KeyError(f"unknown derainer {name!r}; known: {', '.join(sorted(_MODELS))}")
+    factory = _MODELS[name]
+    params = _parameters(factory)
+    check = getattr(factory, "check_options", None)
+    if check is not None:
+        check(**{k: v for k, v in options.items() if k in params})
+    required = [k for k, p in params.items() if p.default is p.empty and k not in options]
+    if required:
+        raise ValueError(f"derainer {name!r} needs the option {required[0]!r} (its options: "
+                         f"{', '.join(_options(factory))})")
+    _check_values(name, factory, options)
 
 
 def model_options(name: str) -> list[str]:
@@ -144,6 +165,8 @@ def _ensure_builtin() -> None:
         for ep in entry_points(group=PLUGIN_GROUP):
             try:
                 ep.load()
-            except Exception as exc:  # a broken plugin must say which, not break every command obscurely
-                raise ImportError(f"derainer plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) "
-                                  f"failed to import: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # one broken plugin is named and left out; every other derainer still works
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                warnings.warn(f"derainer plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
+                              f"import and is left out: {type(exc).__name__}: {first} (fix or uninstall the package "
+                              "that provides it)", stacklevel=3)

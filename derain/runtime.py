@@ -57,7 +57,8 @@ def inference_policy(device: torch.device, *, model: torch.nn.Module | None = No
 
     CPU: channels_last (2 cores: MSPFN 1.7x, mspfn-lite 1.2-1.5x, PReNet 1.05x, YOLO11n/U-Net 1.8-3x faster;
     bench/RESULTS.md) unless the model sets ``channels_last_on_cpu = False`` (the zoo's Restormer: see
-    :data:`derain.zoo.POLICY`), no autocast, small images batched up to 64 k pixels per call (measured faster),
+    :data:`derain.zoo.POLICY`; a model with ``channels_last_ok = False``, the zoo's IPT, refuses channels_last),
+    no autocast, small images batched up to 64 k pixels per call (measured faster),
     large ones one per call (batching measured slower for mspfn-lite at 192 px), ``torch.compile`` for models whose
     class sets ``compile_on_cpu`` (MSPFN at the paper's width: 1.5x for mspfn-m17n1 at 480×320; not mspfn-lite,
     1.07-1.16x, nor PReNet, 0.96x).
@@ -72,6 +73,9 @@ def inference_policy(device: torch.device, *, model: torch.nn.Module | None = No
         if env not in ("", "0", "1"):
             raise ValueError(f"{COMPILE_ENV} must be 0 or 1, got {env!r}")
         compile = env == "1" if env else cpu and bool(getattr(model, "compile_on_cpu", False))
+    if channels_last and not getattr(model, "channels_last_ok", True):
+        raise ValueError(f"{getattr(model, 'zoo_arch', type(model).__name__)} does not run in the channels_last "
+                         "(NHWC) memory format (its test protocol reshapes with .view): leave --channels-last off")
     return InferencePolicy(
         channels_last=(cpu and bool(getattr(model, "channels_last_on_cpu", True))) if channels_last is None
         else channels_last,

@@ -42,6 +42,11 @@ from derain.imageio import is_image_file, read_image, walk_files, write_image
 BLEND_MODES = ("screen", "add")
 SIDECAR_SUFFIX = ".rain.json"
 MIN_SIDE = 8
+# Bounds on the knobs that set how much work or memory one image takes (issue 27: `layers=100000` ran for hours,
+# `drop_size=1e6` and `reference_size=2e5` asked numpy for terabytes): each is far above every preset (layers <= 3,
+# drop_size <= 2.5 px, lengths <= 90 px, reference 320 px, beta <= 1.25); every float must be finite.
+LIMITS: dict[str, float] = {"reference_size": 4096, "layers": 16, "drop_size": 64.0, "length_range": 1024.0,
+                            "drop_intensity": 10.0, "levels_gamma": 100.0, "veil_beta": 50.0}
 _RANGE_FIELDS = ("density", "drop_intensity", "length_range", "angle_range", "veil_beta", "atmospheric_light")
 
 
@@ -84,21 +89,31 @@ class RainParams:
         self._check()
 
     def _check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not np.isfinite(v) for v in values):
+                raise ValueError(f"bad rain parameters ({self.name}): {f.name} must be finite, got {value}")
         checks = [
-            (self.reference_size >= 0, "reference_size must be >= 0"),
-            (self.layers >= 0, "layers must be >= 0"),
+            (0 <= self.reference_size <= LIMITS["reference_size"],
+             f"reference_size must lie in [0, {LIMITS['reference_size']}] px (0 = image pixels)"),
+            (0 <= self.layers <= LIMITS["layers"], f"layers must lie in [0, {LIMITS['layers']}]"),
             (0.0 <= self.density[0] and self.density[1] <= 1.0, "density must lie in [0, 1]"),
-            (self.drop_size >= 1.0, "drop_size must be >= 1"),
-            (self.drop_intensity[0] >= 0.0, "drop_intensity must be >= 0"),
-            (self.length_range[0] >= 1.0, "length_range must be >= 1 px"),
+            (1.0 <= self.drop_size <= LIMITS["drop_size"], f"drop_size must lie in [1, {LIMITS['drop_size']}] px"),
+            (0.0 <= self.drop_intensity[0] and self.drop_intensity[1] <= LIMITS["drop_intensity"],
+             f"drop_intensity must lie in [0, {LIMITS['drop_intensity']}]"),
+            (1.0 <= self.length_range[0] and self.length_range[1] <= LIMITS["length_range"],
+             f"length_range must lie in [1, {LIMITS['length_range']}] px"),
             (-90.0 <= self.angle_range[0] and self.angle_range[1] <= 90.0, "angle_range must lie in [-90, 90]"),
-            (self.angle_jitter >= 0.0, "angle_jitter must be >= 0"),
+            (0.0 <= self.angle_jitter <= 180.0, "angle_jitter must lie in [0, 180] degrees"),
             (0.0 <= self.taper <= 1.0, "taper must lie in [0, 1]"),
             (0.0 <= self.levels_black < self.levels_white, "need 0 <= levels_black < levels_white"),
-            (self.levels_gamma > 0.0, "levels_gamma must be > 0"),
+            (0.0 < self.levels_gamma <= LIMITS["levels_gamma"],
+             f"levels_gamma must lie in (0, {LIMITS['levels_gamma']}]"),
             (0.0 <= self.opacity <= 1.0, "opacity must lie in [0, 1]"),
             (self.blend in BLEND_MODES, f"blend must be one of {', '.join(BLEND_MODES)}"),
-            (self.veil_beta[0] >= 0.0, "veil_beta must be >= 0"),
+            (0.0 <= self.veil_beta[0] and self.veil_beta[1] <= LIMITS["veil_beta"],
+             f"veil_beta must lie in [0, {LIMITS['veil_beta']}]"),
             (0.25 <= self.atmospheric_light[0] and self.atmospheric_light[1] <= 0.95,
              "atmospheric_light must lie in [0.25, 0.95]"),
             (0.0 <= self.depth_noise <= 1.0, "depth_noise must lie in [0, 1]"),
@@ -234,7 +249,7 @@ def resolve_preset(name: str) -> str:
     return PRESETS[name].name
 
 
-def get_preset(name: str, **overrides: Any) -> RainParams:
+def get_preset(name: str, /, **overrides: Any) -> RainParams:
     """Preset ``name`` with ``overrides`` applied; an unknown name or key is a ValueError listing valid ones.
 
     A scalar given for a ``(lo, hi)`` range field means a fixed value (``density=0.01`` → ``(0.01, 0.01)``).
@@ -248,7 +263,10 @@ def apply_overrides(params: RainParams, **overrides: Any) -> RainParams:
     """Copy of ``params`` with ``overrides`` (checked and type-converted like a config file)."""
     if not overrides:
         return params
-    valid = [f.name for f in dataclasses.fields(RainParams)]
+    valid = [f.name for f in dataclasses.fields(RainParams) if f.name != "name"]
+    if "name" in overrides:
+        raise ValueError("rain parameter 'name' cannot be set: it is the preset's versioned name (e.g. heavy@v2), "
+                         "recorded in sidecars with the full parameters; choose the preset instead (--preset)")
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(f"unknown rain parameter {unknown[0]!r} (valid: {', '.join(valid)})")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import typing
 import warnings
 from collections.abc import Callable, Mapping
@@ -114,8 +115,11 @@ PAPERS: dict[str, tuple[str, int]] = {
 # bench/zoo_oracle.py measured them, bench/RESULTS.md). Restormer: channels_last ran 1.18x faster on 2 CPU cores at
 # 480×320 but moved the released configuration's output by up to 2.3e-3 (0.6 of an 8-bit level) from the authors'
 # NCHW result, which our NCHW path reproduces exactly; exactness wins, --channels-last opts in.
+# IPT's test-time chopping (forward_chop) reshapes the network's outputs with .view, which fails on NHWC tensors:
+# it runs NCHW only (channels_last_ok = False: --channels-last is refused for it, derain.runtime.inference_policy).
 POLICY: dict[str, dict[str, Any]] = {
     "Restormer": {"channels_last_on_cpu": False},
+    "IPT": {"channels_last_on_cpu": False, "channels_last_ok": False},
 }
 
 # Keys that identify the extra package's derainers when it is not installed (a subset of spandrel's detection keys).
@@ -222,12 +226,22 @@ def describe_from_state(state: Mapping[str, torch.Tensor], where: str, arch: str
                            f"{EXTRA_PACKAGE} (non-commercial code): {EXTRA_HINT}") from None
         raise ZooError(f"{where} is not a derainbench checkpoint, does not fit a built-in derainer, and spandrel "
                        f"recognises none of its {len(zoo_registry().architectures())} architectures in it "
-                       f"({len(state)} tensors, first key {next(iter(state), '-')!r})") from None
+                       f"({len(state)} tensors, first key {next(iter(state), '-')!r}){_closest(state)}") from None
     except Exception as exc:  # detected, but the weights do not fit the deduced shapes
         raise ZooError(f"{where}: spandrel could not build the model: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    arch = descriptor.architecture.id
+                       f"{_one_line(str(exc))}") from exc
+    check_derainer(descriptor, where)
+    return descriptor
+
+
+def check_derainer(descriptor: Any, where: str) -> None:
+    """Refuse a spandrel descriptor that is not a derainer: a purpose other than restoration (super-resolution, face
+    restoration, inpainting), an upscaling factor, other channel counts than RGB -> RGB, or extra inputs."""
+    spandrel = _import_spandrel()
     problems = []
+    purpose = getattr(descriptor, "purpose", "Restoration")
+    if purpose != "Restoration" and not (purpose == "SR" and getattr(descriptor, "scale", 1) != 1):
+        problems.append(f"its purpose is {_PURPOSES.get(purpose, purpose)} (spandrel: {purpose})")
     if getattr(descriptor, "scale", 1) != 1:
         problems.append(f"it upscales ×{descriptor.scale}")
     if (descriptor.input_channels, descriptor.output_channels) != (3, 3):
@@ -235,9 +249,52 @@ def describe_from_state(state: Mapping[str, torch.Tensor], where: str, arch: str
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         problems.append("it needs more inputs than an image (e.g. an inpainting mask)")
     if problems:
-        raise ZooError(f"{where} holds a {arch} model, but not a derainer: {' and '.join(problems)} (a derainer maps "
-                       "an RGB image to an RGB image of the same size)")
-    return descriptor
+        raise ZooError(f"{where} holds a {descriptor.architecture.id} model, but not a derainer: "
+                       f"{' and '.join(problems)} (a derainer restores an RGB image to an RGB image of the same "
+                       "size: spandrel purpose Restoration)")
+
+
+_PURPOSES = {"SR": "super-resolution", "FaceSR": "face restoration", "Inpainting": "inpainting"}
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """A multi-line message (torch's 'Error(s) in loading state_dict for X:' then one line per problem) as one line,
+    cut at ``limit`` characters."""
+    line = "; ".join(part.strip() for part in text.splitlines() if part.strip()).replace(":;", ":")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _missing_keys(condition: Any, state: Mapping[str, Any]) -> tuple[list[str], int] | None:
+    """The keys spandrel's detection ``condition`` (a ``KeyCondition`` tree) misses in ``state`` and how many of the
+    keys it asks for are there (the fewest missing over ``has_any`` branches); None for a detection that is code."""
+    from spandrel.util import KeyCondition
+
+    if isinstance(condition, str):
+        return ([], 1) if condition in state else ([condition], 0)
+    if not isinstance(condition, KeyCondition):
+        return None
+    parts = [_missing_keys(c, state) for c in getattr(condition, "_keys", ())]
+    if any(part is None for part in parts) or not parts:
+        return None
+    if getattr(condition, "_kind", "all") == "any":
+        return min(parts, key=lambda part: (len(part[0]), -part[1]))  # type: ignore[arg-type, return-value]
+    return [k for part in parts for k in part[0]], sum(part[1] for part in parts)  # type: ignore[union-attr]
+
+
+def _closest(state: Mapping[str, Any]) -> str:
+    """'; closest: X, whose detection also needs 'k' ...' for the architecture whose detection keys ``state`` nearly
+    has (more of them present than missing), else ''."""
+    best: tuple[int, int, str, list[str]] | None = None
+    for support in zoo_registry():
+        found = _missing_keys(getattr(support.architecture, "_detect", None), state)
+        if found is None or not found[0] or found[1] <= len(found[0]):
+            continue
+        key = (len(found[0]), -found[1], support.architecture.id, found[0])
+        best = key if best is None or key[:2] < best[:2] else best
+    if best is None:
+        return ""
+    missing = ", ".join(repr(k) for k in best[3][:5]) + (" ..." if len(best[3]) > 5 else "")
+    return f"; closest: {best[2]}, whose detection also needs {missing} (a damaged or edited file?)"
 
 
 # -- the derainer -----------------------------------------------------------------------------------------------------
@@ -287,6 +344,11 @@ class _PlainForward:
     def __call__(self, *args: Any) -> Any:
         return self._model.plain_forward(*args)
 
+    def forward(self, *args: Any) -> Any:
+        """The architecture's forward too (IPT's call function calls ``model.forward``; reading it from the model
+        would be the protocol forward again, an endless recursion)."""
+        return self._model.plain_forward(*args)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
@@ -330,22 +392,130 @@ def licence_notice(model: nn.Module, where: str) -> None:
                       "non-commercial use only", LicenceNotice, stacklevel=3)
 
 
-@register_model("zoo")
-def zoo(arch: str, hyperparameters: dict[str, Any] | None = None, module: str | None = None) -> nn.Module:
-    """A zoo architecture (spandrel id ``arch``, e.g. ``Restormer``) built from its constructor's ``hyperparameters``
-    (None: the class defaults, which are the released configuration for most), with random weights and the
-    architecture's test protocol. ``module``: the class name, for architectures spandrel builds from several."""
+MAX_HYPERPARAMETER = 4096  # bound on every number in zoo hyperparameters (widths, depths, factors)
+MAX_PARAMETERS = 500_000_000  # bound on a zoo model built from hyperparameters (2 GB in float32; released: <= 115 M)
+
+
+def check_zoo_options(arch: str | None = None, hyperparameters: Any = None, module: str | None = None) -> None:
+    """Check the zoo derainer's options before anything is built (a config's or a checkpoint's model.json): ``arch``
+    given and known, ``hyperparameters`` a mapping of the class's keywords whose numbers are finite and at most
+    :data:`MAX_HYPERPARAMETER`, the architecture's own rules (:data:`_RULES`), and the model they describe at most
+    :data:`MAX_PARAMETERS` parameters (counted on the meta device: no memory). ZooError naming the key."""
+    if arch is None:
+        raise ZooError("the zoo derainer needs the option 'arch' (spandrel's architecture id, e.g. Restormer; known "
+                       f"here: {', '.join(zoo_architectures())}); or give the weights file itself as the model "
+                       "(--model FILE, bench model: FILE, model.init: FILE): its architecture is detected")
+    cls = _module_class(arch, module)
+    if hyperparameters is None:
+        return
+    where = f"zoo architecture {arch}: hyperparameter"
+    if not isinstance(hyperparameters, Mapping):
+        raise ZooError(f"zoo architecture {arch}: hyperparameters must be a mapping of {cls.__name__}'s keywords, "
+                       f"got {hyperparameters!r}")
+    for key, value in hyperparameters.items():
+        for number in _numbers(value):
+            if not math.isfinite(number) or abs(number) > MAX_HYPERPARAMETER:
+                raise ZooError(f"{where} {key!r} = {_short(value)} is above {MAX_HYPERPARAMETER} (the bound on "
+                               "zoo hyperparameters) or not finite")
+    rule = _RULES.get(arch)
+    if rule is not None:
+        rule(dict(hyperparameters), where)
+    _heads_positive(dict(hyperparameters), where)
+    count = _parameter_count(cls, dict(hyperparameters), arch)
+    if count is not None and count > MAX_PARAMETERS:
+        raise ZooError(f"zoo architecture {arch} with {_short(dict(hyperparameters))} would have {count / 1e6:.0f} "
+                       f"million parameters, above the limit of {MAX_PARAMETERS // 1_000_000} million: check the "
+                       "hyperparameters (widths such as dim grow it quadratically)")
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in a hyperparameter value (a number, or a list/tuple of them, nested); bools are not numbers."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)] if not isinstance(value, int) or abs(value) < 2**1000 else [math.inf]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _restormer_rule(hyper: dict[str, Any], where: str) -> None:
+    """Restormer's attention splits a level's channels (dim·2^level, the decoder's first level dim·2) into heads[level]
+    heads, and its downsampling halves then unshuffles channels (so dim must be even); four levels."""
+    dim, heads = hyper.get("dim", 48), hyper.get("heads", [1, 2, 4, 8])
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
+        raise ZooError(f"{where} 'dim' = {dim!r} must be even and at least 2 (Restormer halves it before each "
+                       "downsampling)")
+    if not isinstance(heads, (list, tuple)) or len(heads) != 4:
+        raise ZooError(f"{where} 'heads' = {heads!r} must be a list of 4 head counts (one per level)")
+    for level, h in enumerate(heads):
+        if not isinstance(h, int) or isinstance(h, bool) or h < 1:
+            raise ZooError(f"{where} heads[{level}] = {h!r} must be a positive integer (attention heads)")
+        for channels in {dim * 2**level, *((dim * 2,) if level == 0 else ())}:
+            if channels % h:
+                raise ZooError(f"{where}s dim = {dim} and heads[{level}] = {h} do not fit: level {level + 1} has "
+                               f"{channels} channels, which {h} heads cannot split evenly (choose heads that divide "
+                               "dim·2^level, and dim·2 for heads[0])")
+
+
+def _heads_positive(hyper: dict[str, Any], where: str) -> None:
+    """Every ``*heads*`` hyperparameter is a positive integer or a list of them (attention heads)."""
+    for key, value in hyper.items():
+        if "head" in key and not isinstance(value, bool):
+            for n in _numbers(value):
+                if n < 1 or n != int(n):
+                    raise ZooError(f"{where} {key!r} = {_short(value)} must hold positive integers (attention heads)")
+
+
+_RULES: dict[str, Callable[[dict[str, Any], str], None]] = {"Restormer": _restormer_rule}
+
+
+def _parameter_count(cls: type[nn.Module], hyper: dict[str, Any], arch: str) -> int | None:
+    """Parameters of ``cls(**hyper)``, built on the meta device (no memory, no time); None when the class cannot be
+    built there (then the real build checks the hyperparameters)."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = cls(**hyper)
+    except TypeError as exc:
+        raise ZooError(f"zoo architecture {arch}: bad hyperparameters ({exc})") from None
+    except Exception:  # e.g. .item() on a meta tensor inside the constructor
+        return None
+    return sum(p.numel() for p in net.parameters())
+
+
+def _module_class(arch: str, module: str | None) -> type[nn.Module]:
     classes = arch_classes(arch)
     cls = next((c for c in classes if c.__name__ == module), None) if module else classes[0]
     if cls is None:
         raise ZooError(f"zoo architecture {arch}: no module class {module!r} (spandrel builds "
                        f"{', '.join(c.__name__ for c in classes)})")
+    return cls
+
+
+@register_model("zoo")
+def zoo(arch: str | None = None, hyperparameters: dict[str, Any] | None = None, module: str | None = None) -> nn.Module:
+    """A zoo architecture (spandrel id ``arch``, e.g. ``Restormer``) built from its constructor's ``hyperparameters``
+    (None: the class defaults, which are the released configuration for most), with random weights and the
+    architecture's test protocol. ``module``: the class name, for architectures spandrel builds from several. The
+    options are checked first (:func:`check_zoo_options`: bounds, the architecture's rules, the parameter count)."""
+    check_zoo_options(arch, hyperparameters, module)
+    assert arch is not None
+    cls = _module_class(arch, module)
     try:
         net = cls(**(hyperparameters or {}))
     except TypeError as exc:
         raise ZooError(f"zoo architecture {arch}: bad hyperparameters ({exc})") from exc
     return adopt(describe_from_state(net.state_dict(), f"zoo architecture {arch} with {hyperparameters or 'defaults'}",
                                      arch=arch))
+
+
+zoo.check_options = check_zoo_options  # type: ignore[attr-defined]  # registry.check_options calls it
 
 
 def from_state_dict(state: Mapping[str, torch.Tensor], where: str) -> nn.Module:

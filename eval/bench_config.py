@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from derain.checkpoint import is_checkpoint, load_derainer, read_meta
 from derain.config import check_name
 from derain.inference import DEFAULT_STAT_PASSES
-from derain.registry import list_models, model_options
+from derain.registry import check_options, list_models, model_options
 from derain.synth import PRESETS
 from downstream.tasks import get_task
 
@@ -262,6 +262,11 @@ def validate(cfg: BenchConfig) -> None:
         if unknown and valid:
             raise ValueError(f"derainer {d.name!r}: unknown option {unknown[0]!r} for {arch} (its options: "
                              f"{', '.join(valid)})")
+        if d.model in list_models():  # required options, types and bounds (the zoo's arch and hyperparameters)
+            try:
+                check_options(d.model, d.options)
+            except ValueError as exc:
+                raise ValueError(f"derainer {d.name!r}: {exc}") from None
         if d.weights and not Path(d.weights).exists():
             raise FileNotFoundError(f"derainer {d.name!r}: weights file not found: {d.weights}")
         if d.tile is not None and (d.tile < 1 or d.overlap is not None and not 0 <= d.overlap < d.tile):

@@ -67,14 +67,16 @@ def select_pairs(pairs: list[Pair], spec: str) -> list[Pair]:
     """The pairs whose name is a number in ``spec`` (``"51-100"``, ``"1-25,40"``); all of them for ``""``."""
     if not spec.strip():
         return pairs
-    wanted: set[int] = set()
+    ranges: list[tuple[int, int]] = []  # kept as bounds: '1-100000000000' is two numbers, not a set of them
     for part in spec.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
             raise ValueError(f"bad pair selection {spec!r}: use numbers and ranges like '51-100' or '1-25,40'")
-        lo = int(m.group(1))
-        wanted.update(range(lo, int(m.group(2) or lo) + 1))
-    chosen = [p for p in pairs if p.name.isdigit() and int(p.name) in wanted]
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi:
+            raise ValueError(f"bad pair selection {spec!r}: the range {part.strip()!r} runs backwards ({lo} > {hi})")
+        ranges.append((lo, hi))
+    chosen = [p for p in pairs if p.name.isdigit() and any(lo <= int(p.name) <= hi for lo, hi in ranges)]
     if not chosen:
         raise ValueError(f"pair selection {spec!r} matches none of the {len(pairs)} pairs")
     return chosen

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile-overlap must be in [0, --tile) = [0, {args.tile}), got {overlap}{given}")
     policy = inference_policy(resolve_device(args.device), model=model, channels_last=args.channels_last,
                               amp=args.amp, batch_size=args.batch_size, compile=args.compile)
-    if args.weights is None and getattr(model, "derain_checkpoint", None) is None and _has_parameters(model):
+    if getattr(model, "derain_weights", None) is None and _has_parameters(model):
         print(f"warning: no --weights given, {args.model} runs with random initial weights", file=sys.stderr)
     if policy.compile:
         print(f"compiling {args.model} with torch.compile: the first image waits for it (15-75 s on a first run, "

@@ -52,7 +52,7 @@ Examples:
   derainbench train-task task=segmentation data=data/scenes/seg recipe.iters=1500 out=runs/seg
   derainbench train-task task=segmentation format=cityscapes data=/data/cityscapes recipe.crop=512 out=runs/cs
   derainbench train-task task=detection format=bdd100k out=runs/bdd \\
-    "data={labels: /data/bdd100k/labels/det_20/det_{split}.json, images: /data/bdd100k/images/100k/{split}}"
+    "data={labels: '/data/bdd100k/labels/det_20/det_{split}.json', images: '/data/bdd100k/images/100k/{split}'}"
   derainbench train-task --config configs/task_instance.yaml data=data/scenes/inst/data.yaml out=runs/inst
   derainbench train-task --config configs/task_detection.yaml data=data/scenes/det/data.yaml out=runs/det-rain \
     "rain.presets=[rain100l,rain100h]" rain.p=0.5

@@ -184,3 +184,69 @@ def test_a_failed_atomic_write_leaves_no_temporary(tmp_path: Path, monkeypatch: 
         atomic_write_text(target, "new\n")
     monkeypatch.undo()
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+
+
+# -- issue 27: what a weights file holds, said plainly -----------------------------------------------------------------
+@pytest.mark.parametrize("content", ["bare", "params", "safetensors"])
+def test_an_empty_state_dict_is_not_a_derainer(tmp_path: Path, content: str) -> None:
+    """Item 3: {}, {'params': {}} and an empty .safetensors 'fit exactly' the parameterless identity and were
+    benched under the file's name as if they derained."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / ("w.safetensors" if content == "safetensors" else "w.pth")
+    if content == "safetensors":
+        save_file({}, str(path))
+    else:
+        torch.save({} if content == "bare" else {"params": {}}, path)
+    with pytest.raises(CheckpointError, match=r"w\.\w+ holds no weights \(an empty state dict"):
+        load_derainer(path)
+
+
+def test_params_ema_is_read_before_params_and_the_key_is_named(tmp_path: Path) -> None:
+    """Item 10: a file with both loaded 'params'; spandrel (which the zoo follows) reads 'params_ema'."""
+    torch.manual_seed(0)
+    plain = build_model("prenet")
+    torch.manual_seed(1)
+    ema = build_model("prenet")
+    torch.save({"params": plain.state_dict(), "params_ema": ema.state_dict()}, tmp_path / "w.pth")
+    with pytest.warns(UserWarning, match=r"w.pth: read the weights under 'params_ema' \(the file also holds "
+                                         r"'params'; spandrel's order"):
+        net = load_derainer(tmp_path / "w.pth")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in ema.state_dict().items())
+
+
+@pytest.mark.parametrize("wrap", ["model_state_dict", "net", "netG.", "one key"])
+def test_common_wrappers_are_unwrapped_as_spandrel_does(tmp_path: Path, wrap: str) -> None:
+    """Item 15: {'model_state_dict': W} said 'does not hold a state dict'."""
+    torch.manual_seed(2)
+    sd = build_model("prenet").state_dict()
+    obj = ({"netG." + k: v for k, v in sd.items()} if wrap == "netG." else {"generator": sd} if wrap == "one key"
+           else {wrap: sd, "epoch": 7})
+    torch.save(obj, tmp_path / "w.pth")
+    net = load_derainer(tmp_path / "w.pth")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_a_file_without_weights_names_the_keys_it_has(tmp_path: Path) -> None:
+    torch.save({"epoch": 3, "optimizer": {"lr": 1e-4}, "weights": {"w": [1.0]}}, tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"w.pth does not hold a state dict of tensors: its top-level keys are "
+                                              r"'epoch', 'optimizer', 'weights'"):
+        load_derainer(tmp_path / "w.pth")
+
+
+def test_torchscript_is_refused_without_torchs_advice_to_unpickle(tmp_path: Path) -> None:
+    """Item 15: the refusal quoted torch's 'Re-running torch.load with weights_only set to False will likely
+    succeed', advice this project must not give."""
+    torch.jit.save(torch.jit.script(nn.Conv2d(3, 3, 3)), tmp_path / "scripted.pt")
+    with pytest.raises(CheckpointError, match=r"refused .*scripted.pt: a TorchScript archive") as exc:
+        load_derainer(tmp_path / "scripted.pt")
+    assert "False" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_deeply_nested_model_json_names_the_file(tmp_path: Path) -> None:
+    """Item 15: 'maximum recursion depth exceeded' named no file."""
+    folder = save_checkpoint(tmp_path / "ck", build_model("prenet", stages=2, channels=4), name="prenet",
+                             config={"stages": 2, "channels": 4})
+    (folder / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"ck/model.json: not valid JSON \(nested too deeply"):
+        load_derainer(folder)

@@ -101,3 +101,49 @@ def test_paper_recipe_config_is_faithful() -> None:
     assert cfg.test["Test2800"] is None
     assert lr_at(0, cfg.optim) == pytest.approx(5e-4 + 1e-6)
     assert lr_at(300_000, cfg.optim) == pytest.approx(1.86e-5, rel=0.01)  # the figure the config's comment quotes
+
+
+@pytest.mark.parametrize("value", ["{labels: a/det_{split}.json, images: a/{split}}", "[{name: a, path: b}",
+                                   "{a: 1"])
+def test_an_override_that_starts_like_yaml_flow_but_is_not_yaml_is_refused(value: str) -> None:
+    """Issue 27 item 13: such a value was taken as a string ('data not found: {labels: ...}')."""
+    with pytest.raises(ConfigError, match=r"override 'maybe=.*not valid YAML.*quote") as exc:
+        load_config(Outer, None, [f"maybe={value}"])
+    assert "\n" not in str(exc.value)
+
+
+def test_plain_strings_that_are_not_yaml_stay_strings() -> None:
+    assert load_config(Outer, None, ["name=a: b: c"]).name == "a: b: c"
+
+
+def _documented_flow_values() -> list[tuple[str, str]]:
+    """Every {...} path form in the README's dataset table and every data={...} example of train-task --help."""
+    import re
+
+    from derainbench.commands import train_task
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("### Dataset formats and real rain datasets", 1)[1].split("\n\n", 3)[2]
+    found = [("README", m) for row in table.splitlines() for m in re.findall(r"`(\{[^`]*\})`", row)]
+    found += [("train-task --help", m) for m in re.findall(r'"data=(\{.*\})"', train_task.HELP)]
+    return found
+
+
+def test_documented_flow_overrides_are_valid_yaml() -> None:
+    """Issue 27 item 13: the documented forms were not YAML ({split} inside a flow mapping); each must parse to a
+    mapping whose values keep their {split}."""
+    from derain.config import apply_overrides
+
+    examples = _documented_flow_values()
+    assert len(examples) >= 4, examples
+    for where, text in examples:
+        value = apply_overrides({}, [f"data={text}"])["data"]
+        assert isinstance(value, dict), (where, text)
+        assert any("{split}" in str(v) for v in value.values()) or "{split}" not in text, (where, text)
+
+
+def test_deeply_nested_yaml_names_the_file(tmp_path: Path) -> None:
+    """Issue 27 item 15: 'maximum recursion depth exceeded' named no file."""
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep.yaml: not valid YAML \(nested too deeply"):
+        load_config(Outer, tmp_path / "deep.yaml")

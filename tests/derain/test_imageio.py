@@ -215,3 +215,45 @@ def test_float_tiff_rule(tmp_path: Path) -> None:
         Image.fromarray(values, mode="F").save(tmp_path / f"{name}.tif")
         with pytest.raises(ImageReadError, match=rf"{name}\.tif: 32-bit float image .* outside \[0, 255\]"):
             read_image(tmp_path / f"{name}.tif")
+
+
+def _two_link_levels(root: Path, depth: int) -> None:
+    """``root/a`` and ``root/b`` both lead to level 1, whose ``a`` and ``b`` lead to level 2, ...: 2**depth paths to
+    the last level's file, no loop (issue 27 item 17)."""
+    levels = [root.parent / f"level{i}" for i in range(depth + 1)]
+    for level in levels:
+        level.mkdir()
+    (levels[-1] / "x.png").write_bytes(b"")
+    for here, below in zip([root, *levels[1:-1]], levels[1:], strict=True):
+        for name in "ab":
+            (here / name).symlink_to(below, target_is_directory=True)
+
+
+def test_walk_visits_a_folder_reached_through_several_symlinks_once(tmp_path: Path) -> None:
+    """A folder reached again through another symlink is not walked again (said once per skip): 22 levels of two
+    links took 2**22 visits; here 12 levels (4096 paths) must give one file and 12 warnings."""
+    import time
+
+    from derain.imageio import walk_files
+
+    root = tmp_path / "level0"
+    _two_link_levels(root, 12)
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"skipped .*/b: the folder .*level\d+ was already walked as .*/a") as seen:
+        files = walk_files(root)
+    assert time.perf_counter() - start < 5
+    assert [f.relative_to(root).as_posix() for f in files] == ["/".join("a" * 12) + "/x.png"]
+    assert len([w for w in seen if "already walked" in str(w.message)]) == 12
+
+
+def test_walk_stops_at_its_entry_limit_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import derain.imageio as imageio
+
+    for i in range(5):
+        (tmp_path / "d" / str(i)).mkdir(parents=True)
+        (tmp_path / "d" / str(i) / "f.png").write_bytes(b"")
+    monkeypatch.setattr(imageio, "MAX_WALK_ENTRIES", 6)
+    with pytest.raises(ValueError, match=r"d holds more than 6 files and folders.*DERAINBENCH_MAX_WALK"):
+        imageio.walk_files(tmp_path / "d")
+    monkeypatch.setattr(imageio, "MAX_WALK_ENTRIES", 10)
+    assert len(imageio.walk_files(tmp_path / "d")) == 5

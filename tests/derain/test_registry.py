@@ -99,6 +99,35 @@ def test_entry_point_plugins_register_derainers(monkeypatch: pytest.MonkeyPatch,
         sys.modules.pop("my_plugin", None)
 
 
+def test_a_broken_plugin_is_named_and_the_others_still_load(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """Issue 27 item 14: a plugin whose import fails broke every derainer command; now it is named in a warning and
+    left out, and every other derainer (built-in or plugin) is there."""
+    import sys
+    from importlib.metadata import EntryPoint
+
+    import derain.registry as registry
+
+    (tmp_path / "good_plugin.py").write_text(
+        "from torch import nn\nfrom derain.registry import register_model\n\n"
+        "@register_model('good-net')\nclass GoodNet(nn.Identity):\n    pass\n")
+    (tmp_path / "bad_plugin.py").write_text("raise RuntimeError('needs CUDA 13')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
+        EntryPoint("bad-net", "bad_plugin", group), EntryPoint("good-net", "good_plugin", group)]
+        if group == registry.PLUGIN_GROUP else [])
+    try:
+        with pytest.warns(UserWarning, match=r"derainer plugin 'bad-net' \(bad_plugin, .*\) failed to import and is "
+                                             r"left out: RuntimeError: needs CUDA 13"):
+            names = list_models()
+        assert "good-net" in names and "prenet" in names and "bad-net" not in names
+    finally:
+        registry._MODELS.pop("good-net", None)
+        for mod in ("good_plugin", "bad_plugin"):
+            sys.modules.pop(mod, None)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"stages": 10**9}, r"derainer 'prenet': option 'stages' = 1000000000 is above 1024"),
     ({"stages": "six"}, r"derainer 'prenet': option 'stages' must be an integer, got 'six'"),

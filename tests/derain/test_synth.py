@@ -318,7 +318,12 @@ def test_cli_synth(tmp_path: Path, dataset: Path, cli_main, capsys: pytest.Captu
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--preset", "storm"], "light, medium, heavy"), (["--set", "densty=1"], "densty"),
-     (["--set", "opacity=3"], "opacity"), (["--set", "noequals"], "key=value")],
+     (["--set", "opacity=3"], "opacity"), (["--set", "noequals"], "key=value"),
+     # issue 27 items 14 and 17: tracebacks (a clashing keyword, numpy's overflow and allocation errors) and hangs
+     (["--set", "name=x"], "'name'"), (["--set", "angle_jitter=1e308"], "angle_jitter"),
+     (["--set", "veil_beta=.inf"], "veil_beta"), (["--set", "drop_size=1e6"], "drop_size"),
+     (["--set", "reference_size=2e5"], "reference_size"), (["--set", "layers=100000"], "layers"),
+     (["--set", "length_range=[10,1e9]"], "length_range"), (["--set", "levels_gamma=nan"], "levels_gamma")],
 )
 def test_cli_bad_arguments(tmp_path: Path, dataset: Path, cli_main, capsys: pytest.CaptureFixture[str],
                            extra: list[str], message: str) -> None:

@@ -20,6 +20,7 @@ from derain.checkpoint import (
     build_derainer,
     load_derainer,
     read_meta,
+    read_state_dict,
     save_checkpoint,
 )
 from derain.inference import derain_tensor
@@ -261,3 +262,88 @@ def test_readme_scripting_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert np.asarray(Image.open(tmp_path / "derained.png")).shape == (30, 44, 3)
+
+
+# -- issue 27: gates, messages and bounds ----------------------------------------------------------------------------
+def test_zoo_without_arch_says_what_to_give() -> None:
+    """It was a TypeError (a traceback from `derain --model zoo` and bench `{model: zoo}`)."""
+    with pytest.raises(zoo.ZooError, match=r"the zoo derainer needs the option 'arch'.*weights file"):
+        build_model("zoo")
+    with pytest.raises(zoo.ZooError, match="'arch'"):
+        load_derainer("zoo")
+
+
+@needs_extra
+@pytest.mark.parametrize(("hyper", "message"), [
+    ({"heads": [0, 1, 2, 2]}, r"heads\[0\] = 0 .*positive"),  # was a ZeroDivisionError on the first image
+    ({"dim": 10, "heads": [3, 1, 2, 2]}, r"dim = 10 .*heads\[0\] = 3"),  # was einops' text
+    ({"dim": 9}, r"'dim' = 9 must be even"),  # was a convolution's channel mismatch
+    ({"dim": 1_000_000}, r"'dim' = 1000000 is above 4096"),  # asked for terabytes
+    ({"dim": 512, "num_blocks": [4, 6, 6, 8]}, r"\d+ million parameters.*above the limit of 500 million"),
+    ({"num_blocks": [1, 1, 1, 100000]}, r"'num_blocks' = \[1, 1, 1, 100000\] is above 4096"),
+    ({"ffn_expansion_factor": 1e300}, r"'ffn_expansion_factor' = 1e\+300 is above 4096"),
+])
+def test_zoo_hyperparameters_are_checked_before_building(hyper: dict, message: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(zoo.ZooError, match=message) as exc:
+        build_model("zoo", arch="Restormer", hyperparameters={**SMALL_RESTORMER, **hyper})
+    assert time.perf_counter() - start < 20 and "\n" not in str(exc.value)
+
+
+@needs_extra
+def test_spandrels_load_error_is_given_whole(tmp_path: Path) -> None:
+    """It was cut at its colon: 'Error(s) in loading state_dict for Restormer:' without what failed."""
+    sd = small("Restormer", **SMALL_RESTORMER).state_dict()
+    sd["encoder_level1.0.ffn.project_out.weight"] = torch.zeros(8, 5, 1, 1)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"bad.pth: spandrel could not build .*Restormer: size mismatch for "
+                                              r"encoder_level1.0.ffn.project_in.weight") as exc:
+        load_derainer(tmp_path / "bad.pth")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_file_one_key_short_of_an_architecture_names_it_and_the_key(tmp_path: Path) -> None:
+    sd = small("DnCNN", in_nc=3, out_nc=3, nc=8, nb=17).state_dict()
+    del sd["model.0.bias"]
+    torch.save(sd, tmp_path / "short.pth")
+    with pytest.raises(CheckpointError, match=r"recognises none .*closest: DnCNN, whose detection also needs "
+                                              r"'model.0.bias'"):
+        load_derainer(tmp_path / "short.pth")
+    torch.save({"encoder.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "unknown.pth")  # nothing close: no guess
+    with pytest.raises(CheckpointError, match="recognises none") as exc:
+        load_derainer(tmp_path / "unknown.pth")
+    assert "closest" not in str(exc.value)
+
+
+def test_only_restoration_models_pass_the_gate() -> None:
+    """A face-restoration descriptor (spandrel purpose FaceSR: GFPGAN, CodeFormer, RestoreFormer) mapped RGB to RGB
+    at scale 1 and passed; built here around a small network (the real GFPGAN has 80 million parameters)."""
+    import spandrel
+
+    net = small("DnCNN", in_nc=3, out_nc=3, nc=8, nb=17)
+    face = spandrel.ImageModelDescriptor(
+        net, net.state_dict(), architecture=zoo.zoo_registry().get("GFPGAN").architecture, purpose="FaceSR",
+        tags=[], supports_half=False, supports_bfloat16=False, scale=1, input_channels=3, output_channels=3)
+    with pytest.raises(zoo.ZooError, match=r"w.pth holds a GFPGAN model, but not a derainer: its purpose is face "
+                                           r"restoration \(spandrel: FaceSR\)"):
+        zoo.check_derainer(face, "w.pth")
+
+
+def test_ipt_runs_through_the_protocol_as_spandrel_runs_it(tmp_path: Path) -> None:
+    """IPT (its authors release a deraining checkpoint) failed on every image with 'maximum recursion depth': its
+    call function calls model.forward, which was our protocol forward again. Now it computes what spandrel's own
+    descriptor computes (IPT's forward_chop over patch_size windows), at sizes below and above the patch."""
+    torch.manual_seed(0)
+    net = zoo.arch_classes("IPT")[0](patch_size=12, patch_dim=3, n_feats=8, num_heads=2, num_layers=1)
+    torch.save(net.state_dict(), tmp_path / "ipt_derain.pth")
+    model = load_derainer(tmp_path / "ipt_derain.pth")
+    assert model.zoo_arch == "IPT"
+    reference = zoo.describe_from_state(read_state_dict(tmp_path / "ipt_derain.pth"), "ipt")
+    for h, w in ((9, 14), (30, 41)):
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            assert torch.equal(derain_tensor(model, x), reference(x)), (h, w)  # spandrel's call clamps too
+    with pytest.raises(ValueError, match="IPT does not run in the channels_last"):  # its .view needs NCHW
+        derain_tensor(model, x, channels_last=True)

@@ -386,6 +386,57 @@ def train_task_voc_classes_a_number(tmp: Path) -> tuple[list[str], str]:
     return _train_det(tmp, f"{{root: {_voc_devkit(tmp / 'voc')}, classes: 5}}", "format=voc"), "classes must be a list"
 
 
+# -- issue 27 (zoo loader, weights files, overrides, synth bounds) ---------------------------------------------------
+def zoo_without_arch(tmp: Path) -> tuple[list[str], str]:
+    return _derain(tmp, "zoo"), "'arch'"  # was a TypeError traceback
+
+
+def bench_zoo_without_arch(tmp: Path) -> tuple[list[str], str]:  # refused by bench's config check, before any cell
+    return [*_coco_bench(tmp, [1, 2]), "derainers=[{name: z, model: zoo}]"], "derainer 'z': the zoo derainer needs"
+
+
+def zoo_width_unbounded(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "model.name=zoo", "model.options={arch: DnCNN, hyperparameters: {nc: 1000000}}"), "'nc'"
+
+
+def zoo_zero_heads(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "model.name=zoo", "model.options={arch: SwinIR, hyperparameters: {num_heads: [0, 6]}}"), \
+        "'num_heads'"
+
+
+def empty_state_dict(tmp: Path) -> tuple[list[str], str]:
+    torch.save({"params": {}}, tmp / "empty.pth")  # was benched as the identity
+    return _derain(tmp, tmp / "empty.pth"), "empty.pth holds no weights"
+
+
+def torchscript_file(tmp: Path) -> tuple[list[str], str]:
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 3, 3)), tmp / "scripted.pt")
+    return _derain(tmp, tmp / "scripted.pt"), "scripted.pt: a TorchScript archive"
+
+
+def deep_model_json(tmp: Path) -> tuple[list[str], str]:
+    folder = _checkpoint_saying(tmp)
+    (folder / "model.json").write_text("{\"a\": " * 50_000 + "1" + "}" * 50_000)
+    return _derain(tmp, folder), "model.json: not valid JSON (nested too deeply"
+
+
+def override_not_yaml(tmp: Path) -> tuple[list[str], str]:
+    return _train(tmp, "train={clean: a/{split}, rainy: b}"), "not valid YAML"
+
+
+def synth_set_name(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "name=x", str(_images(tmp / "in")), str(tmp / "out")], "'name'"
+
+
+def synth_many_layers(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "layers=100000", str(_images(tmp / "in")), str(tmp / "out")], "layers"
+
+
+def synth_huge_drops(tmp: Path) -> tuple[list[str], str]:
+    return ["synth", "--no-progress", "--set", "drop_size=1e6", str(_images(tmp / "in")), str(tmp / "out")], \
+        "drop_size"
+
+
 CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, malicious_pickle, not_a_derainer,
                      billion_stages, stages_as_text, float_tiff_out_of_range, huge_patch, unknown_train_key,
                      overwrite_a_data_folder, duplicate_coco_ids, bench_out_inside_the_images,
@@ -404,6 +455,8 @@ CASES: list[Case] = [train_name_too_long, joint_negative_crop, garbage_pth, mali
                      bench_two_datasets_one_name, realism_two_cases_one_name, bench_rain_source_of_clean_copies,
                      bench_bdd100k_rainy_frames_as_clean, train_task_coco_name_leaving_the_images,
                      train_task_cityscapes_path_a_number, train_task_voc_classes_a_number]
+CASES += [zoo_without_arch, bench_zoo_without_arch, zoo_width_unbounded, zoo_zero_heads, empty_state_dict,  # issue 27
+          torchscript_file, deep_model_json, override_not_yaml, synth_set_name, synth_many_layers, synth_huge_drops]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -188,3 +188,15 @@ def test_a_derainer_that_outputs_nan_stops_and_writes_nothing(rainy_dir: Path, t
     err = capsys.readouterr().err.strip()
     assert "non-finite" in err and "derainer prenet" in err and len(err.splitlines()) == 1
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_random_weights_warning_only_when_no_weights_were_loaded(rainy_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 27 item 15: 'runs with random initial weights' was printed for every weights file given as --model
+    (the authors' MPRNet and PReNet files included), whose weights are loaded."""
+    torch.save(build_model("prenet").state_dict(), tmp_path / "PReNet6.pth")
+    base = ["derain", "--input", str(rainy_dir), "--no-progress", "--no-compile"]
+    assert main([*base, "--model", str(tmp_path / "PReNet6.pth"), "--output", str(tmp_path / "a")]) == 0
+    assert "random initial weights" not in capsys.readouterr().err
+    assert main([*base, "--model", "prenet", "--output", str(tmp_path / "b")]) == 0
+    assert "prenet runs with random initial weights" in capsys.readouterr().err

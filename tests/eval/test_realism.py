@@ -90,6 +90,13 @@ def test_select_pairs(pairs_root: Path) -> None:
         select_pairs(pairs, "3-4")
     with pytest.raises(ValueError, match="bad pair selection"):
         select_pairs(pairs, "a-b")
+    # issue 27 item 14: a huge range was expanded into a set of every number (MemoryError)
+    assert [p.name for p in select_pairs(pairs, "1-100000000000")] == ["1", "2"]
+    assert [p.name for p in select_pairs(pairs, "2-2,1-1e11".replace("1e11", "99999999999"))] == ["1", "2"]
+    with pytest.raises(ValueError, match="'5-3'.*5 > 3"):
+        select_pairs(pairs, "5-3")
+    with pytest.raises(ValueError, match="bad pair selection"):
+        select_pairs(pairs, "1-1e11")
 
 
 def test_rain_layer_stats_measure_known_streaks() -> None:
