@@ -434,11 +434,13 @@ class DetectionTask(Task):
     formats = ("yolo", "coco", "bdd100k", "voc")
     # COCO's mAP for every format; VOC sets add the devkit's AP@.5 (only their cells hold those keys)
     metrics = (MetricSpec("map", "mAP@[.5:.95]", "mAP"), MetricSpec("map50", "mAP@.5"),
-               MetricSpec("voc_map50_allpt", "VOC mAP@.5, all-point (VOC2010+ devkit)", "VOC mAP50 all-pt"),
-               MetricSpec("voc07_map50_11pt", "VOC2007 mAP@.5, 11-point (VOC2007 devkit)", "VOC07 mAP50 11-pt"))
+               MetricSpec("voc_map50_allpt", "VOC mAP@.5, all-point (VOC2010+ devkit)", "VOC mAP50 all-pt",
+                          formats=("voc",)),
+               MetricSpec("voc07_map50_11pt", "VOC2007 mAP@.5, 11-point (VOC2007 devkit)", "VOC07 mAP50 11-pt",
+                          formats=("voc",)))
     per_class = {"per_class": MetricSpec("ap", "AP@[.5:.95]", "AP"), "per_class50": MetricSpec("ap50", "AP@.5"),
-                 "per_class_voc": MetricSpec("voc_ap50_allpt", "VOC AP@.5, all-point"),
-                 "per_class_voc07": MetricSpec("voc07_ap50_11pt", "VOC2007 AP@.5, 11-point")}
+                 "per_class_voc": MetricSpec("voc_ap50_allpt", "VOC AP@.5, all-point", formats=("voc",)),
+                 "per_class_voc07": MetricSpec("voc07_ap50_11pt", "VOC2007 AP@.5, 11-point", formats=("voc",))}
     val_metric = "map50"
     image_metric = MetricSpec("map50", "AP@.5")
     scoring_options = ("conf", "iou")

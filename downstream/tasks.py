@@ -43,6 +43,7 @@ class MetricSpec:
     label: str  # full name ("mAP@[.5:.95]")
     short: str = ""  # column heading where space is short ("mAP"); default: ``label``
     higher_is_better: bool = True
+    formats: tuple[str, ...] = ()  # the dataset formats whose cells hold it (empty: every format)
 
     @property
     def heading(self) -> str:

@@ -90,7 +90,10 @@ def test_task_contract(name: str, scenes: Path, tmp_path: Path) -> None:
     evaluator = task.evaluator(ds.names)
     evaluator.update([_perfect(label)], [label], [0])
     scores = evaluator.compute(image_stats=True)
-    assert set(keys) <= set(scores) and set(task.per_class) <= set(scores) and task.image_metric.key in scores
+    held = {m.key for m in task.metrics if not m.formats or fmt in m.formats}  # VOC's devkit AP: VOC sets only
+    held_per_class = {k for k, m in task.per_class.items() if not m.formats or fmt in m.formats}
+    assert held <= set(scores) and held_per_class <= set(scores) and task.image_metric.key in scores
+    assert not ({m.key for m in task.metrics} - held) & set(scores)  # and only there
     assert scores[task.val_metric] == pytest.approx(1.0) and scores[task.image_metric.key] == pytest.approx(1.0)
     assert isinstance(scores["image_stats"], list) and all({"kind", "prefix", "stats"} <= set(e)
                                                            for e in scores["image_stats"])
