@@ -4,11 +4,12 @@ Stages (each skipped when ``OUT/.stages/<name>.json`` says it finished, unless `
 
     scenes    labelled scenes from the built-in generator    OUT/data/scenes/{det,seg}
     rain      their val split rained at each severity        OUT/data/rainy/<severity>/  (+ .rain.json)
-    models    detector, segmenter, mspfn-lite, prenet         shipped weights (derainbench/assets/demo) or
-                                                              trained into OUT/models/ (``retrain``)
+    models    detector, segmenter (clean-trained), their       shipped weights (derainbench/assets/demo) or
+              rain-trained twins, mspfn-lite, prenet          trained into OUT/models/ (``retrain``)
     joint     mspfn-lite fine-tuned with the detection loss   OUT/joint/mspfn-lite+det/, and its control with
               the restoration loss only (same steps)      OUT/joint/mspfn-lite+restore/
-    bench     clean | rainy | identity | prenet | mspfn-lite | mspfn-lite+det | mspfn-lite+restore, both tasks
+    bench     clean | rainy | identity | prenet | mspfn-lite | mspfn-lite+det | mspfn-lite+restore, both tasks,
+              each scored by the clean- and the rain-trained task model: the three strategies against rain
                                                               OUT/bench/ (results.csv, per-cell resume)
     report    tables, figures, image grids                    OUT/report/report.{md,html}
 
@@ -76,6 +77,15 @@ class PrenetRecipe(DerainerRecipe):
 
 
 @dataclass
+class TaskRainRecipe:
+    """Rain augmentation of the rain-trained detector and segmenter (the third strategy): each training image is
+    rained with probability ``p`` at one of the demo's severities, new rain each epoch; otherwise their recipes
+    are the clean-trained models' (same data, steps and seed)."""
+
+    p: float = 0.5
+
+
+@dataclass
 class JointRecipe:
     """The short task-driven fine-tune of ``mspfn-lite`` with the detector's loss."""
 
@@ -104,6 +114,7 @@ class DemoConfig:
     segmenter: SegmenterRecipe = field(default_factory=SegmenterRecipe)
     mspfn: DerainerRecipe = field(default_factory=DerainerRecipe)
     prenet: PrenetRecipe = field(default_factory=PrenetRecipe)
+    task_rain: TaskRainRecipe = field(default_factory=TaskRainRecipe)
     joint: JointRecipe = field(default_factory=JointRecipe)
     report_formats: str = "md,html,tex,csv"
 
@@ -138,7 +149,7 @@ def model_recipe(cfg: DemoConfig) -> dict[str, Any]:
     """The fields that define the four trained models (what shipped weights must have been trained with)."""
     d = asdict(cfg)
     return {k: d[k] for k in ("seed", "scenes", "size", "val_fraction", "severities", "detector", "segmenter",
-                              "mspfn", "prenet")}
+                              "mspfn", "prenet", "task_rain")}
 
 
 def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progress: bool = True,
@@ -153,7 +164,8 @@ def run_demo(cfg: DemoConfig, retrain: bool = False, force: bool = False, progre
     stage = _Stages(out, force, log)
     scenes = stage("scenes", lambda: _scenes(cfg, progress))
     stage("rain", lambda: _rain(cfg, scenes), valid=lambda result: rain_is_current(cfg, result))
-    models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log))
+    models = stage("models", lambda: _models(cfg, scenes, retrain, force, progress, log),
+                   valid=lambda result: isinstance(result, dict) and set(MODELS) <= set(result))
     tuned = stage("joint", lambda: _joint_runs(cfg, scenes, models, force, progress), valid=_is_joint_result)
     models.update(tuned)
     bench_dir = stage("bench", lambda: _bench(cfg, scenes, models, force, progress))
@@ -229,6 +241,9 @@ def _rain_presets(cfg: DemoConfig) -> dict[str, str]:
     return {sev: resolve_preset(sev) for sev in cfg.severities}
 
 
+MODELS = ("detector", "segmenter", "detector-rain", "segmenter-rain", "mspfn-lite", "prenet")
+
+
 def _models(cfg: DemoConfig, scenes: dict[str, str], retrain: bool, force: bool, progress: bool,
             log: Callable[[str], None]) -> dict[str, str]:
     """Paths of the detector ``.pt``, segmenter folder and derainer checkpoint folders (shipped or trained)."""
@@ -243,6 +258,8 @@ def _models(cfg: DemoConfig, scenes: dict[str, str], retrain: bool, force: bool,
     models = {
         "detector": stage("detector", lambda: _train_detector(cfg, scenes, root)),
         "segmenter": stage("segmenter", lambda: _train_segmenter(cfg, scenes, root, progress)),
+        "detector-rain": stage("detector-rain", lambda: _train_detector(cfg, scenes, root, rain=True)),
+        "segmenter-rain": stage("segmenter-rain", lambda: _train_segmenter(cfg, scenes, root, progress, rain=True)),
         "mspfn-lite": stage("mspfn-lite", lambda: _train_derainer(cfg, cfg.mspfn, "mspfn-lite", scenes, root,
                                                                   force, progress)),
         "prenet": stage("prenet", lambda: _train_derainer(cfg, cfg.prenet, "prenet", scenes, root, force,
@@ -252,19 +269,27 @@ def _models(cfg: DemoConfig, scenes: dict[str, str], retrain: bool, force: bool,
     return models
 
 
-def _train_detector(cfg: DemoConfig, scenes: dict[str, str], root: Path) -> str:
+def _task_rain(cfg: DemoConfig, rain: bool) -> Any:
+    """The rain augmentation of a rain-trained task model (None for a clean-trained one)."""
+    from downstream.rain_augment import RainAugment
+
+    return RainAugment(presets=list(cfg.severities), p=cfg.task_rain.p, seed=cfg.seed) if rain else None
+
+
+def _train_detector(cfg: DemoConfig, scenes: dict[str, str], root: Path, rain: bool = False) -> str:
     from derain.runtime import resolve_device
     from downstream.detection import train_detector
 
     r = cfg.detector
+    name = "detector-rain" if rain else "detector"
     best = train_detector(scenes["det_yaml"], model=r.model, epochs=r.epochs, imgsz=cfg.size, batch=r.batch,
-                          out_dir=(root / "detector-run").resolve(), device=str(resolve_device(cfg.device)),
-                          seed=cfg.seed, warmup_epochs=0, mosaic=0.0)
-    shutil.copyfile(best, root / "detector.pt")
-    return str(root / "detector.pt")
+                          out_dir=(root / f"{name}-run").resolve(), device=str(resolve_device(cfg.device)),
+                          seed=cfg.seed, warmup_epochs=0, mosaic=0.0, rain=_task_rain(cfg, rain))
+    shutil.copyfile(best, root / f"{name}.pt")
+    return str(root / f"{name}.pt")
 
 
-def _train_segmenter(cfg: DemoConfig, scenes: dict[str, str], root: Path, progress: bool) -> str:
+def _train_segmenter(cfg: DemoConfig, scenes: dict[str, str], root: Path, progress: bool, rain: bool = False) -> str:
     from downstream.segmentation import SegmenterConfig, train_segmenter
     from downstream.tasks import load_task_dataset
 
@@ -273,10 +298,12 @@ def _train_segmenter(cfg: DemoConfig, scenes: dict[str, str], root: Path, progre
     val = load_task_dataset("segmentation", "masks", scenes["seg"], "val")
     seg_cfg = SegmenterConfig(arch="Unet", num_classes=len(train.classes), classes=list(train.classes),
                               encoder=r.encoder, decoder_channels=list(r.decoder_channels))
-    best = train_segmenter(train, seg_cfg, root / "segmenter-run", iters=r.iters, batch_size=r.batch, lr=r.lr,
-                           crop_size=r.crop, device=cfg.device, seed=cfg.seed, val_dataset=val, progress=progress)
-    _replace_dir(best, root / "segmenter")
-    return str(root / "segmenter")
+    name = "segmenter-rain" if rain else "segmenter"
+    best = train_segmenter(train, seg_cfg, root / f"{name}-run", iters=r.iters, batch_size=r.batch, lr=r.lr,
+                           crop_size=r.crop, device=cfg.device, seed=cfg.seed, val_dataset=val, progress=progress,
+                           rain=_task_rain(cfg, rain))
+    _replace_dir(best, root / name)
+    return str(root / name)
 
 
 def _train_derainer(cfg: DemoConfig, r: DerainerRecipe, name: str, scenes: dict[str, str], root: Path,
@@ -338,19 +365,27 @@ def _joint(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], forc
 
 def _bench(cfg: DemoConfig, scenes: dict[str, str], models: dict[str, str], force: bool, progress: bool) -> str:
     from eval.bench import BenchConfig, DatasetSpec, DerainerSpec, run_bench
+    from eval.bench_config import TaskModelSpec
 
+    def task_models(task: str, model: str) -> list[TaskModelSpec]:
+        """The clean-trained model and the rain-trained one (the third strategy) of a task."""
+        return [TaskModelSpec(f"{task}-clean", models[model]),
+                TaskModelSpec(f"{task}-rain", models[f"{model}-rain"], trained_on="rain")]
+
+    tuned_with = {"mspfn-lite+det": "det-clean"}  # the jointly tuned derainer and the detector it was tuned with
     bcfg = BenchConfig(
         name="demo", seed=cfg.seed, device=cfg.device, severities=list(cfg.severities), rain_seeds=cfg.rain_seeds,
         derain_compile=cfg.derain_compile,
         out=str(Path(cfg.out) / "bench"),
         datasets=[
             DatasetSpec(name="scenes-det", task="detection", format="yolo", path=scenes["det_yaml"],
-                        model=models["detector"], imgsz=cfg.size),
+                        models=task_models("det", "detector"), imgsz=cfg.size),
             DatasetSpec(name="scenes-seg", task="segmentation", format="masks", path=scenes["seg"],
-                        model=models["segmenter"]),
+                        models=task_models("seg", "segmenter")),
         ],
         derainers=[DerainerSpec(name="identity", model="identity")]
-        + [DerainerSpec(name=n, model=models[n]) for n in ("prenet", "mspfn-lite", *JOINT_RUNS)],
+        + [DerainerSpec(name=n, model=models[n], tuned_with=tuned_with.get(n))
+           for n in ("prenet", "mspfn-lite", *JOINT_RUNS)],
     )
     return str(run_bench(bcfg, force=force, progress=progress))
 
@@ -395,8 +430,8 @@ def write_manifest(root: Path, cfg: DemoConfig, models: dict[str, str]) -> Path:
     files = {str(f.relative_to(root)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in _files(models)}
     manifest = {
         "command": RETRAIN_COMMAND,
-        "note": "trained by the command above; copy its OUT/models/{detector.pt,segmenter,mspfn-lite,prenet} and "
-                "MANIFEST.json here to ship them",
+        "note": "trained by the command above; copy its OUT/models/{detector.pt,segmenter,detector-rain.pt,"
+                "segmenter-rain,mspfn-lite,prenet} and MANIFEST.json here to ship them",
         "models": {k: str(Path(v).relative_to(root)) for k, v in models.items()},
         "files": files,
         "recipe": model_recipe(cfg),

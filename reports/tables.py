@@ -532,15 +532,20 @@ def main_robustness_tables(combined: Combined, min_drop: float = MIN_DROP) -> li
 
 
 def main_table_text(run_dirs: str | Path | Iterable[str | Path] | Combined, min_drop: float = MIN_DROP) -> str:
-    """The main result per dataset / severity / method as plain text for a terminal (fits 100 columns): task metrics,
-    PSNR-Y, and drop / recovery of the headline metric, then the robustness summary (mPC, rPC, gap closed). Takes
-    run folders or already combined runs."""
+    """The main result per dataset / severity / method as plain text for a terminal (100 columns; the strategies
+    table, with its intervals, is wider): task metrics,
+    PSNR-Y, and drop / recovery of the headline metric, then the robustness summary (mPC, rPC, gap closed) and,
+    where a dataset has several task models or a jointly tuned derainer, the strategies table. Takes run folders or
+    already combined runs."""
+    from reports.strategies import strategies_table  # it builds on this module's tables
+
     combined = run_dirs if isinstance(run_dirs, Combined) else load_runs(run_dirs)
     robust = {t.name.removeprefix("main_robustness_"): t for t in main_robustness_tables(combined, min_drop)}
     parts = []
     for table in main_tables(combined, min_drop):
         parts.append(table_text(table))
-        extra = robust.get(table.name.removeprefix("main_"))
-        if extra is not None:
-            parts.append(table_text(extra))
+        ds = table.name.removeprefix("main_")
+        for extra in (robust.get(ds), strategies_table(combined, ds) if ds in combined.datasets else None):
+            if extra is not None:
+                parts.append(table_text(extra))
     return "\n\n".join(parts)
