@@ -24,6 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# ultralytics runs torchvision's NMS kernel only when torchvision is already imported; otherwise its Python loop,
+# measured 11x slower on dense predictions (bench/nms_speed.py) and stopped by ultralytics' NMS time limit (silently
+# fewer detections). Importing it here makes every predict use the kernel.
+import torchvision  # noqa: F401, E402  (isort: after torch)
+
 from downstream.tasks import MetricSpec, Task, check_class_names, register_task
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
