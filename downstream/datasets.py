@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import shutil
 from collections import Counter
@@ -37,6 +36,7 @@ import yaml
 from PIL import UnidentifiedImageError
 
 from derain.config import ConfigError, read_yaml
+from derain.fileio import read_json
 from derain.imageio import image_size, is_image_file, open_image, read_image, walk_files
 
 IGNORE_INDEX = 255
@@ -441,9 +441,9 @@ def read_json_file(path: Path, what: str) -> Any:
     if not path.is_file():
         raise DatasetError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: invalid JSON: {exc}") from None
+        return read_json(path)
+    except ValueError as exc:  # bad syntax, not UTF-8, nested too deeply: one line naming the file
+        raise DatasetError(str(exc)) from None
 
 
 def _load_json(path: Path) -> dict[str, Any]:

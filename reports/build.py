@@ -34,6 +34,7 @@ from reports.tables import (
     metric_name,
     restoration_table,
     robustness_tables,
+    slug,
     task_tables,
     write_csv,
 )
@@ -160,7 +161,7 @@ def make_figures(
     )
     for ds in combined.datasets:
         add(
-            strategies_figure(combined, ds, folder / f"strategies_{_slug(ds)}.png"),
+            strategies_figure(combined, ds, folder / f"strategies_{slug(ds)}.png"),
             f"{ds}: the strategies against rain (rows of its strategies table) per condition, with 95 % "
             "paired-bootstrap intervals; hatched: a rain-trained task model (//) or a jointly tuned derainer (xx).",
         )
@@ -175,15 +176,12 @@ def make_figures(
         for sev in combined.rain_severities():
             add(
                 grids.sample_grid(
-                    combined, ds, sev, folder / f"grid_{_slug(ds)}_{_slug(sev)}.png", images, display_conf
+                    combined, ds, sev, folder / f"grid_{slug(ds)}_{slug(sev)}.png", images, display_conf
                 ),
                 f"{ds}, {sev} rain.",
             )
     return made
 
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
 def report_blocks(

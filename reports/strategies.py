@@ -18,7 +18,7 @@ from eval.bench import SUMMARY_SEVERITY
 from eval.bootstrap import excludes_zero
 from reports.runs import BASELINES, Combined, is_finite
 from reports.stats import primary_metric
-from reports.tables import CI_MARK, Column, Entry, Table, Value, metric_label, metric_name, seeds_note
+from reports.tables import CI_MARK, Column, Entry, Table, Value, metric_label, metric_name, seeds_note, slug
 
 ARROW = "→"
 
@@ -138,7 +138,7 @@ def strategies_table(combined: Combined, dataset: str) -> Table | None:
                       numeric=c.numeric) for c, lab in zip(columns, [x[1] for x in conds for _ in (0, 1)],
                                                           strict=True)]
     table = Table(
-        f"strategies_{_slug(dataset)}",
+        f"strategies_{slug(dataset)}",
         f"{dataset}: strategies against rain ({metric_name(metric)})",
         ["strategy", "trained on"],
         columns,
@@ -218,6 +218,3 @@ def strategies_figure(combined: Combined, dataset: str, path: Path) -> Path | No
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="strategy", title_fontsize=8)
     return save_figure(fig, path)
 
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)

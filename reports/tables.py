@@ -24,6 +24,11 @@ PROTOCOL = "Y channel, MATLAB rgb2ycbcr, no crop"
 RESTORATION_METRICS = {"psnr_y": ("PSNR-Y", "PSNR-Y (dB)"), "ssim_y": ("SSIM-Y", "SSIM-Y")}  # (heading, name)
 
 
+def slug(text: str) -> str:
+    """``text`` as a file-name part (table and figure names): letters, digits, ``-`` and ``_`` kept, the rest ``-``."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
 def metric_label(key: str) -> str:
     """A metric's column heading ("mAP", "PSNR-Y"): restoration metrics here, task metrics from their task."""
     if key in RESTORATION_METRICS:
