@@ -109,9 +109,11 @@ def open_dataset(spec: DatasetSpec, hashes: dict[str, str]) -> OpenedDataset:
         files = [Path(dataset.image_path(i)) for i in range(n)]
     digests = _file_digests(files, hashes)
     source_digests = {name: _file_digests(paths, hashes) for name, paths in sources.items()}
-    for name, paths in sources.items():
-        _check_not_clean(spec.name, name, [dataset.image_path(i) for i in range(n)], paths,
-                         _file_digests([dataset.image_path(i) for i in range(n)], hashes), source_digests[name])
+    if sources:
+        images = [dataset.image_path(i) for i in range(n)]
+        clean = _file_digests(images, hashes)
+        for name, paths in sources.items():
+            _check_not_clean(spec.name, name, images, paths, clean, source_digests[name])
     return OpenedDataset(dataset, n, sources, digests, source_digests)
 
 
