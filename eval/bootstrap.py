@@ -32,10 +32,15 @@ LEVEL = 0.95
 
 # -- detection ----------------------------------------------------------------------------------------------------
 def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, np.ndarray]:
-    """``{"map": (B,), "map50": (B,)}`` for image weights ``(B, N)`` (counts of each image in each resample)."""
+    """``{"map": (B,), "map50": (B,)}`` for image weights ``(B, N)`` (counts of each image in each resample).
+
+    The work is laid out detections × resamples (``D×B``), so the cumulative sums and the envelope run along the
+    first axis over contiguous rows of B values (vectorised), not along each resample's row."""
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     b = weights.shape[0]
     t = len(stats["iou_thresholds"])
+    integral = weights.sum(axis=1).max() < 2**24  # integer counts: exact in float32, and half the memory traffic
+    images_by_resample = np.ascontiguousarray(weights.T, dtype=np.float32 if integral else np.float64)  # (N, B)
     ap_sum, ap50_sum, count = np.zeros(b), np.zeros(b), np.zeros(b)
     for cat in stats["categories"]:
         npos = weights @ np.asarray(cat["npos"], dtype=np.float64)  # (B,)
@@ -48,19 +53,25 @@ def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, n
             order = np.argsort(-scores, kind="mergesort")
             tp = unpack_flags(cat["tp"], t)[order]  # (D, T)
             ig = unpack_flags(cat["ignore"], t)[order]
-            w = weights[:, np.asarray(cat["images"], dtype=np.int64)[order]]  # (B, D)
-            if w.sum(axis=1).max() < 2**24:  # integer counts: exact in float32, and half the memory traffic
-                w = w.astype(np.float32)
+            w = images_by_resample[np.asarray(cat["images"], dtype=np.int64)[order]]  # (D, B)
+            hits = np.flatnonzero((tp & ~ig).any(axis=1))  # detections that are a true positive at some threshold
+            counted: dict[bytes, np.ndarray] = {}  # per ignore mask: the non-ignored weight up to each of ``hits``
             for j in range(t):
-                hit, miss = tp[:, j] & ~ig[:, j], ~tp[:, j] & ~ig[:, j]
+                hit = tp[:, j] & ~ig[:, j]
                 if not hit.any():
                     continue  # no true positive at this threshold: AP 0 in every resample
                 # Only the true positives' positions matter: recall rises only there, and a false positive lowers
                 # precision below that of the true positive before it, so the envelope's maxima sit on true
                 # positives too. AP therefore needs the cumulative counts at the true positives only (exactly).
                 pos = np.flatnonzero(hit)
-                tps = np.cumsum(w[:, pos], axis=1, dtype=w.dtype)
-                fps = np.cumsum(w[:, : pos[-1] + 1] * miss[: pos[-1] + 1], axis=1, dtype=w.dtype)[:, pos]
+                tps = np.cumsum(w[pos], axis=0, dtype=w.dtype)
+                mask = ~ig[:, j]
+                if (k := mask.tobytes()) not in counted:  # the mask rarely changes between thresholds
+                    kept = w[: hits[-1] + 1] if mask.all() else w[: hits[-1] + 1] * mask[: hits[-1] + 1, None]
+                    # each block sums the rows after the previous hit up to this one; their running sum is the total
+                    blocks = np.add.reduceat(kept, np.r_[0, hits[:-1] + 1], axis=0, dtype=w.dtype)
+                    counted[k] = np.cumsum(blocks, axis=0, dtype=w.dtype)
+                fps = counted[k][np.searchsorted(hits, pos)] - tps  # non-ignored so far minus the true positives
                 ap[:, j] = _interpolated_ap(tps.astype(np.float64), fps.astype(np.float64), npos)
         ap_sum += np.where(valid, ap.mean(axis=1), 0.0)
         ap50_sum += np.where(valid, ap[:, 0], 0.0)
@@ -71,23 +82,25 @@ def detection_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, n
 
 
 def _interpolated_ap(tps: np.ndarray, fps: np.ndarray, npos: np.ndarray) -> np.ndarray:
-    """COCO's 101-point interpolated AP per row: ``tps``/``fps`` (B, D) cumulative weighted counts.
+    """COCO's 101-point interpolated AP per resample: ``tps``/``fps`` (P, B) cumulative weighted counts at the
+    true positives, ``npos`` (B,) -> (B,).
 
-    Per row this is pycocotools' ``searchsorted(recall, R_THRESHOLDS, side="left")`` on the precision envelope;
-    all rows are searched in one call over (row, recall) pairs, which sort lexicographically as complex numbers
-    (real part = row, imaginary part = the exact recall value)."""
-    b, d = tps.shape
+    pycocotools takes, per recall threshold r, the envelope at ``searchsorted(recall, r, side="left")``: the number
+    of recall values below r (recall never falls along a column). That count is found the other way round, without
+    comparing anything but the same float64 values: each recall value is placed among the thresholds
+    (``searchsorted(R, recall, side="right")`` = the first threshold above it) and the placements are counted."""
+    p, b = tps.shape
     ok = npos > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(ok[:, None], tps / npos[:, None], 0.0)
+        recall = np.where(ok[None, :], tps / npos[None, :], 0.0)
     precision = tps / (tps + fps + np.spacing(1))
-    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # COCO's right-to-left max
-    rows = np.arange(b, dtype=np.float64)[:, None]
-    keys = (rows + 1j * recall).ravel()
-    idx = np.searchsorted(keys, (rows + 1j * R_THRESHOLDS[None, :]).ravel(), side="left").reshape(b, -1)
-    idx -= d * np.arange(b)[:, None]
-    q = np.where(idx < d, np.take_along_axis(envelope, np.minimum(idx, d - 1), axis=1), 0.0)
-    return np.where(ok, q.mean(axis=1), 0.0)
+    envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]  # COCO's right-to-left max
+    r = len(R_THRESHOLDS)
+    first_above = np.searchsorted(R_THRESHOLDS, recall, side="right")  # (P, B) in [0, r]
+    placed = np.bincount((first_above * b + np.arange(b)).ravel(), minlength=(r + 1) * b).reshape(r + 1, b)
+    idx = np.cumsum(placed[:r], axis=0)  # (r, B): recall values below each threshold
+    q = np.where(idx < p, np.take_along_axis(envelope, np.minimum(idx, p - 1), axis=0), 0.0)
+    return np.where(ok, np.ascontiguousarray(q.T).mean(axis=1), 0.0)
 
 
 def voc_metrics(stats: dict[str, Any], weights: np.ndarray) -> dict[str, np.ndarray]:

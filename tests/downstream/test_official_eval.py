@@ -25,7 +25,7 @@ from downstream.bdd100k import open_bdd100k
 from downstream.datasets import CocoDetectionDataset
 from downstream.tasks import get_task
 from downstream.voc import open_voc
-from eval.bootstrap import resampled_metrics
+from eval.bootstrap import resample_weights, resampled_metrics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/official_eval"
 TOL = 1e-4
@@ -130,6 +130,38 @@ def test_coco_crowd_equals_pycocotools_on_the_annotation_file(tmp_path: Path) ->
     for i, pred in enumerate(_preds_by_image(rows, ds.image_ids, ds.category_ids)):
         naive.update([pred], [ds.target(i)], [i])
     assert abs(naive.compute()["map"] - ours["map"]) > 0.01
+
+
+def _resampled(gt: dict, rows: list[dict], counts: np.ndarray) -> tuple[dict, list[dict]]:
+    """The COCO ground truth and result rows of a bootstrap resample, built explicitly: image k appears
+    ``counts[k]`` times, each copy under a new image id with its annotations (crowd regions too) and detections."""
+    images, anns, out_rows = [], [], []
+    for k, image in enumerate(gt["images"]):
+        for copy in range(int(counts[k])):
+            new_id = len(images) + 1
+            images.append({**image, "id": new_id})
+            mine = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+            anns += [{**a, "id": len(anns) + j + 1, "image_id": new_id} for j, a in enumerate(mine)]
+            out_rows += [{**r, "image_id": new_id} for r in rows if r["image_id"] == image["id"]]
+    return {**gt, "images": images, "annotations": anns}, out_rows
+
+
+def test_coco_crowd_bootstrap_resamples_equal_pycocotools_on_the_resampled_file(tmp_path: Path) -> None:
+    """The bootstrap's weighted accumulation with crowd regions (whose ignore flags differ between IoU thresholds)
+    equals pycocotools on each resample's images written out as copies."""
+    ann_file, rows = coco_with_crowd(tmp_path, seed=2)
+    ds = CocoDetectionDataset(tmp_path / "images", ann_file)
+    ours, evaluator = _bench_scores("detection", ds, rows, image_stats=True)
+    gt, results = evaluator.gt_dict(), evaluator.results()
+    ids = [image["id"] for image in gt["images"]]
+    weights = resample_weights(len(ds), 3, seed=4)
+    got = resampled_metrics(ours["image_stats"], weights)
+    for b, counts in enumerate(weights):
+        by_position = dict(zip(ids, counts, strict=True))  # gt_dict's images are in the weights' (dataset) order
+        resampled_gt, resampled_rows = _resampled(gt, results, np.array([by_position[i] for i in ids]))
+        official = _pycocotools(resampled_gt, resampled_rows)
+        assert got["map"][b] == pytest.approx(official[0], abs=1e-9)
+        assert got["map50"][b] == pytest.approx(official[1], abs=1e-9)
 
 
 def test_coco_crowd_equals_faster_coco_eval(tmp_path: Path) -> None:
