@@ -245,6 +245,17 @@ def cleanup_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def validation_copy(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The model a validation pass should run and the memory format of its inputs: where the inference policy
+    runs NHWC (CPU), a ``channels_last`` copy, so the trained model keeps its own layout (measured on 2 cores:
+    mspfn-lite at 160 px 156 -> 101 ms per image); else ``model`` itself (NCHW). Same results to float rounding."""
+    if not inference_policy(device, model=model).channels_last:
+        return model, torch.contiguous_format
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=torch.channels_last), torch.channels_last
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Temporarily put ``model`` in eval mode, restoring its previous mode afterwards."""

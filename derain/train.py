@@ -56,6 +56,7 @@ from derain.runtime import (
     eval_mode,
     init_distributed,
     resolve_device,
+    validation_copy,
 )
 
 
@@ -553,11 +554,11 @@ def evaluate(model: nn.Module, source: Any, device: torch.device, limit: int | N
 
     n = len(source) if limit is None else min(limit, len(source))
     totals = {"psnr_y": 0.0, "ssim_y": 0.0}
-    model = unwrap(model)
+    model, layout = validation_copy(unwrap(model), device)
     with eval_mode(model), torch.inference_mode():
         for i in range(n):
             rainy, clean = source.get_pair(i)
-            x = to_tensor(rainy).unsqueeze(0).to(device)
+            x = to_tensor(rainy).unsqueeze(0).to(device).contiguous(memory_format=layout)
             y = to_tensor(clean).unsqueeze(0).to(device)
             with autocast(device, amp):
                 pred = model(x)

@@ -38,7 +38,7 @@ from derain.checkpoint import unwrap
 from derain.data import derive_seed, epoch_permutation
 from derain.fileio import atomic_write_text
 from derain.imageio import to_tensor
-from derain.runtime import all_reduce_grads, autocast, barrier, eval_mode
+from derain.runtime import all_reduce_grads, autocast, barrier, eval_mode, validation_copy
 from derain.synth import image_seed, synthesize
 from derain.train import ModelConfig, OptimConfig, RunLogger, Trainer, TrainResult
 from downstream.tasks import Task, get_task, load_task_dataset
@@ -275,7 +275,7 @@ class JointTrainer(Trainer):
 
         cfg = self.cfg
         n = len(self.val_src) if cfg.val_limit is None else min(cfg.val_limit, len(self.val_src))
-        model = unwrap(self.model)
+        model, layout = validation_copy(unwrap(self.model), self.device)
         psnr: list[float] = []
 
         def derained() -> Iterator[tuple[torch.Tensor, list[Any], list[int]]]:
@@ -283,7 +283,7 @@ class JointTrainer(Trainer):
                 for k in range(len(cfg.presets)):
                     rainy, clean, target = self.val_pair(i, k)
                     with autocast(self.device, cfg.amp):
-                        pred = model(to_tensor(rainy).unsqueeze(0).to(self.device))
+                        pred = model(to_tensor(rainy).unsqueeze(0).to(self.device).contiguous(memory_format=layout))
                     pred = pred.float().clamp(0, 1)
                     clean_t = to_tensor(clean).unsqueeze(0).to(self.device)
                     psnr.append(float(compute_metrics(pred, clean_t)["psnr_y"][0]))

@@ -75,12 +75,8 @@ def _image_scores(run: Run, dataset: str, severity: str, method: str, stem: str)
     pi = run.per_image
     if pi.empty or "image" not in pi.columns:
         return {}
-    hit = pi[
-        (pi.dataset == dataset)
-        & (pi.severity == severity)
-        & (pi.method == method)
-        & (pi.image.astype(str).map(lambda s: Path(s).stem) == stem)
-    ]
+    hit = pi[(pi.dataset == dataset) & (pi.severity == severity) & (pi.method == method)]
+    hit = hit[hit.image.astype(str).map(lambda s: Path(s).stem) == stem]  # stems of this condition's rows only
     if "seed" in hit.columns and hit["seed"].notna().any():  # several rain seeds: the samples show the first
         hit = hit[hit["seed"].isna() | (hit["seed"] == run.seed)]
     if hit.empty:

@@ -7,7 +7,7 @@ import torch
 
 from derain import build_model
 from derain.inference import derain_tensor
-from derain.runtime import COMPILE_ENV, inference_policy, model_forward
+from derain.runtime import COMPILE_ENV, inference_policy, model_forward, validation_copy
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -102,3 +102,22 @@ def test_compiled_model_keeps_its_state_dict_and_is_freed_with_it() -> None:
     del model
     gc.collect()
     assert gone() is None  # nothing else holds a compiled model alive
+
+
+def test_validation_copy_runs_nhwc_on_cpu_and_leaves_the_trained_model_as_it_was() -> None:
+    model = tiny_mspfn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy, layout = validation_copy(model, CPU)
+    assert copy is not model and layout == torch.channels_last
+    assert all(p.is_contiguous() for p in model.parameters())  # the trained model keeps NCHW
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        got = copy.eval()(x.contiguous(memory_format=layout))
+    model.train()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in copy.parameters())  # the copy is NHWC
+    # where the policy keeps NCHW (a model that opts out of channels_last on the CPU), the model itself
+    model.channels_last_on_cpu = False
+    assert validation_copy(model, CPU) == (model, torch.contiguous_format)

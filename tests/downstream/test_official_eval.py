@@ -137,7 +137,7 @@ def _resampled(gt: dict, rows: list[dict], counts: np.ndarray) -> tuple[dict, li
     ``counts[k]`` times, each copy under a new image id with its annotations (crowd regions too) and detections."""
     images, anns, out_rows = [], [], []
     for k, image in enumerate(gt["images"]):
-        for copy in range(int(counts[k])):
+        for _ in range(int(counts[k])):
             new_id = len(images) + 1
             images.append({**image, "id": new_id})
             mine = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
