@@ -114,6 +114,20 @@ def test_rain_of_another_preset_version_is_redone(demo_dir: Path) -> None:
     assert not rain_is_current(cfg, {**marker, "presets": {"light": "light@v2", "heavy": "heavy@v1"}})
 
 
+def test_joint_runs_train_side_by_side_on_a_multicore_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from derainbench.demo import _side_by_side_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert _side_by_side_threads(demo_config(overrides=["device=cpu"])) == 4  # half the threads each
+    assert _side_by_side_threads(demo_config(overrides=["device=cpu", "joint.side_by_side=false"])) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert _side_by_side_threads(demo_config(overrides=["device=cpu"])) is None  # one core: in turn
+    if torch.cuda.is_available():
+        assert _side_by_side_threads(demo_config(overrides=["device=cuda"])) is None
+
+
 def test_fast_recipe_is_not_the_shipped_one() -> None:
     assert shipped_models(demo_config(fast=True)) is None
 
