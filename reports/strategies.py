@@ -212,6 +212,7 @@ def strategies_figure(combined: Combined, dataset: str, path: Path) -> Path | No
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, ys, width, yerr=[lo, hi], capsize=2, label=row.label,
                color=cmap(i % 20), hatch=hatch, edgecolor="black", linewidth=0.4)
     ax.set_xticks(x, [label for _, label, _ in conds])
+    ax.set_ylim(bottom=0)  # task scores are >= 0 (left alone, all-zero bars centre the axis on 0)
     ax.set_ylabel(metric_name(metric))
     ax.set_title(f"{dataset}: strategies against rain (bars: 95 % paired-bootstrap intervals)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
