@@ -67,7 +67,8 @@ def write_results(out: Path, cfg: BenchConfig) -> None:
     for rep in range(cfg.rain_seeds):
         view = _replicate(cells, rep)
         r_rows = [row for key, data in view.items() for row in _cell_rows(key, data)]
-        r_summary = summarize(r_rows) + gain_rows(r_rows)
+        r_summary = summarize(r_rows)
+        r_summary += gain_rows(r_rows + r_summary)
         rows.append(r_rows)
         summary.append(r_summary)
         differences.append(difference_rows(r_rows + r_summary, names))
@@ -156,11 +157,14 @@ def _coords(r: dict[str, Any], **change: str) -> tuple[str, str, str, str, str]:
 
 def gain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``gain_<m>`` = derained − rainy per severity, task model and task metric (the difference a recovery
-    divides)."""
+    divides), and ``gain_<m>_pc`` = mPC derained − mPC rainy from the robustness rows (severity ``mean``): the
+    difference behind a gap closed, defined (and with an interval) even where the gap it divides by is 0."""
     value = {_coords(r): r["value"] for r in rows}
     out = []
     for r in rows:
-        if r["severity"] == "none" or r["method"] == "rainy" or r["metric"] not in task_metrics(r["task"]):
+        metric = r["metric"].removesuffix("_pc") if r["severity"] == SUMMARY_SEVERITY else r["metric"]
+        if (r["severity"] == "none" or r["method"] in ("rainy", "clean") or metric not in task_metrics(r["task"])
+                or (r["severity"] == SUMMARY_SEVERITY) != r["metric"].endswith("_pc")):
             continue
         rainy = value.get(_coords(r, method="rainy"))
         if rainy is not None:
@@ -258,6 +262,10 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str, st
         k, vt = metric.removesuffix("_pc"), row["versus_task_model"]
         a, b = (pc(method, k), pc(row["versus"], k, vt)) if sev == SUMMARY_SEVERITY else (
             get(sev, method, k), get(sev, row["versus"], k, vt))
+        return None if a is None or b is None else a - b
+    if sev == SUMMARY_SEVERITY and metric.startswith("gain_"):  # mPC derained − mPC rainy
+        k = metric[5:].removesuffix("_pc")
+        a, b = pc(method, k), pc("rainy", k)
         return None if a is None or b is None else a - b
     if sev == SUMMARY_SEVERITY:
         base, _, kind = metric.rpartition("_")

@@ -92,11 +92,13 @@ def _difference_interval(combined: Combined, dataset: str, row: Strategy, severi
                          metric: str) -> tuple[float, float] | None:
     """The interval of the difference a row's noise mark reads (see the module docstring), None where none."""
     base = metric.removesuffix("_pc")
-    if row.method != "rainy" and severity != "none":  # derained - rainy, same task model: the gain / gap closed
+    if row.method != "rainy" and severity != "none":  # derained - rainy, same task model: the gain (mPC: its gain)
         s = combined.strategies
-        key = f"{base}_gap_closed" if severity == SUMMARY_SEVERITY else f"gain_{base}"
-        hit = s[(s.dataset == dataset) & (s.task_model == row.task_model) & (s.severity == severity)
-                & (s.method == row.method) & (s.metric == key)]
+        mine = s[(s.dataset == dataset) & (s.task_model == row.task_model) & (s.severity == severity)
+                 & (s.method == row.method)]
+        hit = mine[mine.metric == (f"gain_{base}_pc" if severity == SUMMARY_SEVERITY else f"gain_{base}")]
+        if hit.empty and severity == SUMMARY_SEVERITY:  # runs written before gain_<m>_pc: the gap closed's interval
+            hit = mine[mine.metric == f"{base}_gap_closed"]
     else:  # a later task model's clean / rainy row against the first task model's
         first = task_models(combined, dataset)[0][0] if combined.runs else row.task_model
         if row.task_model == first or len(combined.runs) != 1:

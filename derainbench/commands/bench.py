@@ -54,7 +54,8 @@ Output folder: config.yaml, results.csv (dataset, task, severity, method, metric
 std, seeds; includes drop_<m> = clean - rainy, gain_<m> = derained - rainy, recovery_<m> = gain / drop, and with
 severity "mean" the robustness summary <m>_pc = mPC (the metric averaged over the run's severities),
 <m>_rpc = mPC / clean (empty where clean is 0: undefined), <m>_gap = clean - mPC of rainy (the average
-clean-to-rainy gap), <m>_gap_closed = share of that gap a derainer closes;
+clean-to-rainy gap), <m>_gap_closed = share of that gap a derainer closes, gain_<m>_pc = mPC of a derainer -
+mPC of rainy (defined with its interval even where the gap is 0);
 ci_low/ci_high = 95 % paired-bootstrap interval over images, `bootstrap` resamples, seeded by the run seed),
 differences.csv (derainer A - B per severity and for mPC, with intervals), summary.csv, per_seed.csv
 (each seed's value of every seed-dependent row), per_image.csv (with the rain seed; with rain sources

@@ -55,7 +55,8 @@ def test_demo_runs_every_stage(demo_dir: Path, capsys: pytest.CaptureFixture[str
     assert {r["method"] for r in rows} == METHODS
     assert {r["severity"] for r in rows} == {"none", "light", "heavy", "mean"}  # mean: the robustness summary
     assert {r["metric"] for r in rows if r["severity"] == "mean"} == {
-        f"{m}_{k}" for m in ("map", "map50", "miou", "pixel_acc") for k in ("pc", "rpc", "gap", "gap_closed")}
+        f"{m}_{k}" for m in ("map", "map50", "miou", "pixel_acc") for k in ("pc", "rpc", "gap", "gap_closed")} | {
+        f"gain_{m}_pc" for m in ("map", "map50", "miou", "pixel_acc")}
     assert {r["task"] for r in rows} == {"detection", "segmentation"}
     assert {(r["dataset"], r["task_model"]) for r in rows} == {  # every cell scored by both task models
         ("scenes-det", "det-clean"), ("scenes-det", "det-rain"), ("scenes-seg", "seg-clean"),

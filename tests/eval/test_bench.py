@@ -125,8 +125,9 @@ def test_two_cpu_processes_give_the_same_results_as_one(setup: dict, tmp_path: P
 
 
 def test_robustness_summary_arithmetic() -> None:
-    """mPC, rPC and gap closed against a hand-computed example; a method missing a severity gets no summary."""
-    from eval.bench import robustness
+    """mPC, rPC, gap closed and the gains against a hand-computed example; a method missing a severity gets no
+    summary."""
+    from eval.bench import gain_rows, robustness
 
     def row(sev: str, method: str, value: float, metric: str = "miou") -> dict:
         return {"dataset": "d", "task": "segmentation", "severity": sev, "method": method, "metric": metric,
@@ -139,6 +140,10 @@ def test_robustness_summary_arithmetic() -> None:
     assert all(r["severity"] == "mean" for r in robustness(rows))
     assert got == pytest.approx({("rainy", "miou_pc"): 0.2, ("rainy", "miou_rpc"): 0.4, ("rainy", "miou_gap"): 0.3,
                                  ("x", "miou_pc"): 0.35, ("x", "miou_rpc"): 0.7, ("x", "miou_gap_closed"): 0.5})
+    gains = {(r["severity"], r["method"], r["metric"]): r["value"] for r in gain_rows(rows + robustness(rows))}
+    assert gains == pytest.approx({("1", "x", "gain_miou"): 0.1, ("2", "x", "gain_miou"): 0.2,
+                                   ("1", "partial", "gain_miou"): 0.15,
+                                   ("mean", "x", "gain_miou_pc"): 0.15})  # the mPC gain, defined for any gap
 
 
 def test_pre_rained_folder_source_equals_the_preset_it_was_made_with(setup: dict, tmp_path: Path) -> None:
@@ -264,6 +269,12 @@ def test_several_rain_seeds_give_mean_std_and_intervals_over_seeds(setup: dict, 
     assert lite.ci_low <= lite.value <= lite.ci_high
     identity = res.loc[("heavy", "identity", "gain_miou")]  # identical methods: 0 with a zero-width interval
     assert identity.value == 0 and identity.ci_low == 0 and identity.ci_high == 0
+    identity = res.loc[("mean", "identity", "gain_miou_pc")]  # so is the gain of its mPC
+    assert identity.value == 0 and identity.ci_low == 0 and identity.ci_high == 0
+    gain = res.loc[("mean", "lite", "gain_miou_pc")]  # mPC derained − mPC rainy, with its interval
+    assert gain.value == pytest.approx(res.loc[("mean", "lite", "miou_pc")].value
+                                       - res.loc[("mean", "rainy", "miou_pc")].value)
+    assert gain.ci_low <= gain.value <= gain.ci_high
     assert set(pd.read_csv(two / "per_image.csv").query("severity == 'heavy'").seed) == {0, 1}
     # the report reads both seeds from one run: mean ± std, intervals kept
     combined = load_runs(two)
