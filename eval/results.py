@@ -263,9 +263,10 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str, st
         a, b = (pc(method, k), pc(row["versus"], k, vt)) if sev == SUMMARY_SEVERITY else (
             get(sev, method, k), get(sev, row["versus"], k, vt))
         return None if a is None or b is None else a - b
-    if sev == SUMMARY_SEVERITY and metric.startswith("gain_"):  # mPC derained − mPC rainy
+    if metric.startswith("gain_"):  # derained − rainy, per severity or of the mPC (gain_<m>_pc)
         k = metric[5:].removesuffix("_pc")
-        a, b = pc(method, k), pc("rainy", k)
+        a, b = (pc(method, k), pc("rainy", k)) if sev == SUMMARY_SEVERITY else (get(sev, method, k),
+                                                                               get(sev, "rainy", k))
         return None if a is None or b is None else a - b
     if sev == SUMMARY_SEVERITY:
         base, _, kind = metric.rpartition("_")
@@ -288,9 +289,6 @@ def _row_samples(row: dict[str, Any], samples: dict[tuple[str, str, str, str, st
             return (m_pc - r_pc) / (clean - r_pc)
     if metric.startswith("drop_"):
         a, b = get("none", "clean", metric[5:]), get(sev, "rainy", metric[5:])
-        return None if a is None or b is None else a - b
-    if metric.startswith("gain_"):
-        a, b = get(sev, method, metric[5:]), get(sev, "rainy", metric[5:])
         return None if a is None or b is None else a - b
     return get(sev, method, metric)
 

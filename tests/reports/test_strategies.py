@@ -12,12 +12,18 @@ from reports.runs import load_runs
 from reports.strategies import strategies, strategies_figure
 
 
-def test_strategies_figure_bars_start_at_zero_even_when_every_score_is_zero(tiny_bench_run: Path, tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A detector that finds nothing (every mAP 0, e.g. two epochs of training) still gets an axis from 0 up."""
+def _two_model(tiny_bench_run: Path):  # noqa: ANN202
+    """The tiny run's results as if scored by two task models (strategies need two)."""
     combined = load_runs(tiny_bench_run)
     s = combined.strategies
     combined.strategies = pd.concat([s, s.assign(task_model="second")], ignore_index=True)  # two task models
+    return combined
+
+
+def test_strategies_figure_bars_start_at_zero_even_when_every_score_is_zero(tiny_bench_run: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detector that finds nothing (every mAP 0, e.g. two epochs of training) still gets an axis from 0 up."""
+    combined = _two_model(tiny_bench_run)
     combined.strategies[["mean", "ci_low", "ci_high"]] = 0.0
     figures = []
     monkeypatch.setattr(reports.plots, "save_figure", lambda fig, path: figures.append(fig) or path)
@@ -26,13 +32,6 @@ def test_strategies_figure_bars_start_at_zero_even_when_every_score_is_zero(tiny
     [ax] = figures[0].axes
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 0
     assert len(ax.patches) == len(strategies(combined, dataset)) * len(ax.get_xticks())  # one bar each
-
-
-def _two_model(tiny_bench_run: Path):  # noqa: ANN202
-    combined = load_runs(tiny_bench_run)
-    s = combined.strategies
-    combined.strategies = pd.concat([s, s.assign(task_model="second")], ignore_index=True)  # two task models
-    return combined
 
 
 def test_a_derainers_mpc_mark_reads_its_mpc_gain_even_when_the_gap_is_zero(tiny_bench_run: Path) -> None:
